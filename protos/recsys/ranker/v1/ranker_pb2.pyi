@@ -1,0 +1,76 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ItemVector(_message.Message):
+    __slots__ = ("item_id", "vector")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    vector: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, item_id: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class ScoringTask(_message.Message):
+    __slots__ = ("user_id", "history", "candidates")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    history: _containers.RepeatedCompositeFieldContainer[ItemVector]
+    candidates: _containers.RepeatedCompositeFieldContainer[ItemVector]
+    def __init__(self, user_id: _Optional[str] = ..., history: _Optional[_Iterable[_Union[ItemVector, _Mapping]]] = ..., candidates: _Optional[_Iterable[_Union[ItemVector, _Mapping]]] = ...) -> None: ...
+
+class ScoreCandidatesRequest(_message.Message):
+    __slots__ = ("tasks",)
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    tasks: _containers.RepeatedCompositeFieldContainer[ScoringTask]
+    def __init__(self, tasks: _Optional[_Iterable[_Union[ScoringTask, _Mapping]]] = ...) -> None: ...
+
+class TaskScores(_message.Message):
+    __slots__ = ("scores",)
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    scores: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, scores: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class ScoreCandidatesResponse(_message.Message):
+    __slots__ = ("results", "model_version")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[TaskScores]
+    model_version: str
+    def __init__(self, results: _Optional[_Iterable[_Union[TaskScores, _Mapping]]] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class GetModelInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetModelInfoResponse(_message.Message):
+    __slots__ = ("version", "created_at", "dataset", "dataset_hash", "embedding_model", "metrics", "known_items", "device")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    DATASET_HASH_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_MODEL_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
+    KNOWN_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    created_at: str
+    dataset: str
+    dataset_hash: str
+    embedding_model: str
+    metrics: _containers.ScalarMap[str, float]
+    known_items: int
+    device: str
+    def __init__(self, version: _Optional[str] = ..., created_at: _Optional[str] = ..., dataset: _Optional[str] = ..., dataset_hash: _Optional[str] = ..., embedding_model: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., known_items: _Optional[int] = ..., device: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,272 @@
+from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Item(_message.Message):
+    __slots__ = ("item_id", "vector", "payload")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    vector: _containers.RepeatedScalarFieldContainer[float]
+    payload: _struct_pb2.Struct
+    def __init__(self, item_id: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class RangeCondition(_message.Message):
+    __slots__ = ("field", "gte", "lte")
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    GTE_FIELD_NUMBER: _ClassVar[int]
+    LTE_FIELD_NUMBER: _ClassVar[int]
+    field: str
+    gte: float
+    lte: float
+    def __init__(self, field: _Optional[str] = ..., gte: _Optional[float] = ..., lte: _Optional[float] = ...) -> None: ...
+
+class KeywordCondition(_message.Message):
+    __slots__ = ("field", "any_of")
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    ANY_OF_FIELD_NUMBER: _ClassVar[int]
+    field: str
+    any_of: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, field: _Optional[str] = ..., any_of: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class FlagCondition(_message.Message):
+    __slots__ = ("field", "value")
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    field: str
+    value: bool
+    def __init__(self, field: _Optional[str] = ..., value: _Optional[bool] = ...) -> None: ...
+
+class Filter(_message.Message):
+    __slots__ = ("categories_any", "keywords", "ranges", "flags")
+    CATEGORIES_ANY_FIELD_NUMBER: _ClassVar[int]
+    KEYWORDS_FIELD_NUMBER: _ClassVar[int]
+    RANGES_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    categories_any: _containers.RepeatedScalarFieldContainer[str]
+    keywords: _containers.RepeatedCompositeFieldContainer[KeywordCondition]
+    ranges: _containers.RepeatedCompositeFieldContainer[RangeCondition]
+    flags: _containers.RepeatedCompositeFieldContainer[FlagCondition]
+    def __init__(self, categories_any: _Optional[_Iterable[str]] = ..., keywords: _Optional[_Iterable[_Union[KeywordCondition, _Mapping]]] = ..., ranges: _Optional[_Iterable[_Union[RangeCondition, _Mapping]]] = ..., flags: _Optional[_Iterable[_Union[FlagCondition, _Mapping]]] = ...) -> None: ...
+
+class ScoredItem(_message.Message):
+    __slots__ = ("item_id", "score", "payload", "vector")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    score: float
+    payload: _struct_pb2.Struct
+    vector: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., vector: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class UpsertItemsRequest(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[Item]
+    def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ...) -> None: ...
+
+class UpsertItemsResponse(_message.Message):
+    __slots__ = ("upserted",)
+    UPSERTED_FIELD_NUMBER: _ClassVar[int]
+    upserted: int
+    def __init__(self, upserted: _Optional[int] = ...) -> None: ...
+
+class DeleteItemsRequest(_message.Message):
+    __slots__ = ("item_ids",)
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    item_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DeleteItemsResponse(_message.Message):
+    __slots__ = ("deleted",)
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    deleted: int
+    def __init__(self, deleted: _Optional[int] = ...) -> None: ...
+
+class GetItemsRequest(_message.Message):
+    __slots__ = ("item_ids", "with_vectors")
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    WITH_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    item_ids: _containers.RepeatedScalarFieldContainer[str]
+    with_vectors: bool
+    def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., with_vectors: _Optional[bool] = ...) -> None: ...
+
+class GetItemsResponse(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[Item]
+    def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ...) -> None: ...
+
+class SearchQuery(_message.Message):
+    __slots__ = ("vector", "limit", "filter", "exclude_ids", "offset", "with_vectors")
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_IDS_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    WITH_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    vector: _containers.RepeatedScalarFieldContainer[float]
+    limit: int
+    filter: Filter
+    exclude_ids: _containers.RepeatedScalarFieldContainer[str]
+    offset: int
+    with_vectors: bool
+    def __init__(self, vector: _Optional[_Iterable[float]] = ..., limit: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., exclude_ids: _Optional[_Iterable[str]] = ..., offset: _Optional[int] = ..., with_vectors: _Optional[bool] = ...) -> None: ...
+
+class SearchItemsRequest(_message.Message):
+    __slots__ = ("queries",)
+    QUERIES_FIELD_NUMBER: _ClassVar[int]
+    queries: _containers.RepeatedCompositeFieldContainer[SearchQuery]
+    def __init__(self, queries: _Optional[_Iterable[_Union[SearchQuery, _Mapping]]] = ...) -> None: ...
+
+class SearchResult(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[ScoredItem]
+    def __init__(self, items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ...) -> None: ...
+
+class SearchItemsResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[SearchResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[SearchResult, _Mapping]]] = ...) -> None: ...
+
+class RecommendItemsRequest(_message.Message):
+    __slots__ = ("positive_ids", "negative_ids", "limit", "filter", "exclude_ids", "with_vectors")
+    POSITIVE_IDS_FIELD_NUMBER: _ClassVar[int]
+    NEGATIVE_IDS_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_IDS_FIELD_NUMBER: _ClassVar[int]
+    WITH_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    positive_ids: _containers.RepeatedScalarFieldContainer[str]
+    negative_ids: _containers.RepeatedScalarFieldContainer[str]
+    limit: int
+    filter: Filter
+    exclude_ids: _containers.RepeatedScalarFieldContainer[str]
+    with_vectors: bool
+    def __init__(self, positive_ids: _Optional[_Iterable[str]] = ..., negative_ids: _Optional[_Iterable[str]] = ..., limit: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., exclude_ids: _Optional[_Iterable[str]] = ..., with_vectors: _Optional[bool] = ...) -> None: ...
+
+class RecommendItemsResponse(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[ScoredItem]
+    def __init__(self, items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ...) -> None: ...
+
+class ListPopularItemsRequest(_message.Message):
+    __slots__ = ("limit", "filter", "exclude_ids", "offset", "with_vectors")
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    FILTER_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_IDS_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    WITH_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    limit: int
+    filter: Filter
+    exclude_ids: _containers.RepeatedScalarFieldContainer[str]
+    offset: int
+    with_vectors: bool
+    def __init__(self, limit: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., exclude_ids: _Optional[_Iterable[str]] = ..., offset: _Optional[int] = ..., with_vectors: _Optional[bool] = ...) -> None: ...
+
+class ListPopularItemsResponse(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[ScoredItem]
+    def __init__(self, items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ...) -> None: ...
+
+class UserEvent(_message.Message):
+    __slots__ = ("item_id", "event_type", "timestamp", "weight")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    event_type: str
+    timestamp: float
+    weight: float
+    def __init__(self, item_id: _Optional[str] = ..., event_type: _Optional[str] = ..., timestamp: _Optional[float] = ..., weight: _Optional[float] = ...) -> None: ...
+
+class AppendUserEventsRequest(_message.Message):
+    __slots__ = ("user_id", "events")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    events: _containers.RepeatedCompositeFieldContainer[UserEvent]
+    def __init__(self, user_id: _Optional[str] = ..., events: _Optional[_Iterable[_Union[UserEvent, _Mapping]]] = ...) -> None: ...
+
+class UserProfile(_message.Message):
+    __slots__ = ("user_id", "vector", "events")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    vector: _containers.RepeatedScalarFieldContainer[float]
+    events: _containers.RepeatedCompositeFieldContainer[UserEvent]
+    def __init__(self, user_id: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., events: _Optional[_Iterable[_Union[UserEvent, _Mapping]]] = ...) -> None: ...
+
+class AppendUserEventsResponse(_message.Message):
+    __slots__ = ("profile",)
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    profile: UserProfile
+    def __init__(self, profile: _Optional[_Union[UserProfile, _Mapping]] = ...) -> None: ...
+
+class GetUserProfileRequest(_message.Message):
+    __slots__ = ("user_id",)
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+
+class GetUserProfileResponse(_message.Message):
+    __slots__ = ("profile",)
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    profile: UserProfile
+    def __init__(self, profile: _Optional[_Union[UserProfile, _Mapping]] = ...) -> None: ...
+
+class DeleteUserRequest(_message.Message):
+    __slots__ = ("user_id",)
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+
+class DeleteUserResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetCollectionInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class PayloadField(_message.Message):
+    __slots__ = ("name", "type")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    type: str
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ...) -> None: ...
+
+class GetCollectionInfoResponse(_message.Message):
+    __slots__ = ("backend", "items", "users", "indexed_vectors", "dimension", "distance", "payload_fields", "index_ready")
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    USERS_FIELD_NUMBER: _ClassVar[int]
+    INDEXED_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    DIMENSION_FIELD_NUMBER: _ClassVar[int]
+    DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELDS_FIELD_NUMBER: _ClassVar[int]
+    INDEX_READY_FIELD_NUMBER: _ClassVar[int]
+    backend: str
+    items: int
+    users: int
+    indexed_vectors: int
+    dimension: int
+    distance: str
+    payload_fields: _containers.RepeatedCompositeFieldContainer[PayloadField]
+    index_ready: bool
+    def __init__(self, backend: _Optional[str] = ..., items: _Optional[int] = ..., users: _Optional[int] = ..., indexed_vectors: _Optional[int] = ..., dimension: _Optional[int] = ..., distance: _Optional[str] = ..., payload_fields: _Optional[_Iterable[_Union[PayloadField, _Mapping]]] = ..., index_ready: _Optional[bool] = ...) -> None: ...
