@@ -1,0 +1,86 @@
+"""Client channels to the other services: round robin over DNS, retries for idempotent calls, deadlines
+derived from the caller's remaining time, and the request id passed along."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+
+from services.common.logging import request_id_var
+from services.common.server import REQUEST_ID_KEY
+
+# Leave the caller this much of its own deadline to turn a backend's answer into a response.
+DEADLINE_MARGIN_S = 0.02
+
+
+def service_config(service_name: str, idempotent_methods: Sequence[str]) -> str:
+    """Round robin over every address the name resolves to (a headless Service's pods); retries with
+    backoff for the methods that are safe to repeat."""
+    config: dict[str, Any] = {"loadBalancingConfig": [{"round_robin": {}}]}
+    if idempotent_methods:
+        config["methodConfig"] = [
+            {
+                "name": [{"service": service_name, "method": method} for method in idempotent_methods],
+                "retryPolicy": {
+                    "maxAttempts": 3,
+                    "initialBackoff": "0.05s",
+                    "maxBackoff": "0.5s",
+                    "backoffMultiplier": 2,
+                    "retryableStatusCodes": ["UNAVAILABLE"],
+                },
+            }
+        ]
+    return json.dumps(config)
+
+
+class RequestIdClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    """Sends the current call's request id to the backend, so one id follows a request through the suite."""
+
+    async def intercept_unary_unary(
+        self,
+        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Any],
+        client_call_details: grpc.aio.ClientCallDetails,
+        request: Any,
+    ) -> Any:
+        request_id = request_id_var.get()
+        if request_id:
+            metadata = grpc.aio.Metadata(*(client_call_details.metadata or ()))
+            metadata.add(REQUEST_ID_KEY, request_id)
+            client_call_details = grpc.aio.ClientCallDetails(
+                client_call_details.method,
+                client_call_details.timeout,
+                metadata,
+                client_call_details.credentials,
+                client_call_details.wait_for_ready,
+            )
+        return await continuation(client_call_details, request)
+
+
+def open_channel(
+    target: str,
+    service_name: str,
+    idempotent_methods: Sequence[str] = (),
+    max_message_bytes: int = 64 * 1024 * 1024,
+) -> grpc.aio.Channel:
+    """An insecure channel to a backend; `dns:///host:port` targets balance over every resolved address."""
+    options = [
+        ("grpc.service_config", service_config(service_name, idempotent_methods)),
+        ("grpc.enable_retries", 1),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+    return grpc.aio.insecure_channel(target, options=options, interceptors=[RequestIdClientInterceptor()])
+
+
+def call_timeout(context: grpc.aio.ServicerContext | None, default_s: float) -> float:
+    """The timeout for a downstream call: the default, or less when the caller has less time left."""
+    remaining: float | None = context.time_remaining() if context is not None else None
+    if remaining is None:
+        return default_s
+    return max(0.001, min(default_s, remaining - DEADLINE_MARGIN_S))

@@ -1,0 +1,218 @@
+"""The one gRPC server bootstrap every service runs: health, reflection, interceptors, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar
+
+import grpc
+import structlog
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+from pydantic import ValidationError
+
+from services.common.errors import (
+    FailedPreconditionError,
+    InvalidArgumentError,
+    NotFoundError,
+    OverloadedError,
+    ServiceError,
+    UnavailableError,
+)
+from services.common.logging import configure_logging, request_id_var
+from services.common.settings import ServiceSettings
+
+log = structlog.get_logger(__name__)
+
+S = TypeVar("S", bound=ServiceSettings)
+
+REQUEST_ID_KEY = "x-request-id"
+
+# The one table from domain errors to status codes; the most specific class wins (checked in order).
+STATUS_BY_ERROR: tuple[tuple[type[Exception], grpc.StatusCode], ...] = (
+    (InvalidArgumentError, grpc.StatusCode.INVALID_ARGUMENT),
+    (NotFoundError, grpc.StatusCode.NOT_FOUND),
+    (OverloadedError, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (UnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (FailedPreconditionError, grpc.StatusCode.FAILED_PRECONDITION),
+)
+
+
+def status_for(error: ServiceError) -> grpc.StatusCode:
+    for error_type, code in STATUS_BY_ERROR:
+        if isinstance(error, error_type):
+            return code
+    return grpc.StatusCode.UNKNOWN
+
+
+def _downstream_status(error: grpc.aio.AioRpcError) -> tuple[grpc.StatusCode, str]:
+    """A backend's failure seen by a caller: client errors pass through, the rest become UNAVAILABLE."""
+    code = error.code()
+    passthrough = {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    }
+    if code in passthrough:
+        return code, error.details() or code.name
+    return grpc.StatusCode.UNAVAILABLE, f"a backend service failed ({code.name}): {error.details()}"
+
+
+class RequestInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Request id (from metadata or new), one access-log line per call, and the error-to-status table."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        method: str = handler_call_details.method
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        inner = handler.unary_unary
+        quiet = method.startswith("/grpc.health.") or method.startswith("/grpc.reflection.")
+
+        async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            request_id = str(metadata.get(REQUEST_ID_KEY) or uuid.uuid4().hex)
+            token = request_id_var.set(request_id)
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                return await inner(request, context)
+            except ServiceError as error:
+                code = status_for(error)
+                await context.abort(code, str(error))
+            except grpc.aio.AioRpcError as error:
+                code, details = _downstream_status(error)
+                await context.abort(code, details)
+            except (asyncio.CancelledError, grpc.aio.AbortError):
+                code = context.code() or grpc.StatusCode.CANCELLED
+                raise
+            except Exception:
+                code = grpc.StatusCode.INTERNAL
+                log.exception("unhandled error", method=method)
+                await context.abort(code, f"internal error; quote request id {request_id} when reporting it")
+            finally:
+                if not quiet:
+                    log.info(
+                        "rpc",
+                        method=method,
+                        code=code.name if isinstance(code, grpc.StatusCode) else str(code),
+                        ms=round((time.perf_counter() - started) * 1000, 2),
+                    )
+                request_id_var.reset(token)
+
+        return grpc.unary_unary_rpc_method_handler(
+            handle,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+
+class ServiceApp(Protocol):
+    """What a service's composition root hands to the bootstrap."""
+
+    service_name: str  # full proto name, e.g. "recsys.embedding.v1.EmbeddingService"
+
+    def register(self, server: grpc.aio.Server) -> None: ...
+
+    async def warm_up(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+def server_options(settings: ServiceSettings) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_connection_age_ms", int(settings.max_connection_age_s * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(settings.grace_period_s * 1000)),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+class RunningServer:
+    """A started gRPC server with its health servicer. Health says NOT_SERVING until warm-up is done."""
+
+    def __init__(self, settings: ServiceSettings, app: ServiceApp) -> None:
+        self.settings = settings
+        self.app = app
+        self.health = HealthServicer()
+        self.server = grpc.aio.server(
+            interceptors=[RequestInterceptor()],
+            options=server_options(settings),
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+        )
+        self.port = 0
+
+    async def start(self) -> int:
+        self.app.register(self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        names = (self.app.service_name, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
+        reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), self.server)
+        for name in ("", self.app.service_name):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.port = self.server.add_insecure_port(self.settings.address)
+        if self.port == 0:
+            raise RuntimeError(f"cannot listen on {self.settings.address}: is the port in use?")
+        await self.server.start()
+        return self.port
+
+    async def warm_up(self) -> None:
+        """Runs the app's warm-up, then reports SERVING. Liveness ("") is SERVING from start on."""
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        await self.app.warm_up()
+        await self.health.set(self.app.service_name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving", port=self.port, service=self.app.service_name)
+
+    async def stop(self) -> None:
+        """Graceful: NOT_SERVING first (load balancers stop sending), a drain, then finish in-flight calls."""
+        await self.health.enter_graceful_shutdown()
+        await asyncio.sleep(self.settings.drain_s)
+        await self.server.stop(self.settings.grace_period_s)
+        await self.app.close()
+        log.info("stopped", service=self.app.service_name)
+
+
+async def serve(settings: ServiceSettings, app: ServiceApp) -> None:
+    """Serves until SIGTERM or SIGINT, then shuts down gracefully."""
+    running = RunningServer(settings, app)
+    stop_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_requested.set)
+    await running.start()
+    log.info("listening", address=f"{settings.host}:{running.port}", service=app.service_name)
+    warm_up = asyncio.create_task(running.warm_up())
+    await stop_requested.wait()
+    if not warm_up.done():
+        warm_up.cancel()
+    log.info("shutting down", service=app.service_name)
+    await running.stop()
+
+
+def run_service(name: str, settings_factory: Callable[[], S], build_app: Callable[[S], ServiceApp]) -> None:
+    """Entry point of every service's __main__: settings, logging, then the app built inside the loop."""
+    try:
+        settings = settings_factory()
+    except ValidationError as error:
+        raise SystemExit(f"{name}: invalid settings (check the environment variables):\n{error}") from None
+    configure_logging(name, settings.log_level, settings.log_json)
+
+    async def main() -> None:
+        await serve(settings, build_app(settings))
+
+    asyncio.run(main())
