@@ -1,0 +1,54 @@
+"""Composition root of the embedding service: the only place that loads the model."""
+
+from __future__ import annotations
+
+import grpc
+import torch
+
+from recsys.embedding.v1 import embedding_pb2, embedding_pb2_grpc
+from services.embedding.config import EmbeddingSettings
+from services.embedding.embedder import Embedder, Encoder, Limits
+from services.embedding.encoder import DEFAULT_MODEL_ID, TextEncoder, default_model_path
+from services.embedding.servicer import EmbeddingServicer
+
+SERVICE_NAME = embedding_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
+
+
+def load_encoder(settings: EmbeddingSettings) -> TextEncoder:
+    if settings.torch_threads:
+        torch.set_num_threads(settings.torch_threads)
+    path = settings.model_path or default_model_path()
+    model_id = settings.model_id or (DEFAULT_MODEL_ID if settings.model_path is None else "")
+    return TextEncoder(
+        path,
+        device=settings.device,
+        dtype=settings.dtype,
+        batch_size=settings.max_batch_size,
+        model_id=model_id,
+    )
+
+
+class EmbeddingApp:
+    service_name = SERVICE_NAME
+
+    def __init__(self, settings: EmbeddingSettings, encoder: Encoder) -> None:
+        self.embedder = Embedder(
+            encoder,
+            Limits(settings.max_texts_per_request, settings.max_text_chars),
+            max_batch_size=settings.max_batch_size,
+            max_batch_wait_s=settings.max_batch_wait_ms / 1000,
+            max_queued_texts=settings.max_queued_texts,
+        )
+
+    def register(self, server: grpc.aio.Server) -> None:
+        embedding_pb2_grpc.add_EmbeddingServiceServicer_to_server(EmbeddingServicer(self.embedder), server)
+
+    async def warm_up(self) -> None:
+        await self.embedder.warm_up()
+
+    async def close(self) -> None:
+        await self.embedder.close()
+
+
+def build_app(settings: EmbeddingSettings) -> EmbeddingApp:
+    return EmbeddingApp(settings, load_encoder(settings))

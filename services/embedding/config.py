@@ -1,0 +1,30 @@
+"""Settings of the embedding service (environment prefix EMBEDDING_)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import ServiceSettings
+
+
+class EmbeddingSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="EMBEDDING_", extra="ignore")
+
+    port: int = Field(50052, ge=0, le=65535, description="gRPC port.")
+    model_path: Path | None = Field(
+        None, description="Local Hugging Face model folder; default: the installed all-MiniLM-L6-v2."
+    )
+    model_id: str = Field("", description="Name reported by GetModelInfo; default: derived from the folder.")
+    device: str = Field("auto", description="auto (CUDA when present), cpu or cuda:N.")
+    dtype: str = Field(
+        "auto", description="auto (float16 on CUDA, float32 on CPU), float32, float16, bfloat16."
+    )
+    torch_threads: int = Field(0, ge=0, description="CPU threads for torch; 0 keeps torch's default.")
+    max_batch_size: int = Field(32, ge=1, le=4096, description="Most texts in one forward pass.")
+    max_batch_wait_ms: float = Field(2.0, ge=0, description="How long a batch waits for more requests.")
+    max_queued_texts: int = Field(4096, ge=1, description="Waiting texts beyond this: RESOURCE_EXHAUSTED.")
+    max_texts_per_request: int = Field(1024, ge=1, description="Most texts in one EmbedTexts call.")
+    max_text_chars: int = Field(65_536, ge=1, description="Longest text accepted, in characters.")

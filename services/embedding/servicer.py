@@ -1,0 +1,41 @@
+"""gRPC transport of the embedding service: converts types, nothing else."""
+
+from __future__ import annotations
+
+import grpc
+
+from recsys.embedding.v1 import embedding_pb2, embedding_pb2_grpc
+from services.embedding.embedder import Embedder
+
+
+class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
+    def __init__(self, embedder: Embedder) -> None:
+        self._embedder = embedder
+
+    async def EmbedTexts(
+        self, request: embedding_pb2.EmbedTextsRequest, context: grpc.aio.ServicerContext
+    ) -> embedding_pb2.EmbedTextsResponse:
+        encoded = await self._embedder.embed(list(request.texts))
+        return embedding_pb2.EmbedTextsResponse(
+            embeddings=[
+                embedding_pb2.Embedding(
+                    values=item.vector.tolist(), token_count=item.token_count, truncated=item.truncated
+                )
+                for item in encoded
+            ],
+            model_id=self._embedder.encoder.model_id,
+        )
+
+    async def GetModelInfo(
+        self, request: embedding_pb2.GetModelInfoRequest, context: grpc.aio.ServicerContext
+    ) -> embedding_pb2.GetModelInfoResponse:
+        encoder = self._embedder.encoder
+        return embedding_pb2.GetModelInfoResponse(
+            model_id=encoder.model_id,
+            dimension=encoder.dimension,
+            max_tokens=encoder.max_tokens,
+            device=encoder.device,
+            dtype=encoder.dtype,
+            pooling="mean",
+            max_batch_size=self._embedder.max_batch_size,
+        )
