@@ -4,12 +4,13 @@ derived from the caller's remaining time, and the request id passed along."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
 
-from services.common.logging import request_id_var
+from services.common.logging import deadline_var, request_id_var
 from services.common.server import REQUEST_ID_KEY
 
 # Leave the caller this much of its own deadline to turn a backend's answer into a response.
@@ -78,9 +79,9 @@ def open_channel(
     return grpc.aio.insecure_channel(target, options=options, interceptors=[RequestIdClientInterceptor()])
 
 
-def call_timeout(context: grpc.aio.ServicerContext | None, default_s: float) -> float:
-    """The timeout for a downstream call: the default, or less when the caller has less time left."""
-    remaining: float | None = context.time_remaining() if context is not None else None
-    if remaining is None:
+def call_timeout(default_s: float) -> float:
+    """The timeout for a downstream call: the default, or less when the current caller has less time left."""
+    deadline = deadline_var.get()
+    if deadline is None:
         return default_s
-    return max(0.001, min(default_s, remaining - DEADLINE_MARGIN_S))
+    return max(0.001, min(default_s, deadline - time.monotonic() - DEADLINE_MARGIN_S))

@@ -9,6 +9,8 @@ from contextvars import ContextVar
 import structlog
 
 request_id_var: ContextVar[str] = ContextVar("request_id", default="")
+# Absolute time.monotonic() by which the current call must be answered; None when the caller set none.
+deadline_var: ContextVar[float | None] = ContextVar("deadline", default=None)
 
 
 def _add_request_id(_: object, __: str, event: structlog.types.EventDict) -> structlog.types.EventDict:

@@ -24,7 +24,7 @@ from services.common.errors import (
     ServiceError,
     UnavailableError,
 )
-from services.common.logging import configure_logging, request_id_var
+from services.common.logging import configure_logging, deadline_var, request_id_var
 from services.common.settings import ServiceSettings
 
 log = structlog.get_logger(__name__)
@@ -84,6 +84,8 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
             request_id = str(metadata.get(REQUEST_ID_KEY) or uuid.uuid4().hex)
             token = request_id_var.set(request_id)
+            remaining = context.time_remaining()
+            deadline_token = deadline_var.set(None if remaining is None else time.monotonic() + remaining)
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
@@ -110,6 +112,7 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                         ms=round((time.perf_counter() - started) * 1000, 2),
                     )
                 request_id_var.reset(token)
+                deadline_var.reset(deadline_token)
 
         return grpc.unary_unary_rpc_method_handler(
             handle,

@@ -92,12 +92,14 @@ class DeleteItemsResponse(_message.Message):
     def __init__(self, deleted: _Optional[int] = ...) -> None: ...
 
 class GetItemsRequest(_message.Message):
-    __slots__ = ("item_ids", "with_vectors")
+    __slots__ = ("item_ids", "with_vectors", "skip_missing")
     ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     WITH_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    SKIP_MISSING_FIELD_NUMBER: _ClassVar[int]
     item_ids: _containers.RepeatedScalarFieldContainer[str]
     with_vectors: bool
-    def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., with_vectors: _Optional[bool] = ...) -> None: ...
+    skip_missing: bool
+    def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., with_vectors: _Optional[bool] = ..., skip_missing: _Optional[bool] = ...) -> None: ...
 
 class GetItemsResponse(_message.Message):
     __slots__ = ("items",)
