@@ -1,0 +1,209 @@
+"""gRPC adapters from the gateway's ports to the four backend services. Every call carries a deadline
+derived from the caller's remaining time; a backend's failure surfaces as a domain error."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import grpc
+import numpy as np
+from google.protobuf import json_format, struct_pb2
+
+from recsys.embedding.v1 import embedding_pb2, embedding_pb2_grpc
+from recsys.preprocessor.v1 import preprocessor_pb2, preprocessor_pb2_grpc
+from recsys.ranker.v1 import ranker_pb2, ranker_pb2_grpc
+from recsys.retriever.v1 import retriever_pb2, retriever_pb2_grpc
+from services.common.clients import call_timeout
+from services.common.errors import UnavailableError
+from services.gateway.model import (
+    CatalogRecord,
+    HistoryEvent,
+    ItemFilter,
+    ItemText,
+    NewItem,
+    Profile,
+    Ranking,
+    StoredItem,
+)
+
+Response = TypeVar("Response")
+
+
+async def _call(name: str, call: Callable[..., Awaitable[Response]], request: Any, timeout_s: float) -> Response:
+    try:
+        return await call(request, timeout=call_timeout(timeout_s))
+    except grpc.aio.AioRpcError as error:
+        if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            raise UnavailableError(f"the {name} service did not answer ({error.code().name}); retry") from error
+        raise
+
+
+def _vector(values: Sequence[float]) -> np.ndarray | None:
+    return np.asarray(values, dtype=np.float32) if len(values) else None
+
+
+def _payload(struct: struct_pb2.Struct) -> dict[str, Any]:
+    payload: dict[str, Any] = json_format.MessageToDict(struct)
+    return payload
+
+
+def _struct(payload: dict[str, Any]) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    struct.update(payload)
+    return struct
+
+
+def _retriever_filter(item_filter: ItemFilter) -> retriever_pb2.Filter:
+    return retriever_pb2.Filter(
+        categories_any=list(item_filter.categories_any),
+        keywords=[retriever_pb2.KeywordCondition(field=f, any_of=list(v)) for f, v in item_filter.keywords.items()],
+        ranges=[retriever_pb2.RangeCondition(field=f, gte=lo, lte=hi) for f, (lo, hi) in item_filter.ranges.items()],
+        flags=[retriever_pb2.FlagCondition(field=f, value=v) for f, v in item_filter.flags.items()],
+    )
+
+
+def _stored(item: retriever_pb2.ScoredItem | retriever_pb2.Item, score: float = 0.0) -> StoredItem:
+    return StoredItem(item.item_id, score, _payload(item.payload), _vector(item.vector))
+
+
+class PreprocessorClient:
+    def __init__(self, channel: grpc.aio.Channel, timeout_s: float) -> None:
+        self._stub = preprocessor_pb2_grpc.PreprocessorServiceStub(channel)
+        self._timeout_s = timeout_s
+
+    async def clean_query(self, text: str) -> str:
+        request = preprocessor_pb2.CleanTextsRequest(texts=[text])
+        response = await _call("preprocessor", self._stub.CleanTexts, request, self._timeout_s)
+        return str(response.results[0].text)
+
+    async def build_item_texts(self, records: Sequence[CatalogRecord]) -> list[ItemText]:
+        request = preprocessor_pb2.BuildItemTextsRequest(
+            items=[
+                preprocessor_pb2.ItemFields(
+                    item_id=r.item_id,
+                    title=r.title,
+                    description=r.description,
+                    categories=list(r.categories),
+                    brand=str(r.attributes.get("brand", "")),
+                    attributes={k: str(v) for k, v in r.attributes.items() if k != "brand"},
+                )
+                for r in records
+            ]
+        )
+        response = await _call("preprocessor", self._stub.BuildItemTexts, request, self._timeout_s)
+        return [ItemText(i.text.text, i.text.truncated) for i in response.items]
+
+
+class EmbeddingClient:
+    def __init__(self, channel: grpc.aio.Channel, timeout_s: float) -> None:
+        self._stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
+        self._timeout_s = timeout_s
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        request = embedding_pb2.EmbedTextsRequest(texts=list(texts))
+        response = await _call("embedding", self._stub.EmbedTexts, request, self._timeout_s)
+        return np.asarray([e.values for e in response.embeddings], dtype=np.float32)
+
+
+class RetrieverClient:
+    def __init__(self, channel: grpc.aio.Channel, timeout_s: float) -> None:
+        self._stub = retriever_pb2_grpc.RetrieverServiceStub(channel)
+        self._timeout_s = timeout_s
+
+    async def search(
+        self, vector: np.ndarray, limit: int, item_filter: ItemFilter, exclude_ids: Sequence[str]
+    ) -> list[StoredItem]:
+        query = retriever_pb2.SearchQuery(
+            vector=vector.tolist(),
+            limit=limit,
+            filter=_retriever_filter(item_filter),
+            exclude_ids=list(exclude_ids),
+            with_vectors=True,
+        )
+        request = retriever_pb2.SearchItemsRequest(queries=[query])
+        response = await _call("retriever", self._stub.SearchItems, request, self._timeout_s)
+        return [_stored(i, i.score) for i in response.results[0].items]
+
+    async def similar(
+        self, item_id: str, limit: int, item_filter: ItemFilter, exclude_ids: Sequence[str]
+    ) -> list[StoredItem]:
+        request = retriever_pb2.RecommendItemsRequest(
+            positive_ids=[item_id], limit=limit, filter=_retriever_filter(item_filter), exclude_ids=list(exclude_ids)
+        )
+        response = await _call("retriever", self._stub.RecommendItems, request, self._timeout_s)
+        return [_stored(i, i.score) for i in response.items]
+
+    async def popular(
+        self, limit: int, offset: int, item_filter: ItemFilter, exclude_ids: Sequence[str]
+    ) -> list[StoredItem]:
+        request = retriever_pb2.ListPopularItemsRequest(
+            limit=limit, offset=offset, filter=_retriever_filter(item_filter), exclude_ids=list(exclude_ids)
+        )
+        response = await _call("retriever", self._stub.ListPopularItems, request, self._timeout_s)
+        return [_stored(i, i.score) for i in response.items]
+
+    async def get_items(self, item_ids: Sequence[str], skip_missing: bool) -> list[StoredItem]:
+        request = retriever_pb2.GetItemsRequest(item_ids=list(item_ids), with_vectors=True, skip_missing=skip_missing)
+        response = await _call("retriever", self._stub.GetItems, request, self._timeout_s)
+        return [_stored(i) for i in response.items]
+
+    async def upsert_items(self, items: Sequence[NewItem]) -> int:
+        request = retriever_pb2.UpsertItemsRequest(
+            items=[
+                retriever_pb2.Item(item_id=i.item_id, vector=i.vector.tolist(), payload=_struct(dict(i.payload)))
+                for i in items
+            ]
+        )
+        response = await _call("retriever", self._stub.UpsertItems, request, self._timeout_s)
+        return int(response.upserted)
+
+    async def append_events(self, user_id: str, events: Sequence[HistoryEvent]) -> None:
+        request = retriever_pb2.AppendUserEventsRequest(
+            user_id=user_id,
+            events=[
+                retriever_pb2.UserEvent(
+                    item_id=e.item_id, event_type=e.event_type, timestamp=e.timestamp, weight=e.weight
+                )
+                for e in events
+            ],
+        )
+        await _call("retriever", self._stub.AppendUserEvents, request, self._timeout_s)
+
+    async def get_profile(self, user_id: str) -> Profile | None:
+        request = retriever_pb2.GetUserProfileRequest(user_id=user_id)
+        try:
+            response = await _call("retriever", self._stub.GetUserProfile, request, self._timeout_s)
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+        profile = response.profile
+        events = tuple(HistoryEvent(e.item_id, e.event_type, e.timestamp, e.weight) for e in profile.events)
+        return Profile(profile.user_id, _vector(profile.vector), events)
+
+    async def delete_user(self, user_id: str) -> None:
+        request = retriever_pb2.DeleteUserRequest(user_id=user_id)
+        await _call("retriever", self._stub.DeleteUser, request, self._timeout_s)
+
+
+class RankerClient:
+    def __init__(self, channel: grpc.aio.Channel, timeout_s: float) -> None:
+        self._stub = ranker_pb2_grpc.RankerServiceStub(channel)
+        self._timeout_s = timeout_s
+
+    async def score(self, user_id: str, history: Sequence[StoredItem], candidates: Sequence[StoredItem]) -> Ranking:
+        def vectors(items: Sequence[StoredItem]) -> list[ranker_pb2.ItemVector]:
+            return [
+                ranker_pb2.ItemVector(item_id=i.item_id, vector=i.vector.tolist())
+                for i in items
+                if i.vector is not None
+            ]
+
+        task = ranker_pb2.ScoringTask(user_id=user_id, history=vectors(history), candidates=vectors(candidates))
+        request = ranker_pb2.ScoreCandidatesRequest(tasks=[task])
+        try:
+            response = await _call("ranker", self._stub.ScoreCandidates, request, self._timeout_s)
+        except grpc.aio.AioRpcError as error:
+            raise UnavailableError(f"the ranker failed: {error.code().name} {error.details()}") from error
+        return Ranking(np.asarray(response.results[0].scores, dtype=np.float32), response.model_version)

@@ -1,0 +1,144 @@
+"""gRPC transport of the gateway: converts between the public protos and the domain."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import time
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from recsys.gateway.v1 import gateway_pb2 as pb
+from recsys.gateway.v1 import gateway_pb2_grpc
+from services.common.errors import InvalidArgumentError
+from services.gateway.model import AttributeValue, CatalogRecord, EventRecord, ItemFilter, Recommendation
+from services.gateway.recommender import Recommender
+
+EVENT_TYPES = {
+    pb.EVENT_TYPE_UNSPECIFIED: "view",
+    pb.EVENT_TYPE_VIEW: "view",
+    pb.EVENT_TYPE_CLICK: "click",
+    pb.EVENT_TYPE_ADD_TO_CART: "add_to_cart",
+    pb.EVENT_TYPE_PURCHASE: "purchase",
+}
+_PAGE_PREFIX = "offset:"
+
+
+def encode_page_token(offset: int) -> str:
+    return base64.urlsafe_b64encode(f"{_PAGE_PREFIX}{offset}".encode()).decode()
+
+
+def decode_page_token(token: str) -> int:
+    if not token:
+        return 0
+    try:
+        text = base64.urlsafe_b64decode(token.encode()).decode()
+        if text.startswith(_PAGE_PREFIX):
+            return int(text.removeprefix(_PAGE_PREFIX))
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        pass
+    raise InvalidArgumentError("page_token is not one this service issued: pass next_page_token back unchanged")
+
+
+def to_filter(message: pb.Filter) -> ItemFilter:
+    ranges: dict[str, tuple[float | None, float | None]] = {}
+    for r in message.ranges:
+        ranges[r.field] = (r.gte if r.HasField("gte") else None, r.lte if r.HasField("lte") else None)
+    return ItemFilter(
+        categories_any=tuple(message.categories_any),
+        keywords={k.field: tuple(k.any_of) for k in message.keywords},
+        ranges=ranges,
+        flags={f.field: f.value for f in message.flags},
+    )
+
+
+def _attributes(item: pb.CatalogItem, index: int) -> dict[str, AttributeValue]:
+    attributes: dict[str, AttributeValue] = {}
+    raw: dict[str, Any] = json_format.MessageToDict(item.attributes)
+    for key, value in raw.items():
+        if isinstance(value, bool | str):
+            attributes[key] = value
+        elif isinstance(value, int | float) and math.isfinite(value):
+            attributes[key] = float(value)
+        else:
+            raise InvalidArgumentError(
+                f"items[{index}].attributes.{key} must be a string, a finite number or a boolean"
+            )
+    return attributes
+
+
+def _item(r: Recommendation) -> pb.RecommendedItem:
+    return pb.RecommendedItem(
+        item_id=r.item_id, score=r.score, reason=r.reason, title=r.title, categories=list(r.categories)
+    )
+
+
+class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
+    def __init__(self, recommender: Recommender) -> None:
+        self._recommender = recommender
+
+    async def Recommend(self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext) -> pb.RecommendResponse:
+        result = await self._recommender.recommend(
+            user_id=request.user_id,
+            query=request.query,
+            k=request.k,
+            item_filter=to_filter(request.filter),
+            exclude_seen=request.exclude_seen if request.HasField("exclude_seen") else True,
+            offset=decode_page_token(request.page_token),
+        )
+        return pb.RecommendResponse(
+            items=[_item(r) for r in result.items],
+            next_page_token=encode_page_token(result.next_offset) if result.next_offset is not None else "",
+            strategy=result.strategy,
+            model_version=result.model_version,
+        )
+
+    async def GetSimilarItems(
+        self, request: pb.GetSimilarItemsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetSimilarItemsResponse:
+        found = await self._recommender.similar_items(request.item_id, request.k, to_filter(request.filter))
+        return pb.GetSimilarItemsResponse(items=[_item(r) for r in found])
+
+    async def SearchItems(
+        self, request: pb.SearchItemsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SearchItemsResponse:
+        found = await self._recommender.search(request.query, request.k, to_filter(request.filter))
+        return pb.SearchItemsResponse(items=[_item(r) for r in found])
+
+    async def UpsertItems(
+        self, request: pb.UpsertItemsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpsertItemsResponse:
+        records = [
+            CatalogRecord(
+                item_id=item.item_id,
+                title=item.title,
+                description=item.description,
+                categories=tuple(item.categories),
+                attributes=_attributes(item, index),
+            )
+            for index, item in enumerate(request.items)
+        ]
+        upserted, truncated = await self._recommender.upsert_items(records)
+        return pb.UpsertItemsResponse(upserted=upserted, truncated=truncated)
+
+    async def RecordEvents(
+        self, request: pb.RecordEventsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecordEventsResponse:
+        now = time.time()
+        events = []
+        for index, event in enumerate(request.events):
+            if event.type not in EVENT_TYPES:
+                raise InvalidArgumentError(f"events[{index}].type {event.type} is not a known EventType")
+            timestamp = event.time.seconds + event.time.nanos / 1e9 if event.HasField("time") else now
+            events.append(EventRecord(event.user_id, event.item_id, EVENT_TYPES[event.type], timestamp))
+        recorded = await self._recommender.record_events(events)
+        return pb.RecordEventsResponse(recorded=recorded)
+
+    async def DeleteUser(
+        self, request: pb.DeleteUserRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteUserResponse:
+        await self._recommender.delete_user(request.user_id)
+        return pb.DeleteUserResponse()
