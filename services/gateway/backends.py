@@ -14,6 +14,7 @@ from recsys.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 from recsys.preprocessor.v1 import preprocessor_pb2, preprocessor_pb2_grpc
 from recsys.ranker.v1 import ranker_pb2, ranker_pb2_grpc
 from recsys.retriever.v1 import retriever_pb2, retriever_pb2_grpc
+from services.common.attributes import format_attribute_value
 from services.common.clients import call_timeout
 from services.common.errors import UnavailableError
 from services.gateway.model import (
@@ -86,7 +87,7 @@ class PreprocessorClient:
                     description=r.description,
                     categories=list(r.categories),
                     brand=str(r.attributes.get("brand", "")),
-                    attributes={k: str(v) for k, v in r.attributes.items() if k != "brand"},
+                    attributes={k: format_attribute_value(v) for k, v in r.attributes.items() if k != "brand"},
                 )
                 for r in records
             ]

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-AttributeValue = str | float | bool
+from services.common.attributes import AttributeValue
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,9 @@ from google.protobuf import json_format
 
 from recsys.gateway.v1 import gateway_pb2 as pb
 from recsys.gateway.v1 import gateway_pb2_grpc
+from services.common.attributes import AttributeValue
 from services.common.errors import InvalidArgumentError
-from services.gateway.model import AttributeValue, CatalogRecord, EventRecord, ItemFilter, Recommendation
+from services.gateway.model import CatalogRecord, EventRecord, ItemFilter, Recommendation
 from services.gateway.recommender import Recommender
 
 EVENT_TYPES = {

@@ -25,6 +25,7 @@ from types import MappingProxyType
 
 import phonenumbers
 
+from services.common.attributes import format_attribute_value
 from services.preprocessor.tokens import CHARS_PER_TOKEN_BOUND, TokenBudget
 
 EMAIL_PLACEHOLDER = "[EMAIL]"
@@ -188,14 +189,6 @@ def _mask_phones(text: str, region: str) -> str:
     return "".join(pieces)
 
 
-def _format_value(value: str | float | bool) -> str:
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        return str(int(value)) if value.is_integer() else repr(value)
-    return str(value)
-
-
 def _join_sentences(parts: Iterable[str]) -> str:
     """Join non-empty parts with '. ', without doubling a period a part already ends with."""
     out: list[str] = []
@@ -277,7 +270,7 @@ class TextPreprocessor:
         categories = " > ".join(c for c in (part(raw) for raw in item.categories) if c)
         attributes: list[str] = []
         for key in sorted(item.attributes):
-            value = part(_format_value(item.attributes[key]))
+            value = part(format_attribute_value(item.attributes[key]))
             if value:
                 name = part(key)
                 attributes.append(f"{name}: {value}" if name else value)

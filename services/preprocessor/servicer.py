@@ -8,7 +8,7 @@ from recsys.preprocessor.v1 import preprocessor_pb2, preprocessor_pb2_grpc
 from services.preprocessor.cleaning import ChangeKind, CleanedText, ItemFields
 from services.preprocessor.service import Preprocessing
 
-_CHANGE_KINDS = {kind: preprocessor_pb2.ChangeKind.Value(f"CHANGE_KIND_{kind.name}") for kind in ChangeKind}
+_CHANGE_KINDS = {kind: f"CHANGE_KIND_{kind.name}" for kind in ChangeKind}
 
 
 def _cleaned(result: CleanedText) -> preprocessor_pb2.CleanedText:
