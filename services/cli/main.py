@@ -1,0 +1,151 @@
+"""The `recsys` command: run the suite, train the ranker, load data, fetch MovieLens."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+
+import grpc
+
+from recsys.gateway.v1 import gateway_pb2 as pb
+from recsys.gateway.v1 import gateway_pb2_grpc
+from services.cli.ingest import ingest
+from services.cli.suite import Suite
+from services.cli.training import train_and_publish
+from services.datasets.loaders import Dataset, load_dataset
+from services.datasets.movielens import download_movielens_100k
+from services.ranker.checkpoints import latest_checkpoint
+from services.ranker.training import TrainConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "amazon-scientific"
+DEFAULT_STATE = REPO_ROOT / "var"
+
+
+def _offline() -> None:
+    # The model is on disk; a hub lookup would only hang on a machine without internet.
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_PROGRESS_BARS"):
+        os.environ.setdefault(name, "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _dataset(args: argparse.Namespace) -> Dataset:
+    path: Path = args.data
+    if not path.exists():
+        raise SystemExit(
+            f"no dataset at {path}: pass --data FOLDER (benchmark, RecBole or plain format), or fetch MovieLens "
+            "with `recsys download-movielens DEST` and pass --data DEST"
+        )
+    return load_dataset(path, args.format, limit_items=args.limit_items)
+
+
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(max_epochs=args.epochs, seed=args.seed, max_seconds=args.max_train_seconds)
+
+
+def command_train(args: argparse.Namespace) -> None:
+    dataset = _dataset(args)
+    path, result = train_and_publish(
+        dataset, args.state_dir / "checkpoints", args.state_dir / "cache", _train_config(args)
+    )
+    print(json.dumps({"checkpoint": str(path), "metrics": result.metrics}, indent=2))
+
+
+def command_download_movielens(args: argparse.Namespace) -> None:
+    print(download_movielens_100k(args.dest))
+
+
+def _print_sample(channel: grpc.Channel, dataset: Dataset) -> None:
+    sequences = dataset.sequences()
+    user = max(sequences, key=lambda u: (len(sequences[u]), u))
+    titles = {item.item_id: item.title for item in dataset.items}
+    stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+    response = stub.Recommend(pb.RecommendRequest(user_id=user, k=5), timeout=30)
+    print(f"\nSample recommendation for user {user} ({response.strategy}, model {response.model_version or '-'})")
+    print("  recent history:")
+    for item_id in sequences[user][-3:]:
+        print(f"    - {titles.get(item_id, item_id)[:90]}")
+    print("  recommended:")
+    for item in response.items:
+        print(f"    {item.score:6.3f}  {item.title[:70]}\n            {item.reason}")
+
+
+def command_up(args: argparse.Namespace) -> None:
+    state_dir: Path = args.state_dir
+    dataset = _dataset(args)
+    print(f"dataset {dataset.name}: {len(dataset.items)} items, {len(dataset.interactions)} interactions")
+    if latest_checkpoint(state_dir / "checkpoints") is None:
+        print("no ranker checkpoint yet: training one (once)")
+        train_and_publish(dataset, state_dir / "checkpoints", state_dir / "cache", _train_config(args))
+
+    suite = Suite(args.port, state_dir)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        suite.start()
+        print(f"starting the five services (logs in {state_dir / 'logs'}) ...")
+        suite.wait_until_serving()
+        print("all five services report SERVING")
+        marker = state_dir / "qdrant" / f"loaded-{dataset.content_hash()[:16]}"
+        with grpc.insecure_channel(suite.address("gateway")) as channel:
+            if not marker.exists():
+                ingest(channel, dataset)
+                marker.touch()
+            _print_sample(channel, dataset)
+        print(f"\ngateway on {suite.address('gateway')}; try: grpcurl -plaintext {suite.address('gateway')} list")
+        print("serving until Ctrl-C")
+        while not stop.wait(1.0):
+            dead = [name for name, p in suite.processes.items() if p.poll() is not None]
+            if dead:
+                print(
+                    f"service {dead[0]} exited; stopping the suite. Log tail:\n{suite.tail(dead[0])}", file=sys.stderr
+                )
+                break
+    finally:
+        print("stopping the five services ...")
+        codes = suite.stop()
+        print("stopped: " + ", ".join(f"{name}={code}" for name, code in codes.items()))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recsys", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def data_options(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--data", type=Path, default=DEFAULT_DATA, help=f"dataset folder (default {DEFAULT_DATA})")
+        command.add_argument("--format", default="auto", choices=["auto", "benchmark", "recbole", "plain"])
+        command.add_argument("--limit-items", type=int, default=None, help="keep only the first N items")
+        command.add_argument("--state-dir", type=Path, default=DEFAULT_STATE, help="checkpoints, index, logs")
+        command.add_argument("--epochs", type=int, default=40, help="most training epochs (early stopping)")
+        command.add_argument("--seed", type=int, default=0)
+        command.add_argument("--max-train-seconds", type=float, default=None, help="wall-clock cap on training")
+
+    up = commands.add_parser("up", help="train if needed, start the five services, load the data, serve")
+    data_options(up)
+    up.add_argument("--port", type=int, default=50050, help="gateway port; the backends take the next four")
+    up.set_defaults(handler=command_up)
+
+    train = commands.add_parser("train", help="train the ranker and publish a versioned checkpoint")
+    data_options(train)
+    train.set_defaults(handler=command_train)
+
+    download = commands.add_parser("download-movielens", help="fetch MovieLens-100K into the plain format")
+    download.add_argument("dest", type=Path)
+    download.set_defaults(handler=command_download_movielens)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    _offline()
+    args = build_parser().parse_args(argv)
+    args.handler(args)
+
+
+if __name__ == "__main__":
+    main()

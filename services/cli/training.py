@@ -1,0 +1,74 @@
+"""`recsys train`: item texts as the suite serves them, their embeddings (cached by content hash), the
+ranker trained on them, and a versioned checkpoint."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from services.datasets.loaders import CatalogItem, Dataset
+from services.embedding.app import load_encoder
+from services.embedding.config import EmbeddingSettings
+from services.embedding.encoder import TextEncoder
+from services.preprocessor.app import build_preprocessor
+from services.preprocessor.cleaning import ItemFields
+from services.preprocessor.config import PreprocessorSettings
+from services.ranker.checkpoints import save_checkpoint
+from services.ranker.training import TrainConfig, TrainResult, train_ranker
+
+
+def item_fields(item: CatalogItem) -> ItemFields:
+    """The fields the gateway sends the preprocessor for this item (brand travels separately)."""
+    return ItemFields(
+        item_id=item.item_id,
+        title=item.title,
+        description=item.description,
+        categories=item.categories,
+        brand=item.brand,
+        attributes=item.attributes,
+    )
+
+
+def item_texts(items: Sequence[CatalogItem]) -> list[str]:
+    preprocessor = build_preprocessor(PreprocessorSettings())
+    return [result.text for result in preprocessor.build_many([item_fields(i) for i in items])]
+
+
+def embed_items(items: Sequence[CatalogItem], cache_dir: Path, batch_size: int = 64) -> tuple[np.ndarray, str]:
+    """(n, dim) vectors of the items' texts from the model the embedding service serves, cached on disk
+    under a hash of the model and every text, so a retrain on the same catalog skips the encoder.
+    Returns the vectors and the model's id."""
+    texts = item_texts(items)
+    encoder: TextEncoder = load_encoder(EmbeddingSettings())
+    digest = hashlib.sha256(f"{encoder.model_id}|{encoder.max_tokens}".encode())
+    for text in texts:
+        digest.update(text.encode())
+        digest.update(b"\0")
+    cache = cache_dir / f"item-vectors-{digest.hexdigest()[:16]}.npy"
+    if cache.is_file():
+        return np.load(cache), encoder.model_id
+    vectors = np.zeros((len(texts), encoder.dimension), dtype=np.float32)
+    with tqdm(total=len(texts), desc="embedding items", unit="item") as bar:
+        for start in range(0, len(texts), batch_size):
+            batch = encoder.encode(texts[start : start + batch_size])
+            vectors[start : start + len(batch)] = np.stack([e.vector for e in batch])
+            bar.update(len(batch))
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(".tmp.npy")
+    np.save(tmp, vectors)
+    tmp.rename(cache)
+    return vectors, encoder.model_id
+
+
+def train_and_publish(
+    dataset: Dataset, checkpoint_dir: Path, cache_dir: Path, config: TrainConfig
+) -> tuple[Path, TrainResult]:
+    vectors, model_id = embed_items(dataset.items, cache_dir)
+    ids = [item.item_id for item in dataset.items]
+    result = train_ranker(dataset, (ids, vectors), config, progress=True)
+    path = save_checkpoint(checkpoint_dir, result, embedding_model_id=model_id)
+    return path, result

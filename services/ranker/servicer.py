@@ -1,0 +1,62 @@
+"""gRPC transport of the ranker service: converts types, nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import grpc
+import numpy as np
+
+from recsys.ranker.v1 import ranker_pb2, ranker_pb2_grpc
+from services.common.errors import FailedPreconditionError, InvalidArgumentError
+from services.ranker.model import ScoreRequest
+from services.ranker.service import RankingService
+
+
+def _matrix(items: Sequence[ranker_pb2.ItemVector], where: str) -> np.ndarray:
+    if not items:
+        return np.zeros((0, 0), dtype=np.float32)
+    sizes = {len(item.vector) for item in items}
+    if len(sizes) != 1:
+        raise InvalidArgumentError(f"{where} vectors differ in length ({sorted(sizes)}): send one model's vectors")
+    return np.asarray([item.vector for item in items], dtype=np.float32)
+
+
+class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
+    def __init__(self, ranking: RankingService) -> None:
+        self._ranking = ranking
+
+    async def ScoreCandidates(
+        self, request: ranker_pb2.ScoreCandidatesRequest, context: grpc.aio.ServicerContext
+    ) -> ranker_pb2.ScoreCandidatesResponse:
+        requests = [
+            ScoreRequest(
+                history_item_ids=[h.item_id for h in task.history],
+                history_vectors=_matrix(task.history, f"tasks[{n}].history"),
+                candidate_item_ids=[c.item_id for c in task.candidates],
+                candidate_vectors=_matrix(task.candidates, f"tasks[{n}].candidates"),
+            )
+            for n, task in enumerate(request.tasks)
+        ]
+        scores, version = await self._ranking.score(requests)
+        return ranker_pb2.ScoreCandidatesResponse(
+            results=[ranker_pb2.TaskScores(scores=s.tolist()) for s in scores], model_version=version
+        )
+
+    async def GetModelInfo(
+        self, request: ranker_pb2.GetModelInfoRequest, context: grpc.aio.ServicerContext
+    ) -> ranker_pb2.GetModelInfoResponse:
+        model = self._ranking.current
+        if model is None:
+            raise FailedPreconditionError("no ranker model is loaded yet: run `recsys train` to publish a checkpoint")
+        meta = model.metadata
+        return ranker_pb2.GetModelInfoResponse(
+            version=meta.version,
+            created_at=meta.created_at,
+            dataset=meta.dataset_name,
+            dataset_hash=meta.dataset_hash,
+            embedding_model=meta.embedding_model_id,
+            metrics=meta.metrics,
+            known_items=meta.n_items,
+            device=model.scorer.device,
+        )
