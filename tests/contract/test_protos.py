@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "scripts"))
-from generate_protos import PROTO_ROOT, generate, proto_files  # noqa: E402
+from generate_protos import PROTO_ROOT, generate, proto_files
 
 PROTOS = proto_files(PROTO_ROOT)
 
