@@ -1,0 +1,129 @@
+"""Versioned ranker checkpoints.
+
+Layout: ``<root>/<version>/model.pt`` (state dict, architecture, item ID vocabulary) and
+``<root>/<version>/metadata.json``. A version is ``<UTC timestamp>-<8 hex of the weights' sha256>``, e.g.
+``20261128T051500Z-3fa2c1d0``. A version is written in a hidden temporary folder and renamed into place, so a
+reader never sees a half-written one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from services.ranker.model import ModelConfig, RankerModel, RankerScorer
+from services.ranker.training import TrainResult
+
+MODEL_FILE = "model.pt"
+METADATA_FILE = "metadata.json"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CheckpointMetadata:
+    version: str
+    created_at: str  # ISO 8601, UTC
+    dataset_name: str
+    dataset_hash: str
+    embedding_model_id: str
+    train_config: dict[str, Any]
+    model_config: dict[str, Any]
+    metrics: dict[str, float]
+    n_items: int
+    n_users: int
+    epochs: int
+    best_epoch: int
+    train_seconds: float
+    format_version: int = FORMAT_VERSION
+
+    @classmethod
+    def from_file(cls, path: Path) -> CheckpointMetadata:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return cls(**data)
+
+
+def save_checkpoint(root: Path, result: TrainResult, *, embedding_model_id: str, now: datetime | None = None) -> Path:
+    """Write ``result`` as a new version under ``root``; return the version folder."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    created = (now or datetime.now(UTC)).astimezone(UTC)
+    buffer = io.BytesIO()
+    torch.save(
+        {
+            "format_version": FORMAT_VERSION,
+            "model_config": result.model_config.to_dict(),
+            "item_ids": list(result.item_ids),
+            "state_dict": result.state_dict,
+        },
+        buffer,
+    )
+    payload = buffer.getvalue()
+    version = f"{created:%Y%m%dT%H%M%SZ}-{hashlib.sha256(payload).hexdigest()[:8]}"
+    metadata = CheckpointMetadata(
+        version=version,
+        created_at=created.isoformat(timespec="microseconds"),
+        dataset_name=result.dataset_name,
+        dataset_hash=result.dataset_hash,
+        embedding_model_id=embedding_model_id,
+        train_config=result.config.to_dict(),
+        model_config=result.model_config.to_dict(),
+        metrics=result.metrics,
+        n_items=result.n_items,
+        n_users=result.n_users,
+        epochs=result.epochs,
+        best_epoch=result.best_epoch,
+        train_seconds=round(result.seconds, 3),
+    )
+    final = root / version
+    if final.exists():
+        raise FileExistsError(f"checkpoint {final} already exists")
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=root))
+    try:
+        (tmp / MODEL_FILE).write_bytes(payload)
+        (tmp / METADATA_FILE).write_text(json.dumps(asdict(metadata), indent=2, sort_keys=True), encoding="utf-8")
+        for file in (MODEL_FILE, METADATA_FILE):
+            with (tmp / file).open("rb") as f:
+                os.fsync(f.fileno())
+        tmp.chmod(0o755)  # mkdtemp makes it 0700; a serving process may run as another user
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The newest complete version folder under ``root`` (by its timestamp), or None."""
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    complete = [
+        p
+        for p in root.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and (p / MODEL_FILE).is_file() and (p / METADATA_FILE).is_file()
+    ]
+    if not complete:
+        return None
+    return max(complete, key=lambda p: (CheckpointMetadata.from_file(p / METADATA_FILE).created_at, p.name))
+
+
+def load_scorer(path: Path, device: str = "cpu") -> tuple[RankerScorer, CheckpointMetadata]:
+    """Load the version folder ``path`` into a scorer on ``device``."""
+    path = Path(path)
+    metadata = CheckpointMetadata.from_file(path / METADATA_FILE)
+    data = torch.load(path / MODEL_FILE, map_location="cpu", weights_only=True)
+    if data.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path / MODEL_FILE}: format version {data.get('format_version')}, expected {FORMAT_VERSION}")
+    model = RankerModel(ModelConfig.from_dict(data["model_config"]))
+    model.load_state_dict(data["state_dict"])
+    return RankerScorer(model=model, item_ids=tuple(data["item_ids"]), device=device), metadata

@@ -1,0 +1,147 @@
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from services.datasets.loaders import CatalogItem, Dataset, Interaction, load_dataset
+from services.ranker.checkpoints import latest_checkpoint, load_scorer, save_checkpoint
+from services.ranker.model import ModelConfig, RankerModel, RankerScorer, ScoreRequest
+from services.ranker.training import TrainConfig, TrainResult, train_ranker
+
+SCIENTIFIC = Path(os.environ.get("RECSYS_DATA_DIR", Path(__file__).resolve().parents[3] / "shared" / "data")) / (
+    "amazon-scientific"
+)
+FAST = TrainConfig(dim=32, layers=1, heads=1, max_len=20, max_epochs=3, batch_size=64, seed=7)
+
+
+def _random_vectors(ids: list[str], seed: int = 0) -> np.ndarray:
+    v = np.random.default_rng(seed).normal(size=(len(ids), 384)).astype(np.float32)
+    unit: np.ndarray = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return unit
+
+
+def _synthetic_dataset(n_items: int = 60, n_users: int = 80) -> Dataset:
+    """Users walk through consecutive items, so the next item is predictable."""
+    rng = np.random.default_rng(1)
+    items = tuple(CatalogItem(item_id=f"i{n}", title=f"item {n}") for n in range(n_items))
+    interactions = []
+    for u in range(n_users):
+        start = int(rng.integers(0, n_items - 8))
+        for t in range(int(rng.integers(4, 8))):
+            interactions.append(Interaction(user_id=f"u{u:03d}", item_id=f"i{start + t}", timestamp=float(t)))
+    return Dataset(name="synthetic", items=items, interactions=tuple(interactions))
+
+
+@pytest.fixture(scope="module")
+def dataset() -> Dataset:
+    if SCIENTIFIC.is_dir():
+        return load_dataset(SCIENTIFIC, limit_items=300)
+    return _synthetic_dataset()
+
+
+@pytest.fixture(scope="module")
+def vectors(dataset: Dataset) -> tuple[list[str], np.ndarray]:
+    ids = [item.item_id for item in dataset.items]
+    return ids, _random_vectors(ids)
+
+
+@pytest.fixture(scope="module")
+def result(dataset: Dataset, vectors: tuple[list[str], np.ndarray]) -> TrainResult:
+    return train_ranker(dataset, vectors, FAST, progress=False)
+
+
+def test_training_reports_metrics(result: TrainResult, dataset: Dataset) -> None:
+    assert 1 <= result.best_epoch <= result.epochs <= FAST.max_epochs
+    for prefix in ("val_", "test_", "text_only_"):
+        for name in ("recall", "ndcg", "hr", "mrr"):
+            assert 0.0 <= result.metrics[f"{prefix}{name}@10"] <= 1.0
+    assert result.n_items == len(dataset.items)
+    assert result.dataset_hash == dataset.content_hash()
+
+
+def test_training_is_repeatable(result: TrainResult, dataset: Dataset, vectors: tuple[list[str], np.ndarray]) -> None:
+    ids, matrix = vectors
+    again = train_ranker(dataset, dict(zip(ids, matrix, strict=True)), FAST, progress=False)
+    assert again.metrics == result.metrics
+    for name, tensor in result.state_dict.items():
+        assert torch.equal(tensor, again.state_dict[name]), name
+
+
+def test_training_learns_a_predictable_sequence() -> None:
+    ds = _synthetic_dataset()
+    ids = [item.item_id for item in ds.items]
+    config = TrainConfig(dim=32, layers=1, heads=1, max_len=10, max_epochs=30, patience=30, lr=5e-3, seed=0)
+    trained = train_ranker(ds, (ids, _random_vectors(ids)), config, progress=False)
+    assert trained.metrics["test_hr@10"] > 0.5
+    assert trained.metrics["test_hr@10"] > trained.metrics["text_only_hr@10"]
+
+
+def test_missing_vectors_are_reported(dataset: Dataset) -> None:
+    with pytest.raises(ValueError, match="have no text vector"):
+        train_ranker(dataset, {}, FAST, progress=False)
+
+
+def test_scorer_known_unknown_and_empty_history(result: TrainResult, vectors: tuple[list[str], np.ndarray]) -> None:
+    ids, matrix = vectors
+    scorer = result.scorer()
+    new_vectors = _random_vectors(["new-1", "new-2"], seed=5)
+    candidates = [ids[3], "new-1", ids[4], "new-2"]
+    candidate_vectors = np.stack([matrix[3], new_vectors[0], matrix[4], new_vectors[1]])
+    scores = scorer.score(ids[:5], matrix[:5], candidates, candidate_vectors)
+    assert scores.dtype == np.float32 and scores.shape == (4,)
+    assert np.all(np.isfinite(scores))
+    # An unknown id is scored from its text alone: same as a known item with its ID embedding left out.
+    text_only = scorer.score(ids[:5], matrix[:5], ["never-seen"], matrix[3:4])
+    assert text_only[0] != pytest.approx(scores[0])
+    assert np.array_equal(scorer.score([], np.zeros((0, 384)), candidates, candidate_vectors), np.zeros(4))
+    # Batched scoring equals one-by-one scoring.
+    requests = [
+        ScoreRequest(ids[:5], matrix[:5], candidates, candidate_vectors),
+        ScoreRequest(ids[7:9], matrix[7:9], ids[:3], matrix[:3]),
+        ScoreRequest([], np.zeros((0, 384)), ids[:2], matrix[:2]),
+    ]
+    batched = scorer.score_many(requests)
+    for request, got in zip(requests, batched, strict=True):
+        alone = scorer.score(
+            request.history_item_ids, request.history_vectors, request.candidate_item_ids, request.candidate_vectors
+        )
+        np.testing.assert_allclose(got, alone, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="candidate_vectors has shape"):
+        scorer.score(ids[:2], matrix[:2], ids[:3], matrix[:2])
+
+
+def test_long_history_is_truncated(vectors: tuple[list[str], np.ndarray]) -> None:
+    ids, matrix = vectors
+    model = RankerModel(ModelConfig(n_items=len(ids), dim=16, layers=1, heads=1, max_len=4))
+    scorer = RankerScorer(model=model, item_ids=tuple(ids))
+    full = scorer.score(ids[:10], matrix[:10], ids[:3], matrix[:3])
+    recent = scorer.score(ids[6:10], matrix[6:10], ids[:3], matrix[:3])
+    np.testing.assert_array_equal(full, recent)
+
+
+def test_checkpoint_round_trip(tmp_path: Path, result: TrainResult, vectors: tuple[list[str], np.ndarray]) -> None:
+    ids, matrix = vectors
+    assert latest_checkpoint(tmp_path) is None
+    older = save_checkpoint(
+        tmp_path, result, embedding_model_id="all-MiniLM-L6-v2", now=datetime(2026, 11, 28, 5, 15, tzinfo=UTC)
+    )
+    newer = save_checkpoint(tmp_path, result, embedding_model_id="all-MiniLM-L6-v2")
+    assert older.name.startswith("20261128T051500Z-")
+    (tmp_path / ".tmp-incomplete").mkdir()  # an interrupted write is never picked
+    assert latest_checkpoint(tmp_path) == newer
+
+    scorer, metadata = load_scorer(older)
+    assert metadata.version == older.name
+    assert metadata.dataset_hash == result.dataset_hash
+    assert metadata.metrics == result.metrics
+    assert metadata.n_items == result.n_items and metadata.n_users == result.n_users
+    assert metadata.train_config["seed"] == FAST.seed
+    candidates = [*ids[10:20], "unknown-item"]
+    candidate_vectors = np.concatenate([matrix[10:20], _random_vectors(["x"], seed=9)])
+    expected = result.scorer().score(ids[:6], matrix[:6], candidates, candidate_vectors)
+    np.testing.assert_array_equal(scorer.score(ids[:6], matrix[:6], candidates, candidate_vectors), expected)
