@@ -1,0 +1,126 @@
+"""The ranker service over gRPC: scores from the newest checkpoint, hot reload, model info, bad input."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from recsys.ranker.v1 import ranker_pb2 as pb
+from recsys.ranker.v1 import ranker_pb2_grpc
+from services.datasets.loaders import CatalogItem, Dataset, Interaction
+from services.ranker.app import RankerApp
+from services.ranker.checkpoints import save_checkpoint
+from services.ranker.config import RankerSettings
+from services.ranker.training import TrainConfig, TrainResult, train_ranker
+from tests.conftest import serving
+
+DIM = 384
+
+
+def _dataset() -> Dataset:
+    items = tuple(CatalogItem(item_id=f"i{n}", title=f"item {n}") for n in range(30))
+    interactions = tuple(
+        Interaction(user_id=f"u{u}", item_id=f"i{(u + t) % 30}", timestamp=float(t))
+        for u in range(40)
+        for t in range(5)
+    )
+    return Dataset(name="tiny", items=items, interactions=interactions)
+
+
+def _vectors(n: int) -> np.ndarray:
+    v = np.random.default_rng(0).normal(size=(n, DIM)).astype(np.float32)
+    unit: np.ndarray = v / np.linalg.norm(v, axis=1, keepdims=True)
+    return unit
+
+
+@pytest.fixture(scope="module")
+def trained() -> TrainResult:
+    dataset = _dataset()
+    ids = [i.item_id for i in dataset.items]
+    config = TrainConfig(dim=16, layers=1, heads=1, max_len=10, max_epochs=1, seed=3)
+    return train_ranker(dataset, (ids, _vectors(len(ids))), config, progress=False)
+
+
+@pytest.fixture(scope="module")
+def checkpoint_dir(tmp_path_factory: pytest.TempPathFactory, trained: TrainResult) -> Path:
+    root = tmp_path_factory.mktemp("checkpoints")
+    save_checkpoint(root, trained, embedding_model_id="test-model", now=datetime(2026, 1, 1, tzinfo=UTC))
+    return root
+
+
+@pytest.fixture(scope="module")
+async def stub(checkpoint_dir: Path) -> AsyncIterator[ranker_pb2_grpc.RankerServiceStub]:
+    settings = RankerSettings(checkpoint_dir=checkpoint_dir, device="cpu", reload_interval_s=0.2, max_candidates=50)
+    async with serving(RankerApp(settings)) as channel:
+        yield ranker_pb2_grpc.RankerServiceStub(channel)
+
+
+def _task(history: int, candidates: int, dim: int = DIM) -> pb.ScoringTask:
+    vectors = _vectors(history + candidates)[:, :dim]
+    return pb.ScoringTask(
+        user_id="u1",
+        history=[pb.ItemVector(item_id=f"i{n}", vector=vectors[n].tolist()) for n in range(history)],
+        candidates=[pb.ItemVector(item_id=f"new{n}", vector=vectors[history + n].tolist()) for n in range(candidates)],
+    )
+
+
+async def test_scores_every_candidate(stub: ranker_pb2_grpc.RankerServiceStub) -> None:
+    response = await stub.ScoreCandidates(pb.ScoreCandidatesRequest(tasks=[_task(3, 5), _task(0, 2)]))
+    assert [len(r.scores) for r in response.results] == [5, 2]
+    assert len(set(response.results[0].scores)) > 1
+    assert response.model_version.startswith("20260101T000000Z-")
+
+
+async def test_model_info(stub: ranker_pb2_grpc.RankerServiceStub) -> None:
+    info = await stub.GetModelInfo(pb.GetModelInfoRequest())
+    assert (info.dataset, info.embedding_model, info.known_items, info.device) == ("tiny", "test-model", 30, "cpu")
+    assert "val_ndcg@10" in info.metrics
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        (pb.ScoreCandidatesRequest(), "tasks is empty"),
+        (pb.ScoreCandidatesRequest(tasks=[_task(2, 0)]), "has no candidates"),
+        (pb.ScoreCandidatesRequest(tasks=[_task(2, 51)]), "the limit is 50"),
+        (pb.ScoreCandidatesRequest(tasks=[_task(2, 3, dim=10)]), "the model expects 384"),
+    ],
+)
+async def test_bad_input(
+    stub: ranker_pb2_grpc.RankerServiceStub, request_: pb.ScoreCandidatesRequest, message: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.ScoreCandidates(request_)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in (caught.value.details() or "")
+
+
+async def test_nan_vector_is_rejected(stub: ranker_pb2_grpc.RankerServiceStub) -> None:
+    task = _task(1, 2)
+    task.candidates[0].vector[0] = float("nan")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.ScoreCandidates(pb.ScoreCandidatesRequest(tasks=[task]))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_a_newer_checkpoint_is_picked_up(
+    stub: ranker_pb2_grpc.RankerServiceStub, checkpoint_dir: Path, trained: TrainResult
+) -> None:
+    newer = save_checkpoint(
+        checkpoint_dir,
+        trained,
+        embedding_model_id="test-model",
+        now=datetime(2026, 1, 1, tzinfo=UTC) + timedelta(days=1),
+    )
+    for _ in range(50):
+        response = await stub.ScoreCandidates(pb.ScoreCandidatesRequest(tasks=[_task(1, 2)]))
+        if response.model_version == newer.name:
+            break
+        await asyncio.sleep(0.1)
+    assert response.model_version == newer.name
