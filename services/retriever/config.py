@@ -1,0 +1,32 @@
+"""Settings of the retriever service (environment prefix RETRIEVER_)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from services.common.settings import ServiceSettings
+
+
+class RetrieverSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="RETRIEVER_", extra="ignore")
+
+    port: int = Field(50053, ge=0, le=65535, description="gRPC port.")
+    data_dir: Path = Field(Path("var/qdrant"), description="Folder of the embedded engine's shards.")
+    qdrant_url: str = Field("", description="Qdrant server or cluster URL; empty: the embedded engine.")
+    qdrant_api_key: str = Field("", description="API key for the Qdrant server, if it wants one.")
+    qdrant_shards: int | None = Field(None, ge=1, description="Shards of new collections on a cluster.")
+    qdrant_replication_factor: int | None = Field(None, ge=1, description="Replicas of each shard on a cluster.")
+    dimension: int = Field(384, ge=1, description="Vector size (the embedding model's dimension).")
+    hnsw_m: int = Field(16, ge=4, description="HNSW edges per node.")
+    hnsw_ef_construct: int = Field(100, ge=4, description="HNSW candidates while building.")
+    index_min_unindexed: int = Field(
+        20_000, ge=1, description="Unindexed items that start a background HNSW build (embedded engine)."
+    )
+    max_history: int = Field(200, ge=1, description="Events kept per user (newest).")
+    half_life_events: float = Field(20.0, gt=0, description="Events after which an event's pull on the profile halves.")
+    max_limit: int = Field(1000, ge=1, description="Most results of one query.")
+    max_batch: int = Field(512, ge=1, description="Most items, ids or queries in one call.")
+    workers: int = Field(4, ge=1, description="Threads that run engine calls off the event loop.")

@@ -1,0 +1,153 @@
+"""gRPC transport of the retriever service: converts types, nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import grpc
+from google.protobuf import json_format, struct_pb2
+
+from recsys.retriever.v1 import retriever_pb2 as pb
+from recsys.retriever.v1 import retriever_pb2_grpc
+from services.retriever.service import Retrieval
+from services.retriever.store import Filter, Item, ScoredItem, SearchQuery, UserEvent, UserProfile
+
+
+def _struct(payload: Mapping[str, Any]) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    struct.update(dict(payload))
+    return struct
+
+
+def _payload(struct: struct_pb2.Struct) -> dict[str, Any]:
+    payload: dict[str, Any] = json_format.MessageToDict(struct)
+    return payload
+
+
+def _vector(values: Sequence[float]) -> tuple[float, ...] | None:
+    return tuple(values) if len(values) else None
+
+
+def to_filter(message: pb.Filter) -> Filter:
+    return Filter(
+        categories_any=tuple(message.categories_any),
+        keywords={k.field: tuple(k.any_of) for k in message.keywords},
+        ranges={
+            r.field: (r.gte if r.HasField("gte") else None, r.lte if r.HasField("lte") else None)
+            for r in message.ranges
+        },
+        flags={f.field: f.value for f in message.flags},
+    )
+
+
+def _scored(item: ScoredItem) -> pb.ScoredItem:
+    return pb.ScoredItem(
+        item_id=item.item_id, score=item.score, payload=_struct(item.payload), vector=item.vector or ()
+    )
+
+
+def _profile(profile: UserProfile) -> pb.UserProfile:
+    return pb.UserProfile(
+        user_id=profile.user_id,
+        vector=profile.vector or (),
+        events=[
+            pb.UserEvent(item_id=e.item_id, event_type=e.event_type, timestamp=e.timestamp, weight=e.weight)
+            for e in profile.events
+        ],
+    )
+
+
+class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
+    def __init__(self, retrieval: Retrieval) -> None:
+        self._retrieval = retrieval
+
+    async def UpsertItems(
+        self, request: pb.UpsertItemsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpsertItemsResponse:
+        items = [Item(i.item_id, _vector(i.vector), _payload(i.payload)) for i in request.items]
+        return pb.UpsertItemsResponse(upserted=await self._retrieval.upsert_items(items))
+
+    async def DeleteItems(
+        self, request: pb.DeleteItemsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteItemsResponse:
+        return pb.DeleteItemsResponse(deleted=await self._retrieval.delete_items(list(request.item_ids)))
+
+    async def GetItems(self, request: pb.GetItemsRequest, context: grpc.aio.ServicerContext) -> pb.GetItemsResponse:
+        items = await self._retrieval.get_items(list(request.item_ids), request.with_vectors, request.skip_missing)
+        return pb.GetItemsResponse(
+            items=[pb.Item(item_id=i.item_id, vector=i.vector or (), payload=_struct(i.payload)) for i in items]
+        )
+
+    async def SearchItems(
+        self, request: pb.SearchItemsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SearchItemsResponse:
+        queries = [
+            SearchQuery(
+                vector=tuple(q.vector),
+                limit=q.limit,
+                filter=to_filter(q.filter),
+                exclude_ids=tuple(q.exclude_ids),
+                offset=q.offset,
+                with_vectors=q.with_vectors,
+            )
+            for q in request.queries
+        ]
+        results = await self._retrieval.search(queries)
+        return pb.SearchItemsResponse(
+            results=[pb.SearchResult(items=[_scored(i) for i in result]) for result in results]
+        )
+
+    async def RecommendItems(
+        self, request: pb.RecommendItemsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecommendItemsResponse:
+        found = await self._retrieval.recommend(
+            list(request.positive_ids),
+            list(request.negative_ids),
+            request.limit,
+            to_filter(request.filter),
+            list(request.exclude_ids),
+        )
+        return pb.RecommendItemsResponse(items=[_scored(i) for i in found])
+
+    async def ListPopularItems(
+        self, request: pb.ListPopularItemsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListPopularItemsResponse:
+        found = await self._retrieval.popular(
+            request.limit, to_filter(request.filter), list(request.exclude_ids), request.offset
+        )
+        return pb.ListPopularItemsResponse(items=[_scored(i) for i in found])
+
+    async def AppendUserEvents(
+        self, request: pb.AppendUserEventsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AppendUserEventsResponse:
+        events = [UserEvent(e.item_id, e.event_type, e.timestamp, e.weight) for e in request.events]
+        profile = await self._retrieval.append_user_events(request.user_id, events)
+        return pb.AppendUserEventsResponse(profile=_profile(profile))
+
+    async def GetUserProfile(
+        self, request: pb.GetUserProfileRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetUserProfileResponse:
+        return pb.GetUserProfileResponse(profile=_profile(await self._retrieval.get_user(request.user_id)))
+
+    async def DeleteUser(
+        self, request: pb.DeleteUserRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteUserResponse:
+        await self._retrieval.delete_user(request.user_id)
+        return pb.DeleteUserResponse()
+
+    async def GetCollectionInfo(
+        self, request: pb.GetCollectionInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetCollectionInfoResponse:
+        info = await self._retrieval.info()
+        schema = self._retrieval.store.schema
+        return pb.GetCollectionInfoResponse(
+            backend=info.backend,
+            items=info.items,
+            users=info.users,
+            indexed_vectors=info.indexed_vectors,
+            dimension=info.dimension,
+            distance=info.distance,
+            payload_fields=[pb.PayloadField(name=name, type=str(kind)) for name, kind in schema.items()],
+            index_ready=info.index_ready,
+        )

@@ -1,0 +1,573 @@
+"""Domain types of the retriever's storage layer, the `VectorStore` protocol both backends implement, and the
+helpers they share (validation, id mapping, payload conversion, a readers-writer lock).
+
+No gRPC and no Qdrant imports here: the backends (`edge_store`, `client_store`) translate these types into
+their engine's, and the servicer translates protos into these.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol, runtime_checkable
+
+from services.common.errors import InvalidArgumentError, NotFoundError
+
+__all__ = [
+    "DEFAULT_SCHEMA",
+    "ITEM_ID_FIELD",
+    "POPULARITY_FIELD",
+    "USER_ID_FIELD",
+    "DimensionMismatchError",
+    "FieldType",
+    "Filter",
+    "InvalidFilterError",
+    "InvalidVectorError",
+    "Item",
+    "NotFoundError",
+    "PayloadSchema",
+    "ReadWriteLock",
+    "ScoredItem",
+    "SearchQuery",
+    "StoreInfo",
+    "UserEvent",
+    "UserProfile",
+    "VectorStore",
+    "item_point_id",
+    "user_point_id",
+]
+
+
+class FieldType(StrEnum):
+    """Type of a filterable payload field; each one gets a payload index of that type."""
+
+    KEYWORD = "keyword"
+    FLOAT = "float"
+    INTEGER = "integer"
+    BOOL = "bool"
+
+
+PayloadSchema = Mapping[str, FieldType]
+
+DEFAULT_SCHEMA: PayloadSchema = {
+    "categories": FieldType.KEYWORD,
+    "brand": FieldType.KEYWORD,
+    "price": FieldType.FLOAT,
+    "rating": FieldType.FLOAT,
+    "in_stock": FieldType.BOOL,
+    "popularity": FieldType.INTEGER,
+}
+
+ITEM_ID_FIELD = "item_id"
+USER_ID_FIELD = "user_id"
+POPULARITY_FIELD = "popularity"
+EVENTS_FIELD = "events"
+CATEGORIES_FIELD = "categories"
+
+# Point ids in Qdrant must be ints or UUIDs: our string ids map through uuid5, one namespace per kind, so an
+# item and a user with the same string id never collide.
+ITEM_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "recsys:retriever:item")
+USER_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "recsys:retriever:user")
+
+MAX_ID_LENGTH = 256
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Errors (subclasses of the shared service errors, so one table maps them to status codes)
+# ---------------------------------------------------------------------------------------------------------
+
+
+class InvalidFilterError(InvalidArgumentError):
+    """A filter names a field that is not filterable, uses the wrong kind of condition for a field's type,
+    or has bad bounds."""
+
+
+class InvalidVectorError(InvalidArgumentError):
+    """A vector is malformed (not finite, all zeros where a direction is needed)."""
+
+
+class DimensionMismatchError(InvalidVectorError):
+    """A vector's length differs from the store's dimension."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Domain types
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """A catalogue item. `payload` holds title, categories, brand, other attributes and `popularity` (kept by
+    the store: an upsert keeps an existing item's popularity, a new item starts at 0)."""
+
+    item_id: str
+    vector: tuple[float, ...] | None
+    payload: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Filter:
+    """Conditions on payload fields, all of which must hold.
+
+    - `categories_any`: the item has at least one of these categories.
+    - `keywords`: for each keyword field, the item has at least one of the values.
+    - `ranges`: for each numeric field, `(gte, lte)`; `None` leaves that side open.
+    - `flags`: for each bool field, the value it must have.
+    """
+
+    categories_any: tuple[str, ...] = ()
+    keywords: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    ranges: Mapping[str, tuple[float | None, float | None]] = field(default_factory=dict)
+    flags: Mapping[str, bool] = field(default_factory=dict)
+
+    def is_empty(self) -> bool:
+        return not (self.categories_any or self.keywords or self.ranges or self.flags)
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredItem:
+    """One result: cosine similarity for search and recommend, popularity for `popular`."""
+
+    item_id: str
+    score: float
+    payload: Mapping[str, Any]
+    vector: tuple[float, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SearchQuery:
+    """One nearest-neighbour query of a batch."""
+
+    vector: Sequence[float]
+    limit: int
+    filter: Filter | None = None
+    exclude_ids: Sequence[str] = ()
+    offset: int = 0
+    with_vectors: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class UserEvent:
+    """A user's interaction with an item; `weight` scales its pull on the profile (negative pushes away)."""
+
+    item_id: str
+    event_type: str
+    timestamp: float
+    weight: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class UserProfile:
+    """A user's history (oldest first, at most the store's `max_history` newest events) and the profile
+    vector computed from it (None when no event points anywhere)."""
+
+    user_id: str
+    vector: tuple[float, ...] | None
+    events: tuple[UserEvent, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreInfo:
+    backend: str
+    items: int
+    users: int
+    indexed_vectors: int
+    dimension: int
+    distance: str
+    payload_indexes: tuple[str, ...]
+    index_ready: bool
+
+
+@runtime_checkable
+class VectorStore(Protocol):
+    """Items and user profiles in a vector engine. Every method is synchronous, blocking and thread-safe:
+    call it from a worker thread, never from the event loop."""
+
+    @property
+    def dimension(self) -> int: ...
+
+    @property
+    def schema(self) -> PayloadSchema: ...
+
+    @property
+    def index_ready(self) -> bool: ...
+
+    def upsert_items(self, items: Sequence[Item]) -> int: ...
+
+    def delete_items(self, ids: Sequence[str]) -> int: ...
+
+    def get_items(self, ids: Sequence[str], with_vectors: bool = False, skip_missing: bool = False) -> list[Item]:
+        """Items in the order asked; unknown ids raise NotFoundError, or are left out with skip_missing."""
+        ...
+
+    def count_items(self) -> int: ...
+
+    def search(self, queries: Sequence[SearchQuery]) -> list[list[ScoredItem]]: ...
+
+    def recommend(
+        self,
+        positive_ids: Sequence[str],
+        negative_ids: Sequence[str] = (),
+        limit: int = 10,
+        filter: Filter | None = None,
+        exclude_ids: Sequence[str] = (),
+    ) -> list[ScoredItem]: ...
+
+    def popular(
+        self,
+        limit: int = 10,
+        filter: Filter | None = None,
+        exclude_ids: Sequence[str] = (),
+        offset: int = 0,
+    ) -> list[ScoredItem]: ...
+
+    def append_user_events(self, user_id: str, events: Sequence[UserEvent]) -> UserProfile: ...
+
+    def get_user(self, user_id: str) -> UserProfile: ...
+
+    def delete_user(self, user_id: str) -> None: ...
+
+    def count_users(self) -> int: ...
+
+    def info(self) -> StoreInfo: ...
+
+    def close(self) -> None: ...
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Id mapping
+# ---------------------------------------------------------------------------------------------------------
+
+
+def item_point_id(item_id: str) -> uuid.UUID:
+    return uuid.uuid5(ITEM_NAMESPACE, item_id)
+
+
+def user_point_id(user_id: str) -> uuid.UUID:
+    return uuid.uuid5(USER_NAMESPACE, user_id)
+
+
+def validate_id(value: object, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidArgumentError(f"{what} must be a non-empty string, got {value!r}")
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidArgumentError(f"{what} is {len(value)} characters long; the limit is {MAX_ID_LENGTH}")
+    return value
+
+
+def validate_ids(ids: Sequence[str], what: str) -> list[str]:
+    if isinstance(ids, str):
+        raise InvalidArgumentError(f"{what}s must be a sequence of strings, not one string")
+    return [validate_id(i, what) for i in ids]
+
+
+def unique(ids: Sequence[str]) -> list[str]:
+    """The ids without repeats, first occurrence kept."""
+    return list(dict.fromkeys(ids))
+
+
+def not_found(kind: str, missing: Sequence[str]) -> NotFoundError:
+    shown = ", ".join(repr(m) for m in missing[:20])
+    more = f" (and {len(missing) - 20} more)" if len(missing) > 20 else ""
+    noun = kind if len(missing) == 1 else f"{kind}s"
+    return NotFoundError(f"unknown {noun}: {shown}{more}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Validation
+# ---------------------------------------------------------------------------------------------------------
+
+
+def in_requested_order(wanted: Sequence[str], found: Mapping[str, Item], skip_missing: bool) -> list[Item]:
+    missing = [i for i in unique(wanted) if i not in found]
+    if missing and not skip_missing:
+        raise not_found("item", missing)
+    return [found[i] for i in wanted if i in found]
+
+
+def validate_vector(vector: Sequence[float] | None, dimension: int, what: str = "vector") -> tuple[float, ...]:
+    """Checks length and finiteness; returns the vector as a tuple of floats."""
+    if vector is None:
+        raise InvalidVectorError(f"{what} is missing: give {dimension} floats")
+    if isinstance(vector, str | bytes):
+        raise InvalidVectorError(f"{what} must be a sequence of {dimension} floats")
+    values = tuple(float(v) for v in vector)
+    if len(values) != dimension:
+        raise DimensionMismatchError(
+            f"{what} has {len(values)} values but the store's dimension is {dimension}: "
+            f"send vectors from the same embedding model the store was created for"
+        )
+    bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
+    if bad:
+        raise InvalidVectorError(
+            f"{what} has non-finite values (NaN or infinity) at positions {bad[:10]}: send finite floats"
+        )
+    if not any(values):
+        raise InvalidVectorError(f"{what} is all zeros and has no direction for cosine similarity")
+    return values
+
+
+def validate_limit(limit: int, offset: int = 0, max_limit: int = 10_000) -> None:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1 or limit > max_limit:
+        raise InvalidArgumentError(f"limit must be an integer from 1 to {max_limit}, got {limit!r}")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0 or offset > max_limit:
+        raise InvalidArgumentError(f"offset must be an integer from 0 to {max_limit}, got {offset!r}")
+
+
+def _filterable(schema: PayloadSchema) -> str:
+    return ", ".join(f"{name} ({kind.value})" for name, kind in sorted(schema.items()))
+
+
+def _field_type(name: str, schema: PayloadSchema, condition: str) -> FieldType:
+    kind = schema.get(name)
+    if kind is None:
+        raise InvalidFilterError(f"{condition} names unknown field {name!r}; filterable fields: {_filterable(schema)}")
+    return kind
+
+
+def validate_filter(filter: Filter | None, schema: PayloadSchema) -> None:
+    """Raises InvalidFilterError naming what is wrong: an unknown field (listing the filterable ones), a
+    condition that does not fit the field's type, empty value lists, NaN or crossed bounds."""
+    if filter is None:
+        return
+    if filter.categories_any:
+        kind = _field_type(CATEGORIES_FIELD, schema, "categories_any")
+        if kind is not FieldType.KEYWORD:
+            raise InvalidFilterError(f"categories_any needs a keyword field 'categories', not {kind.value}")
+        _check_strings(CATEGORIES_FIELD, filter.categories_any)
+    for name, values in filter.keywords.items():
+        kind = _field_type(name, schema, "keyword filter")
+        if kind is not FieldType.KEYWORD:
+            hint = "use a range" if kind in (FieldType.FLOAT, FieldType.INTEGER) else "use a flag"
+            raise InvalidFilterError(f"keyword filter on {name!r}, which is a {kind.value} field: {hint}")
+        if isinstance(values, str):
+            raise InvalidFilterError(f"keyword filter on {name!r} takes a tuple of values, not one string")
+        if not values:
+            raise InvalidFilterError(f"keyword filter on {name!r} has no values: give at least one")
+        _check_strings(name, values)
+    for name, bounds in filter.ranges.items():
+        kind = _field_type(name, schema, "range filter")
+        if kind not in (FieldType.FLOAT, FieldType.INTEGER):
+            hint = "use a keyword filter" if kind is FieldType.KEYWORD else "use a flag"
+            raise InvalidFilterError(f"range filter on {name!r}, which is a {kind.value} field: {hint}")
+        if len(bounds) != 2:
+            raise InvalidFilterError(f"range filter on {name!r} must be (gte, lte)")
+        gte, lte = bounds
+        if gte is None and lte is None:
+            raise InvalidFilterError(f"range filter on {name!r} has no bounds: give gte, lte or both")
+        for side, bound in (("gte", gte), ("lte", lte)):
+            if bound is not None and (
+                isinstance(bound, bool) or not isinstance(bound, int | float) or not math.isfinite(bound)
+            ):
+                raise InvalidFilterError(f"range filter on {name!r}: {side} must be a finite number, got {bound}")
+        if gte is not None and lte is not None and gte > lte:
+            raise InvalidFilterError(f"range filter on {name!r}: lower bound {gte} is above upper bound {lte}")
+    for name, flag in filter.flags.items():
+        kind = _field_type(name, schema, "flag filter")
+        if kind is not FieldType.BOOL:
+            raise InvalidFilterError(f"flag filter on {name!r}, which is a {kind.value} field, not bool")
+        if not isinstance(flag, bool):
+            raise InvalidFilterError(f"flag filter on {name!r} must be true or false, got {flag!r}")
+
+
+def _check_strings(name: str, values: Sequence[str]) -> None:
+    for value in values:
+        if not isinstance(value, str):
+            raise InvalidFilterError(f"filter on {name!r}: values must be strings, got {value!r}")
+
+
+def validate_payload(payload: Mapping[str, Any], schema: PayloadSchema, item_id: str) -> None:
+    """Values of schema fields must have the field's type, or the payload index silently skips them."""
+    for name, kind in schema.items():
+        if name == POPULARITY_FIELD or name not in payload or payload[name] is None:
+            continue
+        value = payload[name]
+        ok: bool
+        if kind is FieldType.KEYWORD:
+            ok = isinstance(value, str) or (isinstance(value, list | tuple) and all(isinstance(v, str) for v in value))
+        elif kind is FieldType.FLOAT:
+            ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        elif kind is FieldType.INTEGER:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, bool)
+        if not ok:
+            raise InvalidArgumentError(
+                f"item {item_id!r}: payload field {name!r} must be {_describe(kind)}, got {value!r}"
+            )
+
+
+def _describe(kind: FieldType) -> str:
+    return {
+        FieldType.KEYWORD: "a string or a list of strings",
+        FieldType.FLOAT: "a finite number",
+        FieldType.INTEGER: "an integer",
+        FieldType.BOOL: "true or false",
+    }[kind]
+
+
+def validate_items(items: Sequence[Item], dimension: int, schema: PayloadSchema) -> list[Item]:
+    """Checks ids, vectors and payload types; returns the items with vectors as float tuples. A later item
+    with the same id wins, as it would in the engine."""
+    out: dict[str, Item] = {}
+    for item in items:
+        item_id = validate_id(item.item_id, "item id")
+        vector = validate_vector(item.vector, dimension, f"vector of item {item_id!r}")
+        if not isinstance(item.payload, Mapping):
+            raise InvalidArgumentError(f"item {item_id!r}: payload must be a mapping")
+        validate_payload(item.payload, schema, item_id)
+        out.pop(item_id, None)
+        out[item_id] = Item(item_id=item_id, vector=vector, payload=item.payload)
+    return list(out.values())
+
+
+def validate_events(events: Sequence[UserEvent]) -> list[UserEvent]:
+    if not events:
+        raise InvalidArgumentError("events is empty: give at least one event")
+    for event in events:
+        validate_id(event.item_id, "event item id")
+        if not isinstance(event.event_type, str) or not event.event_type:
+            raise InvalidArgumentError(f"event on {event.item_id!r}: event_type must be a non-empty string")
+        for name, value in (("timestamp", event.timestamp), ("weight", event.weight)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise InvalidArgumentError(f"event on {event.item_id!r}: {name} must be a finite number, got {value!r}")
+    return list(events)
+
+
+def validate_search_query(query: SearchQuery, dimension: int, schema: PayloadSchema, index: int) -> None:
+    validate_vector(query.vector, dimension, f"vector of query {index}")
+    validate_limit(query.limit, query.offset)
+    validate_filter(query.filter, schema)
+    validate_ids(query.exclude_ids, "excluded item id")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Payload conversion shared by the backends
+# ---------------------------------------------------------------------------------------------------------
+
+
+def item_payload(item: Item, popularity: int) -> dict[str, Any]:
+    """The stored payload: the item's own, with the store-maintained fields set (lists for tuples)."""
+    payload = {k: list(v) if isinstance(v, tuple) else v for k, v in item.payload.items()}
+    payload[ITEM_ID_FIELD] = item.item_id
+    payload[POPULARITY_FIELD] = popularity
+    return payload
+
+
+def public_payload(payload: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The payload shown to callers: without the internal id field."""
+    if not payload:
+        return {}
+    return {k: v for k, v in payload.items() if k != ITEM_ID_FIELD}
+
+
+def as_vector(raw: object) -> tuple[float, ...] | None:
+    """The default (unnamed) dense vector of an engine record, or None."""
+    if raw is None:
+        return None
+    if isinstance(raw, dict):
+        raw = raw.get("")
+        if raw is None:
+            return None
+    if isinstance(raw, list | tuple):
+        if not raw:
+            return None
+        return tuple(float(v) for v in raw)
+    return None
+
+
+def events_to_payload(events: Sequence[UserEvent]) -> list[dict[str, Any]]:
+    return [
+        {"item_id": e.item_id, "event_type": e.event_type, "timestamp": e.timestamp, "weight": e.weight} for e in events
+    ]
+
+
+def events_from_payload(raw: object) -> tuple[UserEvent, ...]:
+    if not isinstance(raw, list):
+        return ()
+    return tuple(
+        UserEvent(
+            item_id=str(e["item_id"]),
+            event_type=str(e["event_type"]),
+            timestamp=float(e["timestamp"]),
+            weight=float(e["weight"]),
+        )
+        for e in raw
+        if isinstance(e, dict)
+    )
+
+
+def merge_history(old: Sequence[UserEvent], new: Sequence[UserEvent], max_history: int) -> tuple[UserEvent, ...]:
+    """Old and new events, oldest first (stable sort by timestamp), the newest `max_history` kept."""
+    merged = sorted([*old, *new], key=lambda e: e.timestamp)
+    return tuple(merged[-max_history:])
+
+
+def popularity_increments(events: Sequence[UserEvent]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for event in events:
+        counts[event.item_id] = counts.get(event.item_id, 0) + 1
+    return counts
+
+
+def popularity_of(payload: Mapping[str, Any] | None) -> int:
+    value = (payload or {}).get(POPULARITY_FIELD, 0)
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
+
+
+def validate_store_settings(dimension: int, max_history: int, half_life_events: float) -> None:
+    if isinstance(dimension, bool) or not isinstance(dimension, int) or dimension < 1:
+        raise InvalidArgumentError(f"dimension must be a positive integer, got {dimension!r}")
+    if isinstance(max_history, bool) or not isinstance(max_history, int) or max_history < 1:
+        raise InvalidArgumentError(f"max_history must be a positive integer, got {max_history!r}")
+    if not math.isfinite(half_life_events) or half_life_events <= 0:
+        raise InvalidArgumentError(f"half_life_events must be a positive number, got {half_life_events!r}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A readers-writer lock (writer preferring): many searches at once, one exclusive holder for shard swaps
+# ---------------------------------------------------------------------------------------------------------
+
+
+class ReadWriteLock:
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._readers = 0
+        self._writer = False
+        self._writers_waiting = 0
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                if self._readers == 0:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def write(self) -> Iterator[None]:
+        with self._cond:
+            self._writers_waiting += 1
+            try:
+                while self._writer or self._readers:
+                    self._cond.wait()
+            finally:
+                self._writers_waiting -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()

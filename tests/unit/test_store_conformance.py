@@ -1,0 +1,448 @@
+"""One suite for both VectorStore backends: qdrant-edge (in a tmp folder) and qdrant-client (local mode)."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from services.retriever.client_store import ClientVectorStore
+from services.retriever.edge_store import EdgeVectorStore
+from services.retriever.store import (
+    DEFAULT_SCHEMA,
+    DimensionMismatchError,
+    Filter,
+    InvalidFilterError,
+    InvalidVectorError,
+    Item,
+    NotFoundError,
+    SearchQuery,
+    UserEvent,
+    VectorStore,
+)
+
+DIM = 8
+Factory = Callable[..., VectorStore]
+
+
+def unit(v: Any) -> np.ndarray:
+    a = np.asarray(v, dtype=np.float64)
+    return a / np.linalg.norm(a)
+
+
+def basis(i: int, dim: int = DIM) -> tuple[float, ...]:
+    v = [0.0] * dim
+    v[i % dim] = 1.0
+    return tuple(v)
+
+
+def make_catalogue(n: int = 40, seed: int = 0) -> list[Item]:
+    rng = np.random.default_rng(seed)
+    items = []
+    for i in range(n):
+        items.append(
+            Item(
+                item_id=f"item-{i}",
+                vector=tuple(float(x) for x in rng.normal(size=DIM)),
+                payload={
+                    "title": f"Item {i}",
+                    "categories": ["shoes", "sale"] if i % 3 == 0 else ["shirts"],
+                    "brand": "acme" if i % 2 == 0 else "globex",
+                    "price": float(i),
+                    "rating": 1.0 + (i % 5),
+                    "in_stock": i % 4 != 0,
+                },
+            )
+        )
+    return items
+
+
+def exact_ranking(items: list[Item], query: Any) -> list[str]:
+    q = unit(query)
+    scored = [(float(unit(it.vector) @ q), it.item_id) for it in items]
+    return [i for _, i in sorted(scored, key=lambda t: -t[0])]
+
+
+@pytest.fixture(params=["edge", "client"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def factory(backend: str, tmp_path: Path) -> Iterator[Factory]:
+    """Opens a store on the same location each call (to test persistence); closes them all at the end."""
+    opened: list[VectorStore] = []
+
+    def open_store(**kwargs: Any) -> VectorStore:
+        store: VectorStore
+        if backend == "edge":
+            store = EdgeVectorStore(tmp_path / "edge", DIM, **kwargs)
+        else:
+            store = ClientVectorStore.local(tmp_path / "client", dimension=DIM, **kwargs)
+        opened.append(store)
+        return store
+
+    yield open_store
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(factory: Factory) -> VectorStore:
+    return factory()
+
+
+@pytest.fixture
+def catalogue(store: VectorStore) -> list[Item]:
+    items = make_catalogue()
+    assert store.upsert_items(items) == len(items)
+    return items
+
+
+# -- items -------------------------------------------------------------------------------------------------
+
+
+def test_upsert_get_delete(store: VectorStore) -> None:
+    items = make_catalogue(5)
+    assert store.upsert_items(items) == 5
+    assert store.count_items() == 5
+    got = store.get_items(["item-3", "item-1"], with_vectors=True)
+    assert [g.item_id for g in got] == ["item-3", "item-1"]
+    assert got[0].payload["title"] == "Item 3"
+    assert got[0].payload["categories"] == ["shoes", "sale"]
+    assert got[0].payload["popularity"] == 0
+    assert "item_id" not in got[0].payload
+    assert got[0].vector is not None
+    assert np.allclose(unit(got[0].vector), unit(items[3].vector), atol=1e-5)
+    assert store.get_items(["item-2"])[0].vector is None
+    assert store.delete_items(["item-1", "item-2", "nope"]) == 2
+    assert store.count_items() == 3
+    with pytest.raises(NotFoundError):
+        store.get_items(["item-1"])
+
+
+def test_not_found_names_missing_ids(store: VectorStore) -> None:
+    store.upsert_items(make_catalogue(3))
+    with pytest.raises(NotFoundError) as err:
+        store.get_items(["item-0", "ghost-a", "ghost-b"])
+    assert "ghost-a" in str(err.value) and "ghost-b" in str(err.value)
+    assert "item-0" not in str(err.value)
+    found = store.get_items(["ghost-a", "item-2", "item-0"], skip_missing=True)
+    assert [item.item_id for item in found] == ["item-2", "item-0"]
+
+
+def test_rejects_bad_vectors(store: VectorStore) -> None:
+    with pytest.raises(DimensionMismatchError, match="dimension is 8"):
+        store.upsert_items([Item("a", (1.0, 2.0), {})])
+    with pytest.raises(InvalidVectorError, match="non-finite"):
+        store.upsert_items([Item("a", (math.nan, *basis(0)[1:]), {})])
+    with pytest.raises(InvalidVectorError):
+        store.upsert_items([Item("a", None, {})])
+    with pytest.raises(DimensionMismatchError):
+        store.search([SearchQuery(vector=[1.0] * 3, limit=3)])
+    with pytest.raises(InvalidVectorError):
+        store.search([SearchQuery(vector=[math.inf] * DIM, limit=3)])
+    with pytest.raises(ValueError, match="price"):
+        store.upsert_items([Item("a", basis(0), {"price": "cheap"})])
+    assert store.count_items() == 0
+
+
+def test_popularity_is_kept_on_reupsert(store: VectorStore, catalogue: list[Item]) -> None:
+    store.append_user_events("u", [UserEvent("item-5", "view", 1.0, 1.0), UserEvent("item-5", "buy", 2.0, 1.0)])
+    assert store.get_items(["item-5"])[0].payload["popularity"] == 2
+    item = catalogue[5]
+    store.upsert_items([Item(item.item_id, item.vector, {**item.payload, "title": "new", "popularity": 99})])
+    got = store.get_items(["item-5"])[0]
+    assert got.payload["title"] == "new"
+    assert got.payload["popularity"] == 2
+
+
+# -- search ------------------------------------------------------------------------------------------------
+
+
+def test_search_orders_by_cosine(store: VectorStore, catalogue: list[Item]) -> None:
+    rng = np.random.default_rng(1)
+    queries = [rng.normal(size=DIM) for _ in range(3)]
+    results = store.search([SearchQuery(vector=list(q), limit=5) for q in queries])
+    assert len(results) == 3
+    for q, hits in zip(queries, results, strict=True):
+        assert [h.item_id for h in hits] == exact_ranking(catalogue, q)[:5]
+        scores = [h.score for h in hits]
+        assert scores == sorted(scores, reverse=True)
+        best = next(it for it in catalogue if it.item_id == hits[0].item_id)
+        assert hits[0].score == pytest.approx(float(unit(best.vector) @ unit(q)), abs=1e-4)
+        assert hits[0].vector is None
+    with_vec = store.search([SearchQuery(vector=list(queries[0]), limit=1, with_vectors=True)])[0][0]
+    assert with_vec.vector is not None and len(with_vec.vector) == DIM
+
+
+@pytest.mark.parametrize(
+    ("flt", "check"),
+    [
+        (Filter(categories_any=("shoes",)), lambda p: "shoes" in p["categories"]),
+        (Filter(keywords={"brand": ("globex",)}), lambda p: p["brand"] == "globex"),
+        (Filter(ranges={"price": (10.0, 20.0)}), lambda p: 10.0 <= p["price"] <= 20.0),
+        (Filter(ranges={"rating": (None, 2.0)}), lambda p: p["rating"] <= 2.0),
+        (Filter(flags={"in_stock": False}), lambda p: p["in_stock"] is False),
+        (
+            Filter(categories_any=("shirts",), keywords={"brand": ("acme",)}, flags={"in_stock": True}),
+            lambda p: "shirts" in p["categories"] and p["brand"] == "acme" and p["in_stock"],
+        ),
+    ],
+)
+def test_filters(store: VectorStore, catalogue: list[Item], flt: Filter, check: Callable[[Any], bool]) -> None:
+    expected = {it.item_id for it in catalogue if check(it.payload)}
+    assert expected
+    hits = store.search([SearchQuery(vector=[1.0] * DIM, limit=100, filter=flt)])[0]
+    assert {h.item_id for h in hits} == expected
+    assert all(check(h.payload) for h in hits)
+    assert {h.item_id for h in store.popular(limit=100, filter=flt)} == expected
+
+
+def test_invalid_filters(store: VectorStore, catalogue: list[Item]) -> None:
+    def search(flt: Filter) -> None:
+        store.search([SearchQuery(vector=[1.0] * DIM, limit=3, filter=flt)])
+
+    with pytest.raises(InvalidFilterError) as err:
+        search(Filter(keywords={"colour": ("red",)}))
+    message = str(err.value)
+    assert "colour" in message
+    for name in DEFAULT_SCHEMA:
+        assert name in message
+    with pytest.raises(InvalidFilterError, match="range"):
+        search(Filter(ranges={"brand": (1.0, 2.0)}))
+    with pytest.raises(InvalidFilterError, match="keyword filter on 'price'"):
+        search(Filter(keywords={"price": ("1",)}))
+    with pytest.raises(InvalidFilterError, match="bool"):
+        search(Filter(flags={"brand": True}))
+    with pytest.raises(InvalidFilterError, match="finite"):
+        search(Filter(ranges={"price": (math.nan, 2.0)}))
+    with pytest.raises(InvalidFilterError, match="above"):
+        search(Filter(ranges={"price": (5.0, 2.0)}))
+    with pytest.raises(InvalidFilterError):
+        store.popular(limit=3, filter=Filter(flags={"ghost": True}))
+
+
+def test_exclude_ids_and_offset_paging(store: VectorStore, catalogue: list[Item]) -> None:
+    query = [0.3] * DIM
+    ranking = exact_ranking(catalogue, query)
+    hits = store.search([SearchQuery(vector=query, limit=5, exclude_ids=ranking[:2])])[0]
+    assert [h.item_id for h in hits] == ranking[2:7]
+    pages = [store.search([SearchQuery(vector=query, limit=7, offset=o)])[0] for o in range(0, 40, 7)]
+    seen = [h.item_id for page in pages for h in page]
+    assert len(seen) == len(set(seen)) == 40
+    assert seen == ranking
+
+
+# -- recommend, popular ------------------------------------------------------------------------------------
+
+
+def test_recommend_positive_negative(store: VectorStore) -> None:
+    items = [
+        Item("pos", unit([1, 0.1, 0, 0, 0, 0, 0, 0]).tolist(), {}),
+        Item("near-pos", unit([1, 0.2, 0, 0, 0, 0, 0, 0]).tolist(), {}),
+        Item("neg", unit([0, 0, 1, 0.1, 0, 0, 0, 0]).tolist(), {}),
+        Item("near-neg", unit([0.5, 0, 1, 0.2, 0, 0, 0, 0]).tolist(), {}),
+        Item("far", unit([0, 0, 0, 0, 0, 0, 1, 0]).tolist(), {}),
+    ]
+    store.upsert_items(items)
+    hits = store.recommend(["pos"], ["neg"], limit=5)
+    ids = [h.item_id for h in hits]
+    assert "pos" not in ids and "neg" not in ids
+    assert ids[0] == "near-pos"
+    assert ids.index("near-neg") > ids.index("far") or hits[ids.index("near-neg")].score < 0
+    excluded = [h.item_id for h in store.recommend(["pos"], limit=5, exclude_ids=["near-pos"])]
+    assert "near-pos" not in excluded and "pos" not in excluded
+    assert excluded[0] == "near-neg"
+    with pytest.raises(NotFoundError, match="ghost"):
+        store.recommend(["pos", "ghost"], limit=3)
+    with pytest.raises(ValueError):
+        store.recommend([], [], limit=3)
+
+
+def test_popular_after_events(store: VectorStore, catalogue: list[Item]) -> None:
+    events = [UserEvent(f"item-{i}", "view", float(n), 1.0) for i in (7, 3, 9) for n in range({7: 3, 3: 1, 9: 2}[i])]
+    store.append_user_events("alice", events)
+    top = store.popular(limit=3)
+    assert [t.item_id for t in top] == ["item-7", "item-9", "item-3"]
+    assert [t.score for t in top] == [3.0, 2.0, 1.0]
+    assert [t.item_id for t in store.popular(limit=2, offset=1)] == ["item-9", "item-3"]
+    assert [t.item_id for t in store.popular(limit=2, exclude_ids=["item-7"])] == ["item-9", "item-3"]
+    assert store.get_items(["item-7"])[0].payload["popularity"] == 3
+
+
+# -- users -------------------------------------------------------------------------------------------------
+
+
+def test_unknown_event_item_writes_nothing(store: VectorStore, catalogue: list[Item]) -> None:
+    with pytest.raises(NotFoundError, match="ghost"):
+        store.append_user_events("bob", [UserEvent("item-1", "view", 1.0, 1.0), UserEvent("ghost", "view", 2.0, 1.0)])
+    assert store.count_users() == 0
+    assert store.get_items(["item-1"])[0].payload["popularity"] == 0
+    with pytest.raises(NotFoundError, match="bob"):
+        store.get_user("bob")
+
+
+def test_profile_moves_toward_recent_items(factory: Factory) -> None:
+    store = factory(half_life_events=2.0)
+    store.upsert_items([Item("a", basis(0), {}), Item("b", basis(1), {})])
+    first = store.append_user_events("u", [UserEvent("a", "view", float(t), 1.0) for t in range(3)])
+    assert first.vector is not None
+    assert np.allclose(first.vector, basis(0), atol=1e-5)
+    later = store.append_user_events("u", [UserEvent("b", "view", float(t), 1.0) for t in range(10, 13)])
+    assert later.vector is not None
+    assert later.vector[1] > later.vector[0] > 0
+    assert np.linalg.norm(later.vector) == pytest.approx(1.0, abs=1e-5)
+    stored = store.get_user("u")
+    assert [e.timestamp for e in stored.events] == [0.0, 1.0, 2.0, 10.0, 11.0, 12.0]
+    assert stored.vector is not None and np.allclose(stored.vector, later.vector, atol=1e-5)
+
+
+def test_history_cap(factory: Factory) -> None:
+    store = factory(max_history=5)
+    store.upsert_items([Item("a", basis(0), {})])
+    store.append_user_events("u", [UserEvent("a", "view", float(t), 1.0) for t in range(4)])
+    profile = store.append_user_events("u", [UserEvent("a", "click", float(t), 1.0) for t in range(4, 8)])
+    assert [e.timestamp for e in profile.events] == [3.0, 4.0, 5.0, 6.0, 7.0]
+    assert store.get_user("u").events == profile.events
+    assert store.get_items(["a"])[0].payload["popularity"] == 8
+
+
+def test_get_and_delete_user(store: VectorStore, catalogue: list[Item]) -> None:
+    store.append_user_events("carol", [UserEvent("item-2", "buy", 5.0, 2.0)])
+    assert store.count_users() == 1
+    profile = store.get_user("carol")
+    assert profile.events == (UserEvent("item-2", "buy", 5.0, 2.0),)
+    store.delete_user("carol")
+    assert store.count_users() == 0
+    with pytest.raises(NotFoundError, match="carol"):
+        store.delete_user("carol")
+    with pytest.raises(NotFoundError):
+        store.get_user("carol")
+
+
+# -- persistence, info -------------------------------------------------------------------------------------
+
+
+def test_persistence_across_reopen(factory: Factory) -> None:
+    store = factory()
+    items = make_catalogue(10)
+    store.upsert_items(items)
+    store.append_user_events("dave", [UserEvent("item-4", "view", 1.0, 1.0)])
+    store.delete_items(["item-9"])
+    store.close()
+    reopened = factory()
+    assert reopened.count_items() == 9
+    assert reopened.count_users() == 1
+    assert reopened.get_user("dave").events[0].item_id == "item-4"
+    assert reopened.get_items(["item-4"])[0].payload["popularity"] == 1
+    hits = reopened.search([SearchQuery(vector=list(items[0].vector or ()), limit=1)])[0]
+    assert hits[0].item_id == "item-0"
+
+
+def test_info(store: VectorStore, catalogue: list[Item]) -> None:
+    store.append_user_events("erin", [UserEvent("item-1", "view", 1.0, 1.0)])
+    info = store.info()
+    assert info.items == len(catalogue)
+    assert info.users == 1
+    assert info.dimension == DIM
+    assert info.distance == "cosine"
+    assert set(DEFAULT_SCHEMA) | {"item_id"} <= set(info.payload_indexes)
+    assert info.backend
+
+
+def test_concurrent_events_are_atomic(store: VectorStore, catalogue: list[Item]) -> None:
+    def worker(n: int) -> None:
+        for k in range(10):
+            store.append_user_events(f"user-{n}", [UserEvent("item-0", "view", float(k), 1.0)])
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert store.get_items(["item-0"])[0].payload["popularity"] == 40
+    assert store.count_users() == 4
+
+
+# -- the edge backend's background index build -------------------------------------------------------------
+
+
+def test_edge_background_index_build(tmp_path: Path) -> None:
+    store = EdgeVectorStore(tmp_path / "edge", 16, full_scan_threshold_kb=10)
+    try:
+        rng = np.random.default_rng(7)
+        vectors = rng.normal(size=(2000, 16))
+        items = [Item(f"i{i}", tuple(map(float, v)), {"categories": ["c"]}) for i, v in enumerate(vectors)]
+        store.upsert_items(items)
+        queries = rng.normal(size=(20, 16))
+        assert not store.index_ready
+
+        def check_recall(min_recall: float) -> None:
+            live = {it.item_id: it for it in items}
+            current = list(live.values())
+            results = store.search([SearchQuery(vector=list(q), limit=10) for q in queries])
+            total = 0
+            for q, hits in zip(queries, results, strict=True):
+                total += len({h.item_id for h in hits} & set(exact_ranking(current, q)[:10]))
+            assert total / (10 * len(queries)) >= min_recall
+
+        assert store.start_index_build()
+        assert not store.start_index_build()  # one at a time
+        check_recall(1.0)  # exact while the build runs
+        # Writes during the build (after the copy was taken): new items, a deletion, a popularity update.
+        deadline = time.monotonic() + 30
+        while store.index_build_phase in ("idle", "copying") and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert store.index_build_phase in ("optimizing", "installing")
+        extra = [Item(f"new{i}", tuple(map(float, rng.normal(size=16))), {}) for i in range(5)]
+        store.upsert_items(extra)
+        store.delete_items(["i0"])
+        store.append_user_events("u", [UserEvent("i1", "view", 1.0, 1.0)])
+        deadline = time.monotonic() + 120
+        while not store.index_ready and time.monotonic() < deadline:
+            check_recall(0.9)
+            time.sleep(0.05)
+        assert store.index_ready, store.last_index_error
+        assert store.last_index_error is None
+        info = store.info()
+        assert info.indexed_vectors > 0
+        assert info.items == 2004
+        assert store.count_items() == 2004
+        assert {i.item_id for i in store.get_items([e.item_id for e in extra])} == {e.item_id for e in extra}
+        with pytest.raises(NotFoundError):
+            store.get_items(["i0"])
+        assert store.get_items(["i1"])[0].payload["popularity"] == 1
+        items = [it for it in items if it.item_id != "i0"] + extra
+        check_recall(0.9)
+        hit = store.search([SearchQuery(vector=list(extra[0].vector or ()), limit=1)])[0][0]
+        assert hit.item_id == "new0"
+    finally:
+        store.close()
+    reopened = EdgeVectorStore(tmp_path / "edge", 16)
+    try:
+        assert reopened.count_items() == 2004
+        assert reopened.index_ready
+        folders = sorted(p.name for p in (tmp_path / "edge").iterdir())
+        assert folders == ["items", "items.2", "users"]
+        assert (tmp_path / "edge" / "items").resolve().name == "items.2"
+    finally:
+        reopened.close()
+
+
+def test_edge_rejects_other_dimension_on_reopen(tmp_path: Path) -> None:
+    EdgeVectorStore(tmp_path / "edge", DIM).close()
+    with pytest.raises(DimensionMismatchError):
+        EdgeVectorStore(tmp_path / "edge", DIM * 2)
+
+
+def test_client_rejects_other_dimension(tmp_path: Path) -> None:
+    ClientVectorStore.local(tmp_path / "c", dimension=DIM).close()
+    with pytest.raises(DimensionMismatchError):
+        ClientVectorStore.local(tmp_path / "c", dimension=DIM * 2)
