@@ -89,17 +89,24 @@ def command_up(args: argparse.Namespace) -> None:
         signal.signal(sig, lambda *_: stop.set())
     try:
         suite.start()
-        print(f"starting the five services (logs in {state_dir / 'logs'}) ...")
+        pids = ", ".join(f"{name} pid {process.pid}" for name, process in suite.processes.items())
+        print(f"started {pids} (logs in {state_dir / 'logs'})", flush=True)
         suite.wait_until_serving()
         print("all five services report SERVING")
         marker = state_dir / "qdrant" / f"loaded-{dataset.content_hash()[:16]}"
         with grpc.insecure_channel(suite.address("gateway")) as channel:
             if not marker.exists():
-                ingest(channel, dataset)
+                try:
+                    ingest(channel, dataset)
+                except grpc.RpcError as error:
+                    raise SystemExit(
+                        f"loading the data failed: {error.code().name}: {error.details()}; "
+                        f"see the logs in {state_dir / 'logs'}"
+                    ) from None
                 marker.touch()
             _print_sample(channel, dataset)
         print(f"\ngateway on {suite.address('gateway')}; try: grpcurl -plaintext {suite.address('gateway')} list")
-        print("serving until Ctrl-C")
+        print("serving until Ctrl-C", flush=True)
         while not stop.wait(1.0):
             dead = [name for name, p in suite.processes.items() if p.poll() is not None]
             if dead:
@@ -108,7 +115,7 @@ def command_up(args: argparse.Namespace) -> None:
                 )
                 break
     finally:
-        print("stopping the five services ...")
+        print("stopping the five services ...", flush=True)
         codes = suite.stop()
         print("stopped: " + ", ".join(f"{name}={code}" for name, code in codes.items()))
 

@@ -53,7 +53,6 @@ class GatewayApp:
             retrieval=RetrieverClient(retriever, settings.retriever_timeout_s),
             ranking=RankerClient(ranker, settings.ranker_timeout_s),
             limits=RecommenderLimits(
-                default_k=settings.default_k,
                 max_k=settings.max_k,
                 max_offset=settings.max_offset,
                 candidate_pool=settings.candidate_pool,
@@ -62,6 +61,7 @@ class GatewayApp:
                 max_items_per_upsert=settings.max_items_per_upsert,
                 max_events_per_call=settings.max_events_per_call,
                 history_for_ranking=settings.history_for_ranking,
+                max_parallel_writes=settings.max_parallel_writes,
             ),
             blend=Blend(ranker_weight=settings.ranker_weight, query_weight=settings.query_weight),
             event_weights={

@@ -36,7 +36,6 @@ PAST_TENSE = {"view": "viewed", "click": "clicked", "add_to_cart": "added to you
 
 @dataclass(frozen=True)
 class RecommenderLimits:
-    default_k: int = 10
     max_k: int = 100
     max_offset: int = 1000
     candidate_pool: int = 100
@@ -46,6 +45,7 @@ class RecommenderLimits:
     max_events_per_call: int = 1000
     max_id_chars: int = 256
     history_for_ranking: int = 50
+    max_parallel_writes: int = 8
 
 
 @dataclass(frozen=True)
@@ -93,10 +93,8 @@ class Recommender:
     # ---- validation ----------------------------------------------------------------------------------
 
     def _k(self, k: int) -> int:
-        if k == 0:
-            return self.limits.default_k
         if not 1 <= k <= self.limits.max_k:
-            raise InvalidArgumentError(f"k is {k}; ask for 1 to {self.limits.max_k} items (0 means the default)")
+            raise InvalidArgumentError(f"k is {k}; ask for 1 to {self.limits.max_k} items")
         return k
 
     def _check_id(self, value: str, what: str) -> None:
@@ -334,7 +332,14 @@ class Recommender:
             by_user.setdefault(event.user_id, []).append(
                 HistoryEvent(event.item_id, event.event_type, event.timestamp, weight)
             )
-        await asyncio.gather(*(self.retrieval.append_events(u, evs) for u, evs in by_user.items()))
+        # Bounded fan-out: a batch of many users must not exceed the retriever's admission limit.
+        parallel = asyncio.Semaphore(self.limits.max_parallel_writes)
+
+        async def append(user_id: str, user_events: list[HistoryEvent]) -> None:
+            async with parallel:
+                await self.retrieval.append_events(user_id, user_events)
+
+        await asyncio.gather(*(append(u, evs) for u, evs in by_user.items()))
         return len(events)
 
     async def delete_user(self, user_id: str) -> None:
