@@ -58,6 +58,7 @@ class GatewayApp:
                 candidate_pool=settings.candidate_pool,
                 max_filter_conditions=settings.max_filter_conditions,
                 max_query_chars=settings.max_query_chars,
+                max_text_chars=settings.max_text_chars,
                 max_items_per_upsert=settings.max_items_per_upsert,
                 max_events_per_call=settings.max_events_per_call,
                 history_for_ranking=settings.history_for_ranking,

@@ -25,6 +25,7 @@ class GatewaySettings(ServiceSettings):
     candidate_pool: int = Field(100, ge=1, description="Candidates retrieved for the ranker per request.")
     max_filter_conditions: int = Field(64, ge=1, description="Most conditions in one filter.")
     max_query_chars: int = Field(2048, ge=1, description="Longest free-text query.")
+    max_text_chars: int = Field(100_000, ge=1, description="Longest item title or description.")
     max_items_per_upsert: int = Field(512, ge=1, description="Most items in one UpsertItems call.")
     max_events_per_call: int = Field(1000, ge=1, description="Most events in one RecordEvents call.")
     max_parallel_writes: int = Field(8, ge=1, description="Users written to the retriever at once per call.")

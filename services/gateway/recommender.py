@@ -41,6 +41,7 @@ class RecommenderLimits:
     candidate_pool: int = 100
     max_filter_conditions: int = 64
     max_query_chars: int = 2048
+    max_text_chars: int = 100_000
     max_items_per_upsert: int = 512
     max_events_per_call: int = 1000
     max_id_chars: int = 256
@@ -289,6 +290,12 @@ class Recommender:
             seen.add(record.item_id)
             if not record.title.strip():
                 raise InvalidArgumentError(f"items[{index}] ({record.item_id}) has no title")
+            for name, text in (("title", record.title), ("description", record.description)):
+                if len(text) > self.limits.max_text_chars:
+                    raise InvalidArgumentError(
+                        f"items[{index}].{name} has {len(text)} characters; the limit is "
+                        f"{self.limits.max_text_chars} (the model reads about 1,000): shorten it"
+                    )
             clash = RESERVED_KEYS & set(record.attributes)
             if clash:
                 raise InvalidArgumentError(f"items[{index}] attributes use reserved names {sorted(clash)}: rename them")
