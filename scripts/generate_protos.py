@@ -37,9 +37,7 @@ def generate(source_root: Path, out_dir: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument(
-        "--out", type=Path, default=PROTO_ROOT, help="output folder (default: beside the protos)"
-    )
+    parser.add_argument("--out", type=Path, default=PROTO_ROOT, help="output folder (default: beside the protos)")
     args = parser.parse_args()
     generate(PROTO_ROOT, args.out)
     # Every folder from recsys/ down is a regular package, so setuptools finds the generated modules.

@@ -23,9 +23,7 @@ SCIENTIFIC = DATA_ROOT / "amazon-scientific"
 
 
 @asynccontextmanager
-async def serving(
-    app: ServiceApp, settings: ServiceSettings | None = None
-) -> AsyncIterator[grpc.aio.Channel]:
+async def serving(app: ServiceApp, settings: ServiceSettings | None = None) -> AsyncIterator[grpc.aio.Channel]:
     """Runs `app` on an ephemeral loopback port through the shared bootstrap; yields a channel to it."""
     running = RunningServer(settings or ServiceSettings(port=0, drain_s=0, grace_period_s=1), app)
     port = await running.start()

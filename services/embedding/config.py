@@ -19,9 +19,7 @@ class EmbeddingSettings(ServiceSettings):
     )
     model_id: str = Field("", description="Name reported by GetModelInfo; default: derived from the folder.")
     device: str = Field("auto", description="auto (CUDA when present), cpu or cuda:N.")
-    dtype: str = Field(
-        "auto", description="auto (float16 on CUDA, float32 on CPU), float32, float16, bfloat16."
-    )
+    dtype: str = Field("auto", description="auto (float16 on CUDA, float32 on CPU), float32, float16, bfloat16.")
     torch_threads: int = Field(0, ge=0, description="CPU threads for torch; 0 keeps torch's default.")
     max_batch_size: int = Field(32, ge=1, le=4096, description="Most texts in one forward pass.")
     max_batch_wait_ms: float = Field(2.0, ge=0, description="How long a batch waits for more requests.")

@@ -51,8 +51,7 @@ class Embedder:
             raise InvalidArgumentError("texts is empty: send at least one text")
         if len(texts) > self.limits.max_texts_per_request:
             raise InvalidArgumentError(
-                f"{len(texts)} texts in one request; the limit is {self.limits.max_texts_per_request}: "
-                "split the batch"
+                f"{len(texts)} texts in one request; the limit is {self.limits.max_texts_per_request}: split the batch"
             )
         for index, text in enumerate(texts):
             if not text.strip():

@@ -189,9 +189,7 @@ def test_arguments_validated() -> None:
 def test_fake_budget_truncation(words: TextPreprocessor) -> None:
     preprocessor = TextPreprocessor(WordBudget(), max_tokens=3)
     result = preprocessor.clean("one two three four five")
-    assert result == CleanedText(
-        text="one two three", changes=(ChangeKind.TRUNCATED,), token_count=3, truncated=True
-    )
+    assert result == CleanedText(text="one two three", changes=(ChangeKind.TRUNCATED,), token_count=3, truncated=True)
 
 
 def test_hf_count_excludes_special_tokens(hf_budget: HuggingFaceTokenBudget) -> None:
@@ -331,12 +329,8 @@ def test_item_text_skips_empty_parts_and_double_periods(words: TextPreprocessor)
     assert words.build_item_text(ItemFields(item_id="1", title="Mug.", description="Holds tea.")).text == (
         "Mug. Holds tea."
     )
-    assert words.build_item_text(ItemFields(item_id="1", title="", brand="Acme", description="x")).text == (
-        "Acme. x"
-    )
-    assert words.build_item_text(ItemFields(item_id="1", title="Mug", attributes={"": "blue"})).text == (
-        "Mug. blue"
-    )
+    assert words.build_item_text(ItemFields(item_id="1", title="", brand="Acme", description="x")).text == ("Acme. x")
+    assert words.build_item_text(ItemFields(item_id="1", title="Mug", attributes={"": "blue"})).text == ("Mug. blue")
     assert words.build_item_text(ItemFields(item_id="1", title=" ", attributes={"color": "  "})).text == ""
 
 
