@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from qdrant_client import QdrantClient
 
 from services.retriever.client_store import ClientVectorStore
 from services.retriever.edge_store import EdgeVectorStore
@@ -69,7 +72,18 @@ def exact_ranking(items: list[Item], query: Any) -> list[str]:
     return [i for _, i in sorted(scored, key=lambda t: -t[0])]
 
 
-@pytest.fixture(params=["edge", "client"])
+# Set to run the same suite against a real Qdrant server or cluster (collections are made and dropped per test).
+QDRANT_URL = os.environ.get("RECSYS_TEST_QDRANT_URL", "")
+SERVER = pytest.param(
+    "server",
+    marks=[
+        pytest.mark.qdrant_server,
+        pytest.mark.skipif(not QDRANT_URL, reason="set RECSYS_TEST_QDRANT_URL to test against a Qdrant server"),
+    ],
+)
+
+
+@pytest.fixture(params=["edge", "client", SERVER])
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
@@ -83,14 +97,23 @@ def factory(backend: str, tmp_path: Path) -> Iterator[Factory]:
         store: VectorStore
         if backend == "edge":
             store = EdgeVectorStore(tmp_path / "edge", DIM, **kwargs)
-        else:
+        elif backend == "client":
             store = ClientVectorStore.local(tmp_path / "client", dimension=DIM, **kwargs)
+        else:
+            names = {"items_collection": f"{suffix}_items", "users_collection": f"{suffix}_users"}
+            store = ClientVectorStore.from_url(QDRANT_URL, dimension=DIM, **names, **kwargs)
         opened.append(store)
         return store
 
+    suffix = f"test_{uuid.uuid4().hex[:12]}"
     yield open_store
     for store in opened:
         store.close()
+    if backend == "server":
+        client = QdrantClient(url=QDRANT_URL)
+        for kind in ("items", "users"):
+            client.delete_collection(f"{suffix}_{kind}")
+        client.close()
 
 
 @pytest.fixture

@@ -1,0 +1,121 @@
+"""The shared bootstrap: micro-batching, the error table, request ids, health and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from recsys.embedding.v1 import embedding_pb2, embedding_pb2_grpc
+from services.common.batching import MicroBatcher
+from services.common.errors import OverloadedError
+from services.common.server import REQUEST_ID_KEY, RunningServer
+from services.common.settings import ServiceSettings
+from services.embedding.app import EmbeddingApp
+from services.embedding.config import EmbeddingSettings
+from services.embedding.encoder import EncodedText
+
+
+class SlowEncoder:
+    """A fake encoder that records its batch sizes and can be slowed or made to fail."""
+
+    model_id = "fake"
+    dimension = 4
+    max_tokens = 16
+    device = "cpu"
+    dtype = "float32"
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
+        self.batches: list[int] = []
+        self.fail = False
+
+    def encode(self, texts: Sequence[str]) -> list[EncodedText]:
+        time.sleep(self.delay_s)
+        if self.fail:
+            raise RuntimeError("boom")
+        self.batches.append(len(texts))
+        return [EncodedText(np.ones(4, dtype=np.float32) / 2, len(t), False) for t in texts]
+
+
+async def test_micro_batcher_joins_concurrent_requests() -> None:
+    seen: list[list[int]] = []
+
+    def run(items: list[int]) -> list[int]:
+        seen.append(items)
+        time.sleep(0.05)
+        return [i * 10 for i in items]
+
+    batcher: MicroBatcher[int, int] = MicroBatcher(run, ThreadPoolExecutor(1), 8, 0.01, 100)
+    results = await asyncio.gather(*(batcher.submit([n, n + 100]) for n in range(6)))
+    assert results == [[n * 10, (n + 100) * 10] for n in range(6)]
+    assert max(len(batch) for batch in seen) > 2, "requests shared a batch"
+    assert all(len(batch) <= 8 for batch in seen)
+    await batcher.close()
+
+
+async def test_micro_batcher_refuses_overload() -> None:
+    release = threading.Event()
+    batcher: MicroBatcher[int, int] = MicroBatcher(
+        lambda items: release.wait() and items, ThreadPoolExecutor(1), 4, 0, 6
+    )
+    first = asyncio.create_task(batcher.submit([1, 2, 3, 4]))
+    await asyncio.sleep(0.05)
+    second = asyncio.create_task(batcher.submit([5, 6, 7, 8, 9]))
+    await asyncio.sleep(0.05)
+    with pytest.raises(OverloadedError, match="retry"):
+        await batcher.submit([10, 11])
+    release.set()
+    assert await first == [1, 2, 3, 4] and await second == [5, 6, 7, 8, 9]
+    await batcher.close()
+
+
+async def _start(encoder: SlowEncoder) -> tuple[RunningServer, grpc.aio.Channel]:
+    app = EmbeddingApp(EmbeddingSettings(max_batch_wait_ms=0), encoder)
+    running = RunningServer(ServiceSettings(port=0, drain_s=0.2, grace_period_s=5), app)
+    port = await running.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    return running, channel
+
+
+async def test_health_is_not_serving_until_warm_and_during_shutdown() -> None:
+    running, channel = await _start(SlowEncoder(delay_s=0.3))
+    health = health_pb2_grpc.HealthStub(channel)
+    name = "recsys.embedding.v1.EmbeddingService"
+    check = health_pb2.HealthCheckRequest(service=name)
+    assert (await health.Check(check)).status == health_pb2.HealthCheckResponse.NOT_SERVING
+    await running.warm_up()
+    assert (await health.Check(check)).status == health_pb2.HealthCheckResponse.SERVING
+    stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
+    in_flight = asyncio.ensure_future(stub.EmbedTexts(embedding_pb2.EmbedTextsRequest(texts=["drain me"])))
+    await asyncio.sleep(0.05)
+    stopping = asyncio.create_task(running.stop())
+    await asyncio.sleep(0.05)
+    assert (await health.Check(check)).status == health_pb2.HealthCheckResponse.NOT_SERVING
+    response = await in_flight
+    assert len(response.embeddings) == 1, "the in-flight call finished during the drain"
+    await stopping
+    await channel.close()
+
+
+async def test_unexpected_errors_are_internal_with_the_request_id() -> None:
+    encoder = SlowEncoder()
+    running, channel = await _start(encoder)
+    await running.warm_up()
+    encoder.fail = True
+    stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.EmbedTexts(embedding_pb2.EmbedTextsRequest(texts=["x"]), metadata=((REQUEST_ID_KEY, "req-42"),))
+    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    assert "req-42" in (caught.value.details() or "")
+    encoder.fail = False
+    assert (await stub.EmbedTexts(embedding_pb2.EmbedTextsRequest(texts=["ok"]))).embeddings
+    await channel.close()
+    await running.stop()
