@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -62,23 +62,27 @@ class Suite:
 
     def start(self) -> None:
         (self.state_dir / "logs").mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **suite_environment(self.base_port, self.state_dir), **self.extra_env}
         for name in SERVICES:
-            log = self.log_path(name).open("ab")
-            self._logs.append(log)
-            # Each service in its own process group, so Ctrl-C in the terminal reaches only this launcher,
-            # which then stops them in order.
-            self.processes[name] = subprocess.Popen(
-                [sys.executable, "-m", f"services.{name}"],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+            self.start_one(name)
 
-    def wait_until_serving(self, timeout_s: float = 300.0) -> None:
+    def start_one(self, name: str) -> None:
+        """Starts one service (again, after it died or was killed) with the suite's settings."""
+        env = {**os.environ, **suite_environment(self.base_port, self.state_dir), **self.extra_env}
+        log = self.log_path(name).open("ab")
+        self._logs.append(log)
+        # Each service in its own process group, so Ctrl-C in the terminal reaches only this launcher,
+        # which then stops them in order.
+        self.processes[name] = subprocess.Popen(
+            [sys.executable, "-m", f"services.{name}"],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_until_serving(self, timeout_s: float = 300.0, names: Sequence[str] = SERVICES) -> None:
         deadline = time.monotonic() + timeout_s
-        for name in SERVICES:
+        for name in names:
             with grpc.insecure_channel(self.address(name)) as channel:
                 stub = health_pb2_grpc.HealthStub(channel)
                 while True:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from services.common.errors import OverloadedError
+from services.common.logging import deadline_var
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -20,6 +21,17 @@ R = TypeVar("R")
 class _Pending(Generic[T, R]):
     items: Sequence[T]
     future: asyncio.Future[list[R]]
+    enqueued: float  # loop time of submit
+    deadline: float | None  # loop time by which the caller needs the answer
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """What one batch looked like, for metrics: its size, how long its oldest request waited, how long it ran."""
+
+    size: int
+    queue_wait_s: float
+    run_s: float
 
 
 class MicroBatcher(Generic[T, R]):
@@ -27,7 +39,10 @@ class MicroBatcher(Generic[T, R]):
 
     A batch closes when it holds `max_batch_size` items or `max_wait_s` has passed since its first item.
     A request is never split across batches unless it alone is larger than a batch. More than
-    `max_queued_items` waiting items is overload: `submit` raises OverloadedError at once.
+    `max_queued_items` waiting items is overload: `submit` raises OverloadedError at once. So is a request
+    whose caller's deadline (the current call's, from the request context) ends before the work ahead of it
+    can be done at the measured rate; and requests whose caller gave up or whose deadline passed while
+    they waited are dropped before they reach the model, so a saturated service spends no time on them.
     """
 
     def __init__(
@@ -37,8 +52,10 @@ class MicroBatcher(Generic[T, R]):
         max_batch_size: int,
         max_wait_s: float,
         max_queued_items: int,
+        on_batch: Callable[[BatchStats], None] | None = None,
     ) -> None:
         self._run_batch = run_batch
+        self._on_batch = on_batch
         self._executor = executor
         self._max_batch_size = max_batch_size
         self._max_wait_s = max_wait_s
@@ -48,6 +65,10 @@ class MicroBatcher(Generic[T, R]):
         self._worker: asyncio.Task[None] | None = None
         # A request that did not fit the last batch; it opens the next one, keeping arrival order.
         self._carried: _Pending[T, R] | None = None
+        # Items per second the batches ran at recently (None until the first batch), and the size of the batch
+        # running now: with the queue, the work ahead of a new request.
+        self._rate: float | None = None
+        self._running_items = 0
 
     @property
     def queued_items(self) -> int:
@@ -59,11 +80,22 @@ class MicroBatcher(Generic[T, R]):
                 f"{self._queued_items} items are already waiting (limit {self._max_queued_items}); "
                 "retry with backoff or send smaller batches"
             )
+        loop = asyncio.get_running_loop()
+        # deadline_var holds time.monotonic() values, the clock asyncio's loop.time() reads too.
+        deadline = deadline_var.get()
+        if deadline is not None and self._rate:
+            # Only the work ahead counts: a request alone is always tried, whatever its size.
+            expected_s = (self._running_items + self._queued_items) / self._rate
+            if loop.time() + expected_s > deadline:
+                raise OverloadedError(
+                    f"{self._queued_items} items are waiting, about {expected_s:.2f} s of work, more than the "
+                    f"{max(deadline - loop.time(), 0):.2f} s the call has left; retry later or elsewhere"
+                )
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._work())
-        future: asyncio.Future[list[R]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[list[R]] = loop.create_future()
         self._queued_items += len(items)
-        await self._queue.put(_Pending(items, future))
+        await self._queue.put(_Pending(items, future, loop.time(), deadline))
         return await future
 
     async def close(self) -> None:
@@ -97,9 +129,24 @@ class MicroBatcher(Generic[T, R]):
     async def _work(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = await self._gather()
+            gathered = await self._gather()
+            self._queued_items -= sum(len(pending.items) for pending in gathered)
+            now = loop.time()
+            batch = []
+            for pending in gathered:
+                if pending.future.done():  # the caller gave up (cancelled)
+                    continue
+                if pending.deadline is not None and pending.deadline <= now:
+                    pending.future.set_exception(
+                        OverloadedError("the request waited past its deadline in the queue; retry later or elsewhere")
+                    )
+                    continue
+                batch.append(pending)
+            if not batch:
+                continue
             items = [item for pending in batch for item in pending.items]
-            self._queued_items -= len(items)
+            started = loop.time()
+            self._running_items = len(items)
             try:
                 results = await loop.run_in_executor(self._executor, self._run_batch, items)
             except Exception as error:
@@ -107,6 +154,14 @@ class MicroBatcher(Generic[T, R]):
                     if not pending.future.done():
                         pending.future.set_exception(error)
                 continue
+            finally:
+                self._running_items = 0
+            run_s = loop.time() - started
+            if run_s > 0:
+                rate = len(items) / run_s
+                self._rate = rate if self._rate is None else 0.8 * self._rate + 0.2 * rate
+            if self._on_batch is not None:
+                self._on_batch(BatchStats(len(items), started - batch[0].enqueued, run_s))
             start = 0
             for pending in batch:
                 end = start + len(pending.items)

@@ -12,6 +12,7 @@ import grpc
 
 from services.common.logging import deadline_var, request_id_var
 from services.common.server import REQUEST_ID_KEY
+from services.common.telemetry import TracingClientInterceptor
 
 # Leave the caller this much of its own deadline to turn a backend's answer into a response.
 DEADLINE_MARGIN_S = 0.02
@@ -65,9 +66,12 @@ def open_channel(
     service_name: str,
     idempotent_methods: Sequence[str] = (),
     max_message_bytes: int = 64 * 1024 * 1024,
+    credentials: grpc.ChannelCredentials | None = None,
+    server_name: str = "",
 ) -> grpc.aio.Channel:
-    """An insecure channel to a backend; `dns:///host:port` targets balance over every resolved address."""
-    options = [
+    """A channel to a backend (TLS with `credentials`, else plaintext); `dns:///host:port` targets balance
+    over every resolved address. `server_name` overrides the name checked against the server's certificate."""
+    options: list[tuple[str, str | int]] = [
         ("grpc.service_config", service_config(service_name, idempotent_methods)),
         ("grpc.enable_retries", 1),
         ("grpc.max_send_message_length", max_message_bytes),
@@ -75,13 +79,24 @@ def open_channel(
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 10_000),
         ("grpc.keepalive_permit_without_calls", 1),
+        # A restarted backend is reached again within a second or two, not after grpc's default backoff of
+        # up to two minutes.
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", 2_000),
     ]
-    return grpc.aio.insecure_channel(target, options=options, interceptors=[RequestIdClientInterceptor()])
+    interceptors = [RequestIdClientInterceptor(), TracingClientInterceptor()]
+    if credentials is None:
+        return grpc.aio.insecure_channel(target, options=options, interceptors=interceptors)
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    return grpc.aio.secure_channel(target, credentials, options=options, interceptors=interceptors)
 
 
-def call_timeout(default_s: float) -> float:
-    """The timeout for a downstream call: the default, or less when the current caller has less time left."""
+def call_timeout(default_s: float, share: float = 1.0) -> float:
+    """The timeout for a downstream call: the default, or less when the current caller has less time left.
+    A call with a fallback takes only `share` of the time left, so the fallback still fits in it."""
     deadline = deadline_var.get()
     if deadline is None:
         return default_s
-    return max(0.001, min(default_s, deadline - time.monotonic() - DEADLINE_MARGIN_S))
+    return max(0.001, min(default_s, (deadline - time.monotonic() - DEADLINE_MARGIN_S) * share))

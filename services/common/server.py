@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import signal
 import time
 import uuid
@@ -25,7 +26,9 @@ from services.common.errors import (
     UnavailableError,
 )
 from services.common.logging import configure_logging, deadline_var, request_id_var
+from services.common.metrics import MetricsServer
 from services.common.settings import ServiceSettings
+from services.common.telemetry import TelemetryInterceptor, configure_tracing
 
 log = structlog.get_logger(__name__)
 
@@ -65,8 +68,38 @@ def _downstream_status(error: grpc.aio.AioRpcError) -> tuple[grpc.StatusCode, st
     return grpc.StatusCode.UNAVAILABLE, f"a backend service failed ({code.name}): {error.details()}"
 
 
+class _Malformed:
+    """Stands in for a request whose bytes did not parse, so the call ends as INVALID_ARGUMENT (grpc would
+    answer UNKNOWN) and passes through the access log like any other."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as error:
+            return _Malformed(error)
+
+    return deserialize
+
+
+def _is_open(method: str) -> bool:
+    """Health and reflection: for probes and operators, never logged, never behind the token."""
+    return method.startswith("/grpc.health.") or method.startswith("/grpc.reflection.")
+
+
 class RequestInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Request id (from metadata or new), one access-log line per call, and the error-to-status table."""
+    """Request id (from metadata or new), one access-log line per call (method, code and time only: never
+    request content), the error-to-status table, and the default deadline when the caller set none."""
+
+    def __init__(self, default_deadline_s: float = 0.0) -> None:
+        self._default_deadline_s = default_deadline_s or None
 
     async def intercept_service(
         self,
@@ -79,16 +112,23 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         method: str = handler_call_details.method
         metadata = dict(handler_call_details.invocation_metadata or ())
         inner = handler.unary_unary
-        quiet = method.startswith("/grpc.health.") or method.startswith("/grpc.reflection.")
+        quiet = _is_open(method)
 
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
             request_id = str(metadata.get(REQUEST_ID_KEY) or uuid.uuid4().hex)
             token = request_id_var.set(request_id)
             remaining = context.time_remaining()
+            if remaining is None:
+                remaining = self._default_deadline_s
             deadline_token = deadline_var.set(None if remaining is None else time.monotonic() + remaining)
             started = time.perf_counter()
             code = grpc.StatusCode.OK
             try:
+                if isinstance(request, _Malformed):
+                    raise InvalidArgumentError(
+                        f"the request is not a valid {method} message ({type(request.error).__name__}): "
+                        "send a serialized request of the method's type"
+                    )
                 return await inner(request, context)
             except ServiceError as error:
                 code = status_for(error)
@@ -116,9 +156,38 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
         return grpc.unary_unary_rpc_method_handler(
             handle,
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
+
+
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Refuses calls without `authorization: Bearer <token>` (UNAUTHENTICATED) before any request is parsed;
+    health and reflection stay open."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}".encode()
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method: str = handler_call_details.method
+        if _is_open(method):
+            return await continuation(handler_call_details)
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        given = str(metadata.get("authorization", "")).encode()
+        if hmac.compare_digest(given, self._expected):
+            return await continuation(handler_call_details)
+
+        async def deny(request: bytes, context: grpc.aio.ServicerContext) -> None:
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "missing or wrong credentials: send the header `authorization: Bearer <token>`",
+            )
+
+        return grpc.unary_unary_rpc_method_handler(deny)
 
 
 class ServiceApp(Protocol):
@@ -131,6 +200,30 @@ class ServiceApp(Protocol):
     async def warm_up(self) -> None: ...
 
     async def close(self) -> None: ...
+
+
+def server_credentials(settings: ServiceSettings) -> grpc.ServerCredentials | None:
+    """TLS when a certificate is set; mutual TLS (client certificates required) when a client CA is set."""
+    if settings.tls_cert_file is None or settings.tls_key_file is None:
+        return None
+    ca = settings.tls_client_ca_file
+    return grpc.ssl_server_credentials(
+        [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
+        root_certificates=ca.read_bytes() if ca is not None else None,
+        require_client_auth=ca is not None,
+    )
+
+
+def server_interceptors(settings: ServiceSettings) -> list[grpc.aio.ServerInterceptor]:
+    """The request interceptor outside the token check, so refused calls are logged too."""
+    # Telemetry outermost of all: metrics and the span cover every call, the access log runs inside the span.
+    interceptors: list[grpc.aio.ServerInterceptor] = [
+        TelemetryInterceptor(),
+        RequestInterceptor(settings.default_deadline_s),
+    ]
+    if settings.auth_token is not None and settings.auth_token.get_secret_value():
+        interceptors.append(BearerTokenInterceptor(settings.auth_token.get_secret_value()))
+    return interceptors
 
 
 def server_options(settings: ServiceSettings) -> list[tuple[str, int]]:
@@ -155,11 +248,12 @@ class RunningServer:
         self.app = app
         self.health = HealthServicer()
         self.server = grpc.aio.server(
-            interceptors=[RequestInterceptor()],
+            interceptors=server_interceptors(settings),
             options=server_options(settings),
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
         self.port = 0
+        self.metrics = MetricsServer(settings.host, settings.resolved_metrics_port)
 
     async def start(self) -> int:
         self.app.register(self.server)
@@ -168,10 +262,16 @@ class RunningServer:
         reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), self.server)
         for name in ("", self.app.service_name):
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        self.port = self.server.add_insecure_port(self.settings.address)
+        credentials = server_credentials(self.settings)
+        if credentials is None:
+            self.port = self.server.add_insecure_port(self.settings.address)
+        else:
+            self.port = self.server.add_secure_port(self.settings.address, credentials)
         if self.port == 0:
             raise RuntimeError(f"cannot listen on {self.settings.address}: is the port in use?")
         await self.server.start()
+        if self.settings.resolved_metrics_port:
+            self.metrics.start()
         return self.port
 
     async def warm_up(self) -> None:
@@ -187,6 +287,7 @@ class RunningServer:
         await asyncio.sleep(self.settings.drain_s)
         await self.server.stop(self.settings.grace_period_s)
         await self.app.close()
+        self.metrics.stop()
         log.info("stopped", service=self.app.service_name)
 
 
@@ -218,4 +319,9 @@ def run_service(name: str, settings_factory: Callable[[], S], build_app: Callabl
     async def main() -> None:
         await serve(settings, build_app(settings))
 
-    asyncio.run(main())
+    tracing = configure_tracing(name, settings)
+    try:
+        asyncio.run(main())
+    finally:
+        if tracing is not None:
+            tracing.shutdown()  # flushes the spans still buffered

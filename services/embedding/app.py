@@ -6,6 +6,7 @@ import grpc
 import torch
 
 from recsys.embedding.v1 import embedding_pb2, embedding_pb2_grpc
+from services.common.metrics import embedding_metrics
 from services.embedding.config import EmbeddingSettings
 from services.embedding.embedder import Embedder, Encoder, Limits
 from services.embedding.encoder import DEFAULT_MODEL_ID, TextEncoder, default_model_path
@@ -32,12 +33,15 @@ class EmbeddingApp:
     service_name = SERVICE_NAME
 
     def __init__(self, settings: EmbeddingSettings, encoder: Encoder) -> None:
+        metrics = embedding_metrics()
+        metrics.model_loaded(encoder.model_id, encoder.dimension, encoder.device, encoder.dtype)
         self.embedder = Embedder(
             encoder,
             Limits(settings.max_texts_per_request, settings.max_text_chars),
             max_batch_size=settings.max_batch_size,
             max_batch_wait_s=settings.max_batch_wait_ms / 1000,
             max_queued_texts=settings.max_queued_texts,
+            on_batch=metrics.observe_batch,
         )
 
     def register(self, server: grpc.aio.Server) -> None:

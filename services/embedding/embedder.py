@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol
 
-from services.common.batching import MicroBatcher
+from services.common.batching import BatchStats, MicroBatcher
 from services.common.errors import InvalidArgumentError
 from services.embedding.encoder import EncodedText
 
@@ -36,6 +36,7 @@ class Embedder:
         max_batch_size: int,
         max_batch_wait_s: float,
         max_queued_texts: int,
+        on_batch: Callable[[BatchStats], None] | None = None,
     ) -> None:
         self.encoder = encoder
         self.limits = limits
@@ -43,7 +44,7 @@ class Embedder:
         # One thread owns the model: torch parallelises inside the forward pass.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder")
         self._batcher: MicroBatcher[str, EncodedText] = MicroBatcher(
-            encoder.encode, self._executor, max_batch_size, max_batch_wait_s, max_queued_texts
+            encoder.encode, self._executor, max_batch_size, max_batch_wait_s, max_queued_texts, on_batch
         )
 
     def validate(self, texts: Sequence[str]) -> None:

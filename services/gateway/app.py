@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+
 import grpc
+import structlog
 
 from recsys.embedding.v1 import embedding_pb2
 from recsys.gateway.v1 import gateway_pb2, gateway_pb2_grpc
@@ -17,6 +21,20 @@ from services.gateway.servicer import GatewayServicer
 
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
 
+log = structlog.get_logger(__name__)
+
+
+def backend_credentials(settings: GatewaySettings) -> grpc.ChannelCredentials | None:
+    """TLS to the backends when a CA is set; with a client certificate, mutual TLS."""
+    if settings.backend_tls_ca_file is None:
+        return None
+    cert, key = settings.backend_tls_cert_file, settings.backend_tls_key_file
+    return grpc.ssl_channel_credentials(
+        root_certificates=settings.backend_tls_ca_file.read_bytes(),
+        private_key=key.read_bytes() if key is not None else None,
+        certificate_chain=cert.read_bytes() if cert is not None else None,
+    )
+
 
 def _name(module: object, service: str) -> str:
     return str(module.DESCRIPTOR.services_by_name[service].full_name)  # type: ignore[attr-defined]
@@ -27,29 +45,30 @@ class GatewayApp:
 
     def __init__(self, settings: GatewaySettings) -> None:
         bytes_limit = settings.max_message_bytes
+        credentials = backend_credentials(settings)
+        server_name = settings.backend_tls_server_name
         # Reads are safe to retry on UNAVAILABLE; writes are retried by the caller, who knows its intent.
-        self._channels = [
-            open_channel(
-                settings.preprocessor_address,
-                _name(preprocessor_pb2, "PreprocessorService"),
-                ["CleanTexts", "BuildItemTexts"],
-                bytes_limit,
-            ),
-            open_channel(
-                settings.embedding_address, _name(embedding_pb2, "EmbeddingService"), ["EmbedTexts"], bytes_limit
-            ),
-            open_channel(
+        backends = [
+            (settings.preprocessor_address, preprocessor_pb2, "PreprocessorService", ["CleanTexts", "BuildItemTexts"]),
+            (settings.embedding_address, embedding_pb2, "EmbeddingService", ["EmbedTexts"]),
+            (
                 settings.retriever_address,
-                _name(retriever_pb2, "RetrieverService"),
+                retriever_pb2,
+                "RetrieverService",
                 ["GetItems", "SearchItems", "RecommendItems", "ListPopularItems", "GetUserProfile"],
-                bytes_limit,
             ),
-            open_channel(settings.ranker_address, _name(ranker_pb2, "RankerService"), ["ScoreCandidates"], bytes_limit),
+            (settings.ranker_address, ranker_pb2, "RankerService", ["ScoreCandidates"]),
         ]
+        self._channels = [
+            open_channel(address, _name(module, service), methods, bytes_limit, credentials, server_name)
+            for address, module, service, methods in backends
+        ]
+        self._refresh_s = settings.popular_cache_refresh_s
+        self._refresher: asyncio.Task[None] | None = None
         preprocessor, embedding, retriever, ranker = self._channels
         self.recommender = Recommender(
-            text=PreprocessorClient(preprocessor, settings.preprocessor_timeout_s),
-            embedding=EmbeddingClient(embedding, settings.embedding_timeout_s),
+            text=PreprocessorClient(preprocessor, settings.preprocessor_timeout_s, settings.query_timeout_s),
+            embedding=EmbeddingClient(embedding, settings.embedding_timeout_s, settings.query_timeout_s),
             retrieval=RetrieverClient(retriever, settings.retriever_timeout_s),
             ranking=RankerClient(ranker, settings.ranker_timeout_s),
             limits=RecommenderLimits(
@@ -63,6 +82,7 @@ class GatewayApp:
                 max_events_per_call=settings.max_events_per_call,
                 history_for_ranking=settings.history_for_ranking,
                 max_parallel_writes=settings.max_parallel_writes,
+                popular_cache_size=settings.popular_cache_size,
             ),
             blend=Blend(ranker_weight=settings.ranker_weight, query_weight=settings.query_weight),
             event_weights={
@@ -80,8 +100,22 @@ class GatewayApp:
         # Connect to every backend before reporting SERVING (they may still be starting).
         for channel in self._channels:
             await channel.channel_ready()
+        self._refresher = asyncio.create_task(self._refresh_popular())
+
+    async def _refresh_popular(self) -> None:
+        """Keeps the popular-items cache fresh for retriever outages; a failed refresh keeps the old copy."""
+        while True:
+            try:
+                await self.recommender.popular_cache.refresh()
+            except Exception as error:
+                log.warning("could not refresh the popular-items cache", error=type(error).__name__)
+            await asyncio.sleep(self._refresh_s)
 
     async def close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
         for channel in self._channels:
             await channel.close()
 

@@ -16,8 +16,8 @@ from recsys.ranker.v1 import ranker_pb2, ranker_pb2_grpc
 from recsys.retriever.v1 import retriever_pb2, retriever_pb2_grpc
 from services.common.attributes import format_attribute_value
 from services.common.clients import call_timeout
-from services.common.errors import UnavailableError
 from services.gateway.model import (
+    BackendUnavailableError,
     CatalogRecord,
     HistoryEvent,
     ItemFilter,
@@ -30,13 +30,21 @@ from services.gateway.model import (
 
 Response = TypeVar("Response")
 
+# Calls with a fallback (query cleaning and embedding, ranking) take at most this share of the caller's
+# remaining time, so the fallback still has time to answer.
+OPTIONAL_SHARE = 0.5
 
-async def _call(name: str, call: Callable[..., Awaitable[Response]], request: Any, timeout_s: float) -> Response:
+
+async def _call(
+    name: str, call: Callable[..., Awaitable[Response]], request: Any, timeout_s: float, share: float = 1.0
+) -> Response:
     try:
-        return await call(request, timeout=call_timeout(timeout_s))
+        return await call(request, timeout=call_timeout(timeout_s, share))
     except grpc.aio.AioRpcError as error:
         if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-            raise UnavailableError(f"the {name} service did not answer ({error.code().name}); retry") from error
+            raise BackendUnavailableError(
+                name, f"the {name} service did not answer ({error.code().name}); retry"
+            ) from error
         raise
 
 
@@ -69,13 +77,14 @@ def _stored(item: retriever_pb2.ScoredItem | retriever_pb2.Item, score: float = 
 
 
 class PreprocessorClient:
-    def __init__(self, channel: grpc.aio.Channel, timeout_s: float) -> None:
+    def __init__(self, channel: grpc.aio.Channel, timeout_s: float, query_timeout_s: float) -> None:
         self._stub = preprocessor_pb2_grpc.PreprocessorServiceStub(channel)
         self._timeout_s = timeout_s
+        self._query_timeout_s = query_timeout_s
 
     async def clean_query(self, text: str) -> str:
         request = preprocessor_pb2.CleanTextsRequest(texts=[text])
-        response = await _call("preprocessor", self._stub.CleanTexts, request, self._timeout_s)
+        response = await _call("preprocessor", self._stub.CleanTexts, request, self._query_timeout_s, OPTIONAL_SHARE)
         return str(response.results[0].text)
 
     async def build_item_texts(self, records: Sequence[CatalogRecord]) -> list[ItemText]:
@@ -97,9 +106,15 @@ class PreprocessorClient:
 
 
 class EmbeddingClient:
-    def __init__(self, channel: grpc.aio.Channel, timeout_s: float) -> None:
+    def __init__(self, channel: grpc.aio.Channel, timeout_s: float, query_timeout_s: float) -> None:
         self._stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
         self._timeout_s = timeout_s
+        self._query_timeout_s = query_timeout_s
+
+    async def embed_query(self, text: str) -> np.ndarray:
+        request = embedding_pb2.EmbedTextsRequest(texts=[text])
+        response = await _call("embedding", self._stub.EmbedTexts, request, self._query_timeout_s, OPTIONAL_SHARE)
+        return np.asarray(response.embeddings[0].values, dtype=np.float32)
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         request = embedding_pb2.EmbedTextsRequest(texts=list(texts))
@@ -204,7 +219,7 @@ class RankerClient:
         task = ranker_pb2.ScoringTask(user_id=user_id, history=vectors(history), candidates=vectors(candidates))
         request = ranker_pb2.ScoreCandidatesRequest(tasks=[task])
         try:
-            response = await _call("ranker", self._stub.ScoreCandidates, request, self._timeout_s)
+            response = await _call("ranker", self._stub.ScoreCandidates, request, self._timeout_s, OPTIONAL_SHARE)
         except grpc.aio.AioRpcError as error:
-            raise UnavailableError(f"the ranker failed: {error.code().name} {error.details()}") from error
+            raise BackendUnavailableError("ranker", f"the ranker failed: {error.code().name}") from error
         return Ranking(np.asarray(response.results[0].scores, dtype=np.float32), response.model_version)

@@ -9,6 +9,16 @@ from typing import Any, Protocol
 import numpy as np
 
 from services.common.attributes import AttributeValue
+from services.common.errors import UnavailableError
+
+
+class BackendUnavailableError(UnavailableError):
+    """A backend did not answer (down, overloaded past its deadline); `stage` names it, so the domain can
+    pick that stage's fallback."""
+
+    def __init__(self, stage: str, message: str) -> None:
+        super().__init__(message)
+        self.stage = stage
 
 
 @dataclass(frozen=True)
@@ -100,6 +110,15 @@ class RecommendResult:
     next_offset: int | None
     strategy: str
     model_version: str
+    # Backends that failed and were replaced by their fallback ("preprocessor", "embedding", "retriever",
+    # "ranker"); empty when every stage answered.
+    degraded: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    items: tuple[Recommendation, ...]
+    degraded: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -116,6 +135,10 @@ class TextPort(Protocol):
 
 class EmbeddingPort(Protocol):
     async def embed(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    async def embed_query(self, text: str) -> np.ndarray:
+        """One query's vector, on a short deadline: the caller has a fallback."""
+        ...
 
 
 class RetrievalPort(Protocol):

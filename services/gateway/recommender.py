@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -11,8 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 import structlog
 
-from services.common.errors import InvalidArgumentError, ServiceError
+from services.common.errors import InvalidArgumentError, ServiceError, UnavailableError
+from services.gateway.fallbacks import PopularCache, raw_query
 from services.gateway.model import (
+    BackendUnavailableError,
     CatalogRecord,
     EmbeddingPort,
     EventRecord,
@@ -23,6 +26,7 @@ from services.gateway.model import (
     Recommendation,
     RecommendResult,
     RetrievalPort,
+    SearchResult,
     StoredItem,
     TextPort,
 )
@@ -47,6 +51,7 @@ class RecommenderLimits:
     max_id_chars: int = 256
     history_for_ranking: int = 50
     max_parallel_writes: int = 8
+    popular_cache_size: int = 200
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,7 @@ class Recommender:
         self.limits = limits
         self.blend = blend
         self.event_weights = event_weights
+        self.popular_cache = PopularCache(retrieval, limits.popular_cache_size)
 
     # ---- validation ----------------------------------------------------------------------------------
 
@@ -118,13 +124,48 @@ class Recommender:
                 f"the query has {len(query)} characters; the limit is {self.limits.max_query_chars}: shorten it"
             )
 
-    async def _query_vector(self, query: str) -> np.ndarray | None:
-        cleaned = await self.text.clean_query(query)
+    async def _query_vector(self, query: str, degraded: list[str], optional: bool) -> np.ndarray | None:
+        """The query's vector; None when nothing searchable is left. A preprocessor outage falls back to the
+        raw text; an embedding outage raises UnavailableError. An optional query (one with a fallback) is
+        embedded on a short deadline; a required one may use the caller's whole remaining time."""
+        try:
+            cleaned = await self.text.clean_query(query)
+        except UnavailableError as error:
+            log.warning("preprocessor unavailable; embedding the raw query", error=str(error))
+            degraded.append("preprocessor")
+            cleaned = raw_query(query)
         if not cleaned:
             return None
+        if optional:
+            return await self.embedding.embed_query(cleaned)
         vectors = await self.embedding.embed([cleaned])
         first: np.ndarray = vectors[0]
         return first
+
+    async def _optional_query_vector(self, query: str, degraded: list[str]) -> np.ndarray | None:
+        if not query.strip():
+            return None
+        try:
+            return await self._query_vector(query, degraded, optional=True)
+        except UnavailableError as error:
+            log.warning("embedding unavailable; recommending without the query", error=str(error))
+            degraded.append("embedding")
+            return None
+
+    def _from_cache(self, k: int, offset: int, item_filter: ItemFilter, degraded: list[str]) -> RecommendResult:
+        """Popular items from the cache while the retriever is down; UNAVAILABLE at once when it is empty."""
+        cached = self.popular_cache.page(k + 1, offset, item_filter)
+        if cached is None:
+            raise UnavailableError("the retriever is down and no popular items are cached yet; retry shortly")
+        log.warning("retriever unavailable; serving cached popular items")
+        items = tuple(self._popular_item(item) for item in cached[:k])
+        next_offset = offset + k if len(cached) > k else None
+        return RecommendResult(items, next_offset, "popular", "", _stages([*degraded, "retriever"]))
+
+    @staticmethod
+    def _popular_item(item: StoredItem) -> Recommendation:
+        reason = f"Popular: {int(item.score)} interactions" if item.score > 0 else "New in the catalog"
+        return Recommendation(item.item_id, item.score, reason, item.title, item.categories)
 
     # ---- Recommend -----------------------------------------------------------------------------------
 
@@ -144,9 +185,26 @@ class Recommender:
         if not 0 <= offset <= self.limits.max_offset:
             raise InvalidArgumentError(f"offset {offset} is beyond the last page ({self.limits.max_offset})")
 
+        degraded: list[str] = []
+        try:
+            return await self._recommend(user_id, query, k, item_filter, exclude_seen, offset, degraded)
+        except BackendUnavailableError as error:
+            if error.stage != "retriever":
+                raise
+            return self._from_cache(k, offset, item_filter, degraded)
+
+    async def _recommend(
+        self,
+        user_id: str,
+        query: str,
+        k: int,
+        item_filter: ItemFilter,
+        exclude_seen: bool,
+        offset: int,
+        degraded: list[str],
+    ) -> RecommendResult:
         profile, query_vector = await asyncio.gather(
-            self.retrieval.get_profile(user_id),
-            self._query_vector(query) if query.strip() else _none(),
+            self.retrieval.get_profile(user_id), self._optional_query_vector(query, degraded)
         )
         events = profile.events if profile else ()
         seen = list(dict.fromkeys(e.item_id for e in events))
@@ -155,18 +213,9 @@ class Recommender:
 
         if profile_vector is None and query_vector is None:
             popular = await self.retrieval.popular(k + 1, offset, item_filter, exclude)
-            items = tuple(
-                Recommendation(
-                    item.item_id,
-                    item.score,
-                    f"Popular: {int(item.score)} interactions" if item.score > 0 else "New in the catalog",
-                    item.title,
-                    item.categories,
-                )
-                for item in popular[:k]
-            )
+            items = tuple(self._popular_item(item) for item in popular[:k])
             next_offset = offset + k if len(popular) > k else None
-            return RecommendResult(items, next_offset, "popular", "")
+            return RecommendResult(items, next_offset, "popular", "", _stages(degraded))
 
         if profile_vector is not None and query_vector is not None:
             w = self.blend.query_weight
@@ -186,9 +235,9 @@ class Recommender:
             self.retrieval.get_items(history_ids, skip_missing=True) if history_ids else _empty(),
         )
         if not candidates:
-            return RecommendResult((), None, strategy, "")
+            return RecommendResult((), None, strategy, "", _stages(degraded))
         similarity = np.asarray([c.score for c in candidates], dtype=np.float64)
-        scores, model_version = await self._rank(user_id, history, candidates, similarity)
+        scores, model_version = await self._rank(user_id, history, candidates, similarity, degraded)
         order = np.argsort(-scores, kind="stable")
         page = order[offset : offset + k]
         events_by_item = {e.item_id: e for e in events}
@@ -203,7 +252,7 @@ class Recommender:
             for i in page
         )
         next_offset = offset + k if len(order) > offset + k else None
-        return RecommendResult(items, next_offset, strategy, model_version)
+        return RecommendResult(items, next_offset, strategy, model_version, _stages(degraded))
 
     async def _rank(
         self,
@@ -211,6 +260,7 @@ class Recommender:
         history: Sequence[StoredItem],
         candidates: Sequence[StoredItem],
         similarity: np.ndarray,
+        degraded: list[str],
     ) -> tuple[np.ndarray, str]:
         if not history or self.blend.ranker_weight <= 0:
             return similarity, ""
@@ -219,6 +269,7 @@ class Recommender:
         except ServiceError as error:
             # The retrieval order is a sound answer on its own; a ranker outage must not fail the call.
             log.warning("ranker unavailable; using retrieval order", error=str(error))
+            degraded.append("ranker")
             return similarity, ""
         w = self.blend.ranker_weight
         blended = w * _zscores(ranking.scores.astype(np.float64)) + (1 - w) * _zscores(similarity)
@@ -259,18 +310,20 @@ class Recommender:
         reason = f"Similar to {_quote(source.title)}"
         return [Recommendation(i.item_id, i.score, reason, i.title, i.categories) for i in found]
 
-    async def search(self, query: str, k: int, item_filter: ItemFilter) -> list[Recommendation]:
+    async def search(self, query: str, k: int, item_filter: ItemFilter) -> SearchResult:
         if not query.strip():
             raise InvalidArgumentError("query is empty: give the text to search for")
         self._check_query(query)
         self._check_filter(item_filter)
         k = self._k(k)
-        vector = await self._query_vector(query)
+        degraded: list[str] = []
+        vector = await self._query_vector(query, degraded, optional=False)
         if vector is None:
             raise InvalidArgumentError("the query has no searchable text after cleaning (markup or symbols only)")
         found = await self.retrieval.search(vector, k, item_filter, [])
         reason = f"Matches {_quote(query.strip())}"
-        return [Recommendation(i.item_id, i.score, reason, i.title, i.categories) for i in found]
+        items = tuple(Recommendation(i.item_id, i.score, reason, i.title, i.categories) for i in found)
+        return SearchResult(items, _stages(degraded))
 
     # ---- writes --------------------------------------------------------------------------------------
 
@@ -352,10 +405,14 @@ class Recommender:
     async def delete_user(self, user_id: str) -> None:
         self._check_id(user_id, "user_id")
         await self.retrieval.delete_user(user_id)
+        # The user's events no longer count towards popularity; the cache must not keep their trace.
+        self.popular_cache.clear()
+        with contextlib.suppress(UnavailableError):
+            await self.popular_cache.refresh()
 
 
-async def _none() -> None:
-    return None
+def _stages(degraded: Sequence[str]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(degraded))
 
 
 async def _empty() -> list[StoredItem]:

@@ -95,6 +95,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             next_page_token=encode_page_token(result.next_offset) if result.next_offset is not None else "",
             strategy=result.strategy,
             model_version=result.model_version,
+            degraded=bool(result.degraded),
+            degraded_stages=list(result.degraded),
         )
 
     async def GetSimilarItems(
@@ -107,7 +109,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: pb.SearchItemsRequest, context: grpc.aio.ServicerContext
     ) -> pb.SearchItemsResponse:
         found = await self._recommender.search(request.query, request.k, to_filter(request.filter))
-        return pb.SearchItemsResponse(items=[_item(r) for r in found])
+        return pb.SearchItemsResponse(
+            items=[_item(r) for r in found.items], degraded=bool(found.degraded), degraded_stages=list(found.degraded)
+        )
 
     async def UpsertItems(
         self, request: pb.UpsertItemsRequest, context: grpc.aio.ServicerContext

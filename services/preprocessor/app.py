@@ -18,7 +18,14 @@ class PreprocessorApp:
     service_name = SERVICE_NAME
 
     def __init__(self, settings: PreprocessorSettings, preprocessor: TextPreprocessor) -> None:
-        self.preprocessing = Preprocessing(preprocessor, settings.max_texts_per_request, settings.workers)
+        self.preprocessing = Preprocessing(
+            preprocessor,
+            settings.max_texts_per_request,
+            settings.workers,
+            max_text_chars=settings.max_text_chars,
+            max_fields_per_item=settings.max_fields_per_item,
+            max_request_chars=settings.max_request_chars,
+        )
 
     def register(self, server: grpc.aio.Server) -> None:
         servicer = PreprocessorServicer(self.preprocessing)

@@ -25,3 +25,8 @@ class PreprocessorSettings(ServiceSettings):
     phone_region: str = Field("US", description="Region for phone numbers written without a country code.")
     max_texts_per_request: int = Field(1024, ge=1, description="Most texts or items in one call.")
     workers: int = Field(2, ge=1, description="Threads that clean texts off the event loop.")
+    max_text_chars: int = Field(100_000, ge=1, description="Longest text or item field accepted, in characters.")
+    max_fields_per_item: int = Field(512, ge=1, description="Most categories plus attributes of one item.")
+    max_request_chars: int = Field(
+        4_000_000, ge=1, description="Most characters in one call, all texts or item fields together."
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 
 from recsys.ranker.v1 import ranker_pb2, ranker_pb2_grpc
+from services.common.metrics import ranker_metrics
 from services.embedding.encoder import resolve_device
 from services.ranker.config import RankerSettings
 from services.ranker.service import RankingService, ScoringLimits
@@ -22,6 +23,7 @@ class RankerApp:
             resolve_device(settings.device),
             settings.reload_interval_s,
             ScoringLimits(settings.max_tasks_per_request, settings.max_candidates, settings.max_history),
+            ranker_metrics(),
         )
 
     def register(self, server: grpc.aio.Server) -> None:

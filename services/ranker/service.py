@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import structlog
@@ -27,6 +29,14 @@ class LoadedModel:
     path: Path
 
 
+class ScoringObserver(Protocol):
+    """Told about every scoring call and every model load (metrics implement it)."""
+
+    def scored(self, tasks: int, candidates: int, queue_wait_s: float, run_s: float) -> None: ...
+
+    def model_loaded(self, version: str, path: str) -> None: ...
+
+
 @dataclass(frozen=True)
 class ScoringLimits:
     max_tasks: int
@@ -35,8 +45,16 @@ class ScoringLimits:
 
 
 class RankingService:
-    def __init__(self, checkpoint_dir: Path, device: str, reload_interval_s: float, limits: ScoringLimits) -> None:
+    def __init__(
+        self,
+        checkpoint_dir: Path,
+        device: str,
+        reload_interval_s: float,
+        limits: ScoringLimits,
+        observer: ScoringObserver | None = None,
+    ) -> None:
         self.checkpoint_dir = checkpoint_dir
+        self.observer = observer
         self.device = device
         self.reload_interval_s = reload_interval_s
         self.limits = limits
@@ -59,6 +77,8 @@ class RankingService:
         loaded = await asyncio.get_running_loop().run_in_executor(self._executor, self._load, path)
         self.current = loaded
         log.info("model loaded", version=loaded.metadata.version, path=str(path))
+        if self.observer is not None:
+            self.observer.model_loaded(loaded.metadata.version, str(path))
         return True
 
     async def warm_up(self) -> None:
@@ -96,7 +116,8 @@ class RankingService:
                     f"{self.limits.max_history}: send the newest"
                 )
             for what, vectors in (("history", request.history_vectors), ("candidates", request.candidate_vectors)):
-                if vectors.size and vectors.shape[1] != dimension:
+                # Rows of zero width (items sent without vectors) must fail here, not in the model.
+                if vectors.shape[0] and vectors.shape[1] != dimension:
                     raise InvalidArgumentError(
                         f"tasks[{index}].{what} vectors have {vectors.shape[1]} values; the model expects "
                         f"{dimension} (vectors of {self.current.metadata.embedding_model_id if self.current else '?'})"
@@ -109,7 +130,17 @@ class RankingService:
         if model is None:
             raise FailedPreconditionError("no ranker model is loaded yet: run `recsys train` to publish a checkpoint")
         self._validate(requests, model.scorer.model.config.text_dim)
-        scores = await asyncio.get_running_loop().run_in_executor(self._executor, model.scorer.score_many, requests)
+        submitted = time.perf_counter()
+
+        def run() -> list[np.ndarray]:
+            started = time.perf_counter()
+            scores = model.scorer.score_many(requests)
+            if self.observer is not None:
+                candidates = sum(len(request.candidate_item_ids) for request in requests)
+                self.observer.scored(len(requests), candidates, started - submitted, time.perf_counter() - started)
+            return scores
+
+        scores = await asyncio.get_running_loop().run_in_executor(self._executor, run)
         return scores, model.metadata.version
 
     async def close(self) -> None:

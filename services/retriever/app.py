@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 
 from recsys.retriever.v1 import retriever_pb2, retriever_pb2_grpc
+from services.common.metrics import retriever_metrics
 from services.retriever.client_store import ClientVectorStore
 from services.retriever.config import RetrieverSettings
 from services.retriever.edge_store import EdgeVectorStore
@@ -33,6 +34,7 @@ def open_store(settings: RetrieverSettings) -> VectorStore:
         hnsw_ef_construct=settings.hnsw_ef_construct,
         max_history=settings.max_history,
         half_life_events=settings.half_life_events,
+        sync_writes=settings.sync_writes,
     )
 
 
@@ -41,7 +43,14 @@ class RetrieverApp:
 
     def __init__(self, settings: RetrieverSettings, store: VectorStore) -> None:
         self.retrieval = Retrieval(
-            store, settings.max_limit, settings.max_batch, settings.index_min_unindexed, settings.workers
+            store,
+            settings.max_limit,
+            settings.max_batch,
+            settings.index_min_unindexed,
+            settings.workers,
+            retriever_metrics(),
+            max_exclude_ids=settings.max_exclude_ids,
+            max_filter_values=settings.max_filter_values,
         )
 
     def register(self, server: grpc.aio.Server) -> None:

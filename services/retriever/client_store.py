@@ -457,9 +457,25 @@ class ClientVectorStore:
         with self._write_lock:
             self._check_open()
             pid = str(user_point_id(user_id))
-            if not self._client.retrieve(self._users, ids=[pid], with_payload=False):
+            records = self._client.retrieve(self._users, ids=[pid], with_payload=True)
+            if not records:
                 raise not_found("user", [user_id])
             self._client.delete(self._users, points_selector=models.PointIdsList(points=[pid]), wait=True)
+            # The user's kept events no longer count towards popularity either.
+            counts = popularity_increments(events_from_payload((records[0].payload or {}).get(EVENTS_FIELD)))
+            items = self._client.retrieve(self._items, ids=_item_pids(list(counts)), with_payload=True)
+            operations: list[models.UpdateOperation] = [
+                models.SetPayloadOperation(
+                    set_payload=models.SetPayload(
+                        payload={POPULARITY_FIELD: max(0, popularity_of(r.payload) - counts[_payload_id(r.payload)])},
+                        points=[r.id],
+                    )
+                )
+                for r in items
+                if _payload_id(r.payload) in counts
+            ]
+            if operations:
+                self._client.batch_update_points(self._items, update_operations=operations, wait=True)
 
     def count_users(self) -> int:
         with self._reading():

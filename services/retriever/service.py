@@ -4,6 +4,7 @@ a background HNSW build once enough items are unindexed."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol, TypeVar, runtime_checkable
@@ -31,11 +32,31 @@ class BuildsIndexInBackground(Protocol):
     def start_index_build(self) -> bool: ...
 
 
+class RetrievalObserver(Protocol):
+    """Told the time of every engine query and the collection's size after writes (metrics implement it)."""
+
+    def searched(self, operation: str, seconds: float) -> None: ...
+
+    def sized(self, items: int, indexed_vectors: int) -> None: ...
+
+
 class Retrieval:
     def __init__(
-        self, store: VectorStore, max_limit: int, max_batch: int, index_min_unindexed: int, workers: int
+        self,
+        store: VectorStore,
+        max_limit: int,
+        max_batch: int,
+        index_min_unindexed: int,
+        workers: int,
+        observer: RetrievalObserver | None = None,
+        *,
+        max_exclude_ids: int = 10_000,
+        max_filter_values: int = 1_000,
     ) -> None:
         self.store = store
+        self.max_exclude_ids = max_exclude_ids
+        self.max_filter_values = max_filter_values
+        self.observer = observer
         self.max_limit = max_limit
         self.max_batch = max_batch
         self.index_min_unindexed = index_min_unindexed
@@ -44,11 +65,35 @@ class Retrieval:
     async def _run(self, function: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
 
+    async def _query(self, operation: str, function: Callable[..., T], *args: object) -> T:
+        started = time.perf_counter()
+        result = await self._run(function, *args)
+        if self.observer is not None:
+            self.observer.searched(operation, time.perf_counter() - started)
+        return result
+
     def _check_batch(self, count: int, what: str) -> None:
         if count == 0:
             raise InvalidArgumentError(f"{what} is empty: send at least one")
         if count > self.max_batch:
             raise InvalidArgumentError(f"{count} {what} in one call; the limit is {self.max_batch}: split it")
+
+    def _check_query_size(self, filter: Filter | None, exclude_ids: Sequence[str]) -> None:
+        if len(exclude_ids) > self.max_exclude_ids:
+            raise InvalidArgumentError(
+                f"{len(exclude_ids)} excluded ids; the limit is {self.max_exclude_ids}: send the most recent"
+            )
+        if filter is not None:
+            size = (
+                len(filter.categories_any)
+                + sum(len(v) + 1 for v in filter.keywords.values())
+                + len(filter.ranges)
+                + len(filter.flags)
+            )
+            if size > self.max_filter_values:
+                raise InvalidArgumentError(
+                    f"the filter has {size} conditions and values; the limit is {self.max_filter_values}"
+                )
 
     def _check_limit(self, limit: int) -> None:
         if not 1 <= limit <= self.max_limit:
@@ -57,19 +102,26 @@ class Retrieval:
     async def upsert_items(self, items: Sequence[Item]) -> int:
         self._check_batch(len(items), "items")
         written = await self._run(self.store.upsert_items, items)
-        await self._maybe_build_index()
+        await self._after_write()
         return written
 
-    async def _maybe_build_index(self) -> None:
-        if not isinstance(self.store, BuildsIndexInBackground):
+    async def _after_write(self) -> None:
+        """Reports the new size, and starts a background HNSW build once enough items are unindexed."""
+        if self.observer is None and not isinstance(self.store, BuildsIndexInBackground):
             return
-        info = await self._run(self.store.info)
-        if info.items - info.indexed_vectors >= self.index_min_unindexed and self.store.start_index_build():
+        info = await self.info()
+        if (
+            isinstance(self.store, BuildsIndexInBackground)
+            and info.items - info.indexed_vectors >= self.index_min_unindexed
+            and self.store.start_index_build()
+        ):
             log.info("background index build started", items=info.items, indexed=info.indexed_vectors)
 
     async def delete_items(self, ids: Sequence[str]) -> int:
         self._check_batch(len(ids), "item_ids")
-        return await self._run(self.store.delete_items, ids)
+        deleted = await self._run(self.store.delete_items, ids)
+        await self._after_write()
+        return deleted
 
     async def get_items(self, ids: Sequence[str], with_vectors: bool, skip_missing: bool) -> list[Item]:
         self._check_batch(len(ids), "item_ids")
@@ -79,7 +131,8 @@ class Retrieval:
         self._check_batch(len(queries), "queries")
         for query in queries:
             self._check_limit(query.limit)
-        return await self._run(self.store.search, queries)
+            self._check_query_size(query.filter, query.exclude_ids)
+        return await self._query("search", self.store.search, queries)
 
     async def recommend(
         self,
@@ -92,11 +145,15 @@ class Retrieval:
         if not positive_ids:
             raise InvalidArgumentError("positive_ids is empty: give at least one example item")
         self._check_limit(limit)
-        return await self._run(self.store.recommend, positive_ids, negative_ids, limit, filter, exclude_ids)
+        self._check_query_size(filter, [*positive_ids, *negative_ids, *exclude_ids])
+        return await self._query(
+            "recommend", self.store.recommend, positive_ids, negative_ids, limit, filter, exclude_ids
+        )
 
     async def popular(self, limit: int, filter: Filter, exclude_ids: Sequence[str], offset: int) -> list[ScoredItem]:
         self._check_limit(limit)
-        return await self._run(self.store.popular, limit, filter, exclude_ids, offset)
+        self._check_query_size(filter, exclude_ids)
+        return await self._query("popular", self.store.popular, limit, filter, exclude_ids, offset)
 
     async def append_user_events(self, user_id: str, events: Sequence[UserEvent]) -> UserProfile:
         self._check_batch(len(events), "events")
@@ -109,7 +166,10 @@ class Retrieval:
         await self._run(self.store.delete_user, user_id)
 
     async def info(self) -> StoreInfo:
-        return await self._run(self.store.info)
+        info = await self._run(self.store.info)
+        if self.observer is not None:
+            self.observer.sized(info.items, info.indexed_vectors)
+        return info
 
     async def close(self) -> None:
         await self._run(self.store.close)

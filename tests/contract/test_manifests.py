@@ -20,19 +20,29 @@ from typing import Any
 import pytest
 import yaml
 
+from services.common.metrics import rpc_metrics
+from services.common.server import server_options
+from services.common.settings import ServiceSettings
+from services.embedding.config import EmbeddingSettings
+from services.gateway.config import GatewaySettings
+from services.preprocessor.config import PreprocessorSettings
+from services.ranker.config import RankerSettings
+from services.retriever.config import RetrieverSettings
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = REPO_ROOT / "deploy"
 K8S_VERSION = "1.32"  # the schemas kubernetes-validate checks against (kubectl here is 1.32 too)
 
-# Service -> gRPC port. Hard-coded for now; these equal the defaults of the settings classes
-# (services/<svc>/config.py, field `port`), which this table should later be read from.
-PORTS = {
-    "gateway": 50050,
-    "preprocessor": 50051,
-    "embedding": 50052,
-    "retriever": 50053,
-    "ranker": 50054,
+# Service -> its settings class; the gRPC ports are their defaults, the metrics ports those + 1000.
+SETTINGS: dict[str, type[ServiceSettings]] = {
+    "gateway": GatewaySettings,
+    "preprocessor": PreprocessorSettings,
+    "embedding": EmbeddingSettings,
+    "retriever": RetrieverSettings,
+    "ranker": RankerSettings,
 }
+PORTS = {svc: int(settings.model_fields["port"].default) for svc, settings in SETTINGS.items()}
+METRICS_PORTS = {svc: port + 1000 for svc, port in PORTS.items()}
 # Service -> the name its gRPC health service reports once warm (startup and readiness probes ask for it).
 HEALTH_NAMES = {
     "gateway": "recsys.gateway.v1.GatewayService",
@@ -50,6 +60,8 @@ UID = 10001
 APP_SHUTDOWN_S = 10 + 1  # the services' default grace period + drain on SIGTERM
 
 SOURCES = ("base-files", "base", "dev", "prod")
+# Kinds of CRDs (the Prometheus Operator's) that the validator has no schema for; checked by their own tests.
+CUSTOM_RESOURCES = {"ServiceMonitor"}
 KUSTOMIZE_DIRS = {"base": DEPLOY / "base", "dev": DEPLOY / "overlays" / "dev", "prod": DEPLOY / "overlays" / "prod"}
 
 Doc = dict[str, Any]
@@ -162,6 +174,8 @@ def test_every_document_is_valid_kubernetes(manifests: Manifests) -> None:
     kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is not installed")
     errors = []
     for doc in manifests.docs:
+        if doc["kind"] in CUSTOM_RESOURCES:
+            continue
         try:
             kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
         except kubernetes_validate.ValidationError as exc:
@@ -269,9 +283,10 @@ def test_service(manifests: Manifests, svc: str) -> None:
     assert [s["metadata"]["name"] for s in selecting] == [svc], f"{svc}: one Service named after it"
     service = selecting[0]
     ports = service["spec"]["ports"]
-    assert len(ports) == 1 and ports[0]["name"] == "grpc"
+    assert [p["name"] for p in ports] == ["grpc", "metrics"], "gRPC first (the gateway's address), then metrics"
     assert ports[0]["port"] == PORTS[svc]
     assert ports[0].get("targetPort", ports[0]["port"]) in ("grpc", PORTS[svc])
+    assert ports[1]["port"] == METRICS_PORTS[svc] and ports[1].get("targetPort") == "metrics"
     headless = service["spec"].get("clusterIP") == "None"
     assert headless == (svc in BACKENDS), f"{svc}: backends headless (client-side round robin), gateway not"
 
@@ -302,6 +317,46 @@ def test_service_account(manifests: Manifests, svc: str) -> None:
     name = manifests.pod_spec(svc).get("serviceAccountName")
     assert name == svc, f"{svc}: its own ServiceAccount"
     manifests.get("ServiceAccount", name)
+
+
+@pytest.mark.parametrize("svc", SERVICES)
+def test_metrics_port(manifests: Manifests, svc: str) -> None:
+    ports = {p["name"]: p["containerPort"] for p in manifests.container(svc)["ports"]}
+    assert ports.get("metrics") == METRICS_PORTS[svc]
+    assert manifests.env(svc).get(f"{svc.upper()}_METRICS_PORT") == str(METRICS_PORTS[svc])
+
+
+def _documented_unset(svc: str) -> set[str]:
+    """Settings without a default value, named in a comment of the service's ConfigMap (an empty string in the
+    environment would not mean unset)."""
+    text = (DEPLOY / "base" / svc / "configmap.yaml").read_text(encoding="utf-8")
+    return set(re.findall(r"^\s*#\s*([A-Z][A-Z0-9_]+) is unset by default", text, re.MULTILINE))
+
+
+@pytest.mark.parametrize("svc", SERVICES)
+def test_every_setting_is_in_the_configmap(manifests: Manifests, svc: str) -> None:
+    """Each setting of the service's settings class (the README's configuration table) is set in its ConfigMap or
+    Deployment env, or, having no default, named in a ConfigMap comment."""
+    settings = SETTINGS[svc]
+    prefix = str(settings.model_config.get("env_prefix", ""))
+    variables = {prefix + name.upper(): field for name, field in settings.model_fields.items()}
+    env_names = set(manifests.env(svc)) | {var["name"] for var in manifests.container(svc).get("env", [])}
+    unset = _documented_unset(svc)
+    missing = sorted(v for v, field in variables.items() if v not in env_names and v not in unset)
+    assert not missing, f"{svc}: settings missing from deploy/base/{svc}/configmap.yaml: {missing}"
+    wrongly_unset = sorted(v for v in unset if v in variables and variables[v].get_default() is not None)
+    assert not wrongly_unset, f"{svc}: these have defaults; set them rather than comment them: {wrongly_unset}"
+    unknown = sorted(v for v in manifests.env(svc) if v.startswith(prefix) and v not in variables)
+    assert not unknown, f"{svc}: the ConfigMap sets variables the service does not read: {unknown}"
+    for variable, value in manifests.env(svc).items():
+        if variable in variables:
+            settings.model_validate({variable.removeprefix(prefix).lower(): value})
+
+
+def test_servers_age_connections_so_new_replicas_get_traffic() -> None:
+    options = dict(server_options(ServiceSettings()))
+    assert options["grpc.max_connection_age_ms"] > 0
+    assert options["grpc.max_connection_age_grace_ms"] > 0
 
 
 # --- the call graph ----------------------------------------------------------------------------------------------
@@ -500,3 +555,76 @@ def test_network_policies_allow_exactly_the_call_graph() -> None:
     for app, labels in apps.items():
         assert _allowed(policies, "Egress", labels, OUTSIDE, None, 53, "UDP"), f"{app}: DNS egress"
         assert not _allowed(policies, "Egress", labels, OUTSIDE, None, 443), f"{app}: no egress to the world"
+
+
+# --- monitoring, training, autoscaling (issue: Kubernetes and operations) -----------------------------------------
+
+
+def test_monitoring_component_scrapes_every_service() -> None:
+    manifests = Manifests("prod", render("prod"))
+    (monitor,) = manifests.of_kind("ServiceMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["metadata"]["namespace"] == manifests.get("Deployment", "gateway")["metadata"]["namespace"]
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["port"] == "metrics" and endpoint.get("path", "/metrics") == "/metrics"
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    scraped = {
+        s["metadata"]["name"]
+        for s in manifests.of_kind("Service")
+        if _selects(selector, s["metadata"].get("labels", {})) and "metrics" in {p["name"] for p in s["spec"]["ports"]}
+    }
+    assert scraped == set(SERVICES)
+    policies = manifests.of_kind("NetworkPolicy")
+    for svc in SERVICES:
+        labels = manifests.pod_labels(svc)
+        assert _allowed(policies, "Ingress", labels, OUTSIDE, None, METRICS_PORTS[svc]), f"{svc}: scrape allowed"
+    assert Manifests("dev", render("dev")).of_kind("ServiceMonitor") == [], "dev runs without the operator's CRDs"
+
+
+def test_embedding_scales_on_in_flight_requests_on_gpus() -> None:
+    manifests = Manifests("prod", render("prod"))
+    (hpa,) = [h for h in manifests.of_kind("HorizontalPodAutoscaler") if h["metadata"]["name"] == "embedding"]
+    pods = [m["pods"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"]
+    assert len(pods) == 1, "a custom per-pod metric"
+    assert pods[0]["metric"]["name"] == rpc_metrics().in_flight._name, "the bootstrap's in-flight gauge"
+    assert pods[0]["target"]["type"] == "AverageValue"
+
+
+def test_prod_collections_are_sharded_and_replicated() -> None:
+    manifests = Manifests("prod", render("prod"))
+    env = manifests.env("retriever")
+    peers = manifests.get("StatefulSet", "qdrant")["spec"]["replicas"]
+    assert int(env["RETRIEVER_QDRANT_REPLICATION_FACTOR"]) == 2, "one peer down (the PDB) leaves every shard served"
+    assert int(env["RETRIEVER_QDRANT_SHARDS"]) % peers == 0, "shards spread evenly over the peers"
+
+
+def test_training_cronjob_publishes_into_the_rankers_checkpoints(manifests: Manifests) -> None:
+    cronjob = manifests.get("CronJob", "ranker-train")
+    assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"
+    pod = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    command = container["command"]
+    assert command[:2] == ["recsys", "train"]
+    state_dir = command[command.index("--state-dir") + 1]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    claims = {
+        v["name"]: v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v
+    }
+    writer = [m for name, m in mounts.items() if claims.get(name) == "ranker-checkpoints"]
+    assert len(writer) == 1 and not writer[0].get("readOnly", False), "the job writes the ranker's checkpoint PVC"
+    assert writer[0]["mountPath"] == f"{state_dir}/checkpoints", "recsys train writes <state-dir>/checkpoints"
+    ranker_mounts = {m["name"]: m["mountPath"] for m in manifests.container("ranker")["volumeMounts"]}
+    ranker_claims = {
+        v["name"]: v["persistentVolumeClaim"]["claimName"]
+        for v in manifests.pod_spec("ranker")["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    (ranker_path,) = [ranker_mounts[n] for n, c in ranker_claims.items() if c == "ranker-checkpoints"]
+    assert manifests.env("ranker")["RANKER_CHECKPOINT_DIR"] == ranker_path
+    ctx = {**pod["securityContext"], **container["securityContext"]}
+    assert ctx["runAsNonRoot"] is True and ctx["runAsUser"] == UID and ctx["readOnlyRootFilesystem"] is True
+    assert ctx["allowPrivilegeEscalation"] is False and ctx["capabilities"]["drop"] == ["ALL"]
+    assert {"cpu", "memory"} <= set(container["resources"]["limits"])
+    assert container["image"] == manifests.container("ranker")["image"], "the same image as the services"
+    manifests.get("ServiceAccount", pod["serviceAccountName"])
+    assert cronjob["spec"].get("suspend", False) == (manifests.source == "dev"), "dev trains on demand only"

@@ -22,6 +22,7 @@ from services.datasets.loaders import Dataset, load_dataset
 from tests.conftest import SCIENTIFIC
 
 LIMIT_ITEMS = 400
+METRICS_OFFSET = 1000  # a service's default metrics port is its gRPC port + 1000
 
 
 @dataclass
@@ -35,15 +36,19 @@ class RunningSuite:
     def address(self, service: str) -> str:
         return f"127.0.0.1:{self.base_port + PORT_OFFSETS[service]}"
 
+    def metrics_url(self, service: str) -> str:
+        return f"http://127.0.0.1:{self.base_port + PORT_OFFSETS[service] + METRICS_OFFSET}/metrics"
+
 
 def _free_base_port() -> int:
     for base in range(41000, 60000, 10):
         sockets = []
         try:
-            for offset in range(5):
+            # The five gRPC ports and their metrics ports (gRPC port + 1000).
+            for port in (base + offset + metrics for offset in range(5) for metrics in (0, METRICS_OFFSET)):
                 s = socket.socket()
                 sockets.append(s)
-                s.bind(("127.0.0.1", base + offset))
+                s.bind(("127.0.0.1", port))
             return base
         except OSError:
             continue

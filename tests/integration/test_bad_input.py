@@ -106,9 +106,11 @@ def test_backends_reject(suite: RunningSuite) -> None:
     with grpc.insecure_channel(suite.address("preprocessor")) as channel:
         stub = preprocessor_pb2_grpc.PreprocessorServiceStub(channel)
         _check(stub.CleanTexts, preprocessor_pb2.CleanTextsRequest(), INVALID, "texts is empty")
-        # The preprocessor's job is to cut text to the budget: a 10 MB text comes back cut, and says so.
-        (cut,) = stub.CleanTexts(preprocessor_pb2.CleanTextsRequest(texts=["word " * 2_000_000]), timeout=30).results
+        # The preprocessor cuts text to the budget: a long text comes back cut, and says so. Past
+        # PREPROCESSOR_MAX_TEXT_CHARS it refuses at once (a 10 MB text held a cleaning thread for seconds).
+        (cut,) = stub.CleanTexts(preprocessor_pb2.CleanTextsRequest(texts=["word " * 20_000]), timeout=30).results
         assert cut.truncated and cut.token_count <= 254
+        _check(stub.CleanTexts, preprocessor_pb2.CleanTextsRequest(texts=["word " * 2_000_000]), INVALID, "shorten it")
     with grpc.insecure_channel(suite.address("retriever")) as channel:
         stub = retriever_pb2_grpc.RetrieverServiceStub(channel)
         wrong_size = retriever_pb2.SearchQuery(vector=[0.1] * 10, limit=5)

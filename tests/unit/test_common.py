@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from recsys.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 from services.common.batching import MicroBatcher
 from services.common.errors import OverloadedError
+from services.common.logging import deadline_var
 from services.common.server import REQUEST_ID_KEY, RunningServer
 from services.common.settings import ServiceSettings
 from services.embedding.app import EmbeddingApp
@@ -119,3 +120,45 @@ async def test_unexpected_errors_are_internal_with_the_request_id() -> None:
     assert (await stub.EmbedTexts(embedding_pb2.EmbedTextsRequest(texts=["ok"]))).embeddings
     await channel.close()
     await running.stop()
+
+
+async def test_micro_batcher_refuses_work_it_cannot_finish_before_the_deadline() -> None:
+    def run(items: list[int]) -> list[int]:
+        time.sleep(0.02 * len(items))  # 50 items/s
+        return items
+
+    batcher: MicroBatcher[int, int] = MicroBatcher(run, ThreadPoolExecutor(1), 4, 0, 1000)
+    assert await batcher.submit([1, 2, 3, 4]) == [1, 2, 3, 4]  # measures the rate
+    busy = asyncio.create_task(batcher.submit(list(range(40))))  # about 0.8 s of work queued
+    await asyncio.sleep(0.01)
+    token = deadline_var.set(time.monotonic() + 0.1)
+    try:
+        with pytest.raises(OverloadedError, match="more than the"):
+            await batcher.submit([99])
+    finally:
+        deadline_var.reset(token)
+    assert await busy == list(range(40))
+    await batcher.close()
+
+
+async def test_micro_batcher_drops_requests_whose_deadline_passed_while_queued() -> None:
+    calls: list[list[int]] = []
+
+    def run(items: list[int]) -> list[int]:
+        calls.append(items)
+        time.sleep(0.2)
+        return items
+
+    batcher: MicroBatcher[int, int] = MicroBatcher(run, ThreadPoolExecutor(1), 1, 0, 1000)
+    first = asyncio.create_task(batcher.submit([1]))
+    await asyncio.sleep(0.01)
+    token = deadline_var.set(time.monotonic() + 0.05)
+    try:
+        late = asyncio.create_task(batcher.submit([2]))
+    finally:
+        deadline_var.reset(token)
+    with pytest.raises(OverloadedError, match="waited past its deadline"):
+        await late
+    assert await first == [1]
+    assert calls == [[1]], "the expired request never reached the model"
+    await batcher.close()

@@ -52,6 +52,10 @@ class FakeEmbedding:
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         return np.stack([unit(0, 1, 0, 0) if "glue" in t else unit(0, 0, 1, 0) for t in texts])
 
+    async def embed_query(self, text: str) -> np.ndarray:
+        vectors: np.ndarray = (await self.embed([text]))[0]
+        return vectors
+
 
 class FakeRetrieval:
     def __init__(self) -> None:

@@ -71,5 +71,10 @@ async def test_item_without_title_and_huge_text(stub: preprocessor_pb2_grpc.Prep
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.BuildItemTexts(pb.BuildItemTextsRequest(items=[pb.ItemFields(item_id="x")]))
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    huge = await stub.CleanTexts(pb.CleanTextsRequest(texts=["word " * 2_000_000]))
-    assert huge.results[0].truncated and huge.results[0].token_count <= 32
+    long = await stub.CleanTexts(pb.CleanTextsRequest(texts=["word " * 20_000]))
+    assert long.results[0].truncated and long.results[0].token_count <= 32
+    # Beyond the length limit the call is refused before any work (a 10 MB text held a thread for seconds).
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.CleanTexts(pb.CleanTextsRequest(texts=["word " * 2_000_000]))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "the limit is 100000" in (caught.value.details() or "")

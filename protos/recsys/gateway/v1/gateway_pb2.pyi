@@ -93,16 +93,20 @@ class RecommendRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., query: _Optional[str] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., exclude_seen: _Optional[bool] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("items", "next_page_token", "strategy", "model_version")
+    __slots__ = ("items", "next_page_token", "strategy", "model_version", "degraded", "degraded_stages")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_STAGES_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
     next_page_token: str
     strategy: str
     model_version: str
-    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., strategy: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
+    degraded: bool
+    degraded_stages: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., strategy: _Optional[str] = ..., model_version: _Optional[str] = ..., degraded: _Optional[bool] = ..., degraded_stages: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetSimilarItemsRequest(_message.Message):
     __slots__ = ("item_id", "k", "filter")
@@ -131,10 +135,14 @@ class SearchItemsRequest(_message.Message):
     def __init__(self, query: _Optional[str] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ...) -> None: ...
 
 class SearchItemsResponse(_message.Message):
-    __slots__ = ("items",)
+    __slots__ = ("items", "degraded", "degraded_stages")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_FIELD_NUMBER: _ClassVar[int]
+    DEGRADED_STAGES_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
-    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ...) -> None: ...
+    degraded: bool
+    degraded_stages: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., degraded: _Optional[bool] = ..., degraded_stages: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CatalogItem(_message.Message):
     __slots__ = ("item_id", "title", "description", "categories", "attributes")

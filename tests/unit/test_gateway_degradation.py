@@ -1,0 +1,185 @@
+"""The gateway's fallback chain with fake backends: each backend down in turn, the answer still sound and
+flagged with the stage that failed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+
+from services.common.errors import UnavailableError
+from services.gateway.fallbacks import matches, raw_query
+from services.gateway.model import (
+    BackendUnavailableError,
+    CatalogRecord,
+    EventRecord,
+    HistoryEvent,
+    ItemFilter,
+    ItemText,
+    NewItem,
+    Profile,
+    StoredItem,
+)
+from services.gateway.recommender import Blend, Recommender, RecommenderLimits
+from tests.unit.test_gateway_recommender import FakeEmbedding, FakeRanking, FakeRetrieval, FakeText
+
+
+def down(stage: str) -> BackendUnavailableError:
+    return BackendUnavailableError(stage, f"the {stage} service did not answer (UNAVAILABLE); retry")
+
+
+class SwitchableText(FakeText):
+    def __init__(self) -> None:
+        self.down = False
+
+    async def clean_query(self, text: str) -> str:
+        if self.down:
+            raise down("preprocessor")
+        return await super().clean_query(text)
+
+    async def build_item_texts(self, records: Sequence[CatalogRecord]) -> list[ItemText]:
+        if self.down:
+            raise down("preprocessor")
+        return await super().build_item_texts(records)
+
+
+class SwitchableEmbedding(FakeEmbedding):
+    def __init__(self) -> None:
+        self.down = False
+        self.queries: list[str] = []
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if self.down:
+            raise down("embedding")
+        self.queries += texts
+        return await super().embed(texts)
+
+
+class SwitchableRetrieval(FakeRetrieval):
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    def _check(self) -> None:
+        if self.down:
+            raise down("retriever")
+
+    async def get_profile(self, user_id: str) -> Profile | None:
+        self._check()
+        return await super().get_profile(user_id)
+
+    async def popular(
+        self, limit: int, offset: int, item_filter: ItemFilter, exclude_ids: Sequence[str]
+    ) -> list[StoredItem]:
+        self._check()
+        return await super().popular(limit, offset, item_filter, exclude_ids)
+
+    async def search(
+        self, vector: np.ndarray, limit: int, item_filter: ItemFilter, exclude_ids: Sequence[str]
+    ) -> list[StoredItem]:
+        self._check()
+        return await super().search(vector, limit, item_filter, exclude_ids)
+
+    async def append_events(self, user_id: str, events: Sequence[HistoryEvent]) -> None:
+        self._check()
+        await super().append_events(user_id, events)
+
+    async def upsert_items(self, items: Sequence[NewItem]) -> int:
+        self._check()
+        return await super().upsert_items(items)
+
+
+Parts = tuple[Recommender, SwitchableText, SwitchableEmbedding, SwitchableRetrieval, FakeRanking]
+
+
+@pytest.fixture
+def parts() -> Parts:
+    text, embedding, retrieval, ranking = SwitchableText(), SwitchableEmbedding(), SwitchableRetrieval(), FakeRanking()
+    recommender = Recommender(
+        text,
+        embedding,
+        retrieval,
+        ranking,
+        RecommenderLimits(max_k=10, candidate_pool=5, popular_cache_size=4),
+        Blend(ranker_weight=0.2, query_weight=0.5),
+        {"view": 1.0, "purchase": 4.0},
+    )
+    return recommender, text, embedding, retrieval, ranking
+
+
+async def test_all_up_is_not_degraded(parts: Parts) -> None:
+    recommender, *_ = parts
+    await recommender.record_events([EventRecord("u", "a", "view", 1.0)])
+    result = await recommender.recommend("u", "glue", 3, ItemFilter(), True, 0)
+    assert result.degraded == () and result.strategy == "personalised+query"
+
+
+async def test_ranker_down_serves_retrieval_order_flagged(parts: Parts) -> None:
+    recommender, _, _, _, ranking = parts
+    await recommender.record_events([EventRecord("u", "a", "view", 1.0)])
+    ranking.down = True
+    result = await recommender.recommend("u", "", 3, ItemFilter(), True, 0)
+    assert result.degraded == ("ranker",) and result.model_version == "" and result.items
+
+
+async def test_preprocessor_down_embeds_the_raw_query(parts: Parts) -> None:
+    recommender, text, embedding, _, _ = parts
+    text.down = True
+    result = await recommender.recommend("nobody", "  wood\x00 glue\n", 2, ItemFilter(), True, 0)
+    assert result.degraded == ("preprocessor",) and result.strategy == "query"
+    assert embedding.queries == ["wood glue"]
+    found = await recommender.search("glue", 2, ItemFilter())
+    assert found.degraded == ("preprocessor",) and {i.item_id for i in found.items} == {"c", "d"}
+
+
+async def test_embedding_down_uses_the_profile_or_popular_items(parts: Parts) -> None:
+    recommender, _, embedding, _, _ = parts
+    await recommender.record_events([EventRecord("u", "a", "view", 1.0)])
+    embedding.down = True
+    personal = await recommender.recommend("u", "glue", 2, ItemFilter(), True, 0)
+    assert personal.strategy == "personalised" and personal.degraded == ("embedding",)
+    anonymous = await recommender.recommend("nobody", "glue", 2, ItemFilter(), True, 0)
+    assert anonymous.strategy == "popular" and anonymous.degraded == ("embedding",)
+    assert [i.item_id for i in anonymous.items] == ["e", "d"]
+    with pytest.raises(UnavailableError):  # search has no sound answer without the model
+        await recommender.search("glue", 2, ItemFilter())
+
+
+async def test_retriever_down_serves_the_popular_cache_else_unavailable(parts: Parts) -> None:
+    recommender, _, _, retrieval, _ = parts
+    retrieval.down = True
+    with pytest.raises(UnavailableError, match="no popular items are cached"):
+        await recommender.recommend("u", "", 2, ItemFilter(), True, 0)
+    retrieval.down = False
+    await recommender.popular_cache.refresh()
+    retrieval.down = True
+    first = await recommender.recommend("u", "glue", 2, ItemFilter(), True, 0)
+    assert first.degraded == ("retriever",) and first.strategy == "popular"
+    assert [i.item_id for i in first.items] == ["e", "d"] and first.next_offset == 2
+    second = await recommender.recommend("u", "", 2, ItemFilter(), True, 2)
+    assert [i.item_id for i in second.items] == ["c", "b"] and second.next_offset is None
+    glue = await recommender.recommend("u", "", 5, ItemFilter(categories_any=("glue",)), True, 0)
+    assert [i.item_id for i in glue.items] == ["d", "c"]
+    # Writes have no fallback: they fail at once, so the caller can retry.
+    with pytest.raises(UnavailableError):
+        await recommender.record_events([EventRecord("u", "a", "view", 1.0)])
+
+
+async def test_delete_user_refreshes_the_popular_cache(parts: Parts) -> None:
+    recommender, _, _, retrieval, _ = parts
+    await recommender.record_events([EventRecord("u", "a", "view", 1.0)])
+    recommender.popular_cache.clear()
+    await recommender.delete_user("u")
+    assert recommender.popular_cache.fetched_at is not None
+    assert await retrieval.get_profile("u") is None
+
+
+def test_cached_items_are_filtered_like_the_retriever_does() -> None:
+    item = StoredItem("x", 3.0, {"categories": ["glue"], "brand": "Acme", "price": 6.5, "in_stock": True})
+    assert matches(item, ItemFilter(categories_any=("glue", "tape")))
+    assert matches(item, ItemFilter(keywords={"brand": ("Acme",)}, ranges={"price": (5.0, None)}))
+    assert not matches(item, ItemFilter(ranges={"price": (None, 5.0)}))
+    assert not matches(item, ItemFilter(flags={"in_stock": False}))
+    assert not matches(item, ItemFilter(ranges={"rating": (1.0, None)}))
+    assert raw_query("a\tb\u200b\x07c") == "a b c"
