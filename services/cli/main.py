@@ -56,6 +56,12 @@ def command_train(args: argparse.Namespace) -> None:
     print(json.dumps({"checkpoint": str(path), "metrics": result.metrics}, indent=2))
 
 
+def command_eval(args: argparse.Namespace) -> None:
+    from services.cli.evaluation import run_eval_command
+
+    run_eval_command(args)
+
+
 def command_download_movielens(args: argparse.Namespace) -> None:
     print(download_movielens_100k(args.dest))
 
@@ -141,6 +147,38 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train the ranker and publish a versioned checkpoint")
     data_options(train)
     train.set_defaults(handler=command_train)
+
+    evaluation = commands.add_parser(
+        "eval",
+        help="evaluate every model side by side (offline), or what a running suite serves (--through-gateway)",
+        description="Offline: popularity, ItemKNN, EASE, ID-only, text-only, a naive blend and ours on one split, "
+        "full ranking, tuned on validation, scored on test (and on the cold-start protocol). With "
+        "--through-gateway: replay test users into a running suite and compare Recommend with the offline number.",
+    )
+    data_options(evaluation)
+    evaluation.add_argument(
+        "--protocol",
+        default="loo",
+        choices=["loo", "ratio"],
+        help="loo (by time) or ratio (seeded 8:1:1); the benchmark format always uses its own split",
+    )
+    evaluation.add_argument(
+        "--mask",
+        default="both",
+        choices=["both", "masked", "unmasked"],
+        help="remove each user's seen items from the ranking (stated in every output row)",
+    )
+    evaluation.add_argument("--min-rating", type=float, default=None, help="drop interactions rated below this")
+    evaluation.add_argument("--core", type=int, default=0, help="k-core filter on users and items (0: none)")
+    evaluation.add_argument("--no-cold-start", action="store_true", help="skip the cold-start protocol")
+    evaluation.add_argument("--json", type=Path, default=None, help="write every result row here")
+    evaluation.add_argument("--plot", type=Path, default=None, help="write a PNG comparing the models here")
+    evaluation.add_argument("--through-gateway", metavar="ADDRESS", default=None, help="served evaluation")
+    evaluation.add_argument(
+        "--retriever", metavar="ADDRESS", default=None, help="retriever for candidate recall (gateway port + 3)"
+    )
+    evaluation.add_argument("--users", type=int, default=1000, help="test users replayed in the served evaluation")
+    evaluation.set_defaults(handler=command_eval)
 
     download = commands.add_parser("download-movielens", help="fetch MovieLens-100K into the plain format")
     download.add_argument("dest", type=Path)

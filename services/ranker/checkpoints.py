@@ -1,6 +1,6 @@
 """Versioned ranker checkpoints.
 
-Layout: ``<root>/<version>/model.pt`` (state dict, architecture, item ID vocabulary) and
+Layout: ``<root>/<version>/model.pt`` (state dict, architecture, item ID vocabulary, item graph, fusion weights) and
 ``<root>/<version>/metadata.json``. A version is ``<UTC timestamp>-<8 hex of the weights' sha256>``, e.g.
 ``20261128T051500Z-3fa2c1d0``. A version is written in a hidden temporary folder and renamed into place, so a
 reader never sees a half-written one.
@@ -21,12 +21,12 @@ from typing import Any
 
 import torch
 
-from services.ranker.model import ModelConfig, RankerModel, RankerScorer
+from services.ranker.model import Fusion, ItemGraph, ModelConfig, RankerModel, RankerScorer
 from services.ranker.training import TrainResult
 
 MODEL_FILE = "model.pt"
 METADATA_FILE = "metadata.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added the item graph and the fusion weights; 1 (transformer only) still loads
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,8 @@ def save_checkpoint(root: Path, result: TrainResult, *, embedding_model_id: str,
             "model_config": result.model_config.to_dict(),
             "item_ids": list(result.item_ids),
             "state_dict": result.state_dict,
+            "graph": result.graph.to_tensors() if result.graph is not None else None,
+            "fusion": result.fusion.to_dict(),
         },
         buffer,
     )
@@ -122,8 +124,11 @@ def load_scorer(path: Path, device: str = "cpu") -> tuple[RankerScorer, Checkpoi
     path = Path(path)
     metadata = CheckpointMetadata.from_file(path / METADATA_FILE)
     data = torch.load(path / MODEL_FILE, map_location="cpu", weights_only=True)
-    if data.get("format_version") != FORMAT_VERSION:
+    if data.get("format_version") not in (1, FORMAT_VERSION):
         raise ValueError(f"{path / MODEL_FILE}: format version {data.get('format_version')}, expected {FORMAT_VERSION}")
     model = RankerModel(ModelConfig.from_dict(data["model_config"]))
     model.load_state_dict(data["state_dict"])
-    return RankerScorer(model=model, item_ids=tuple(data["item_ids"]), device=device), metadata
+    graph = ItemGraph.from_tensors(data["graph"]) if data.get("graph") is not None else None
+    fusion = Fusion.from_dict(data["fusion"]) if "fusion" in data else Fusion()
+    scorer = RankerScorer(model=model, item_ids=tuple(data["item_ids"]), device=device, graph=graph, fusion=fusion)
+    return scorer, metadata

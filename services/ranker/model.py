@@ -1,9 +1,15 @@
-"""Sequential ranker: a causal transformer over the user's history, items as text + ID embeddings.
+"""The ranker: a causal transformer over the user's history fused with an item-to-item graph and a text prior.
 
 An item is r(i) = LayerNorm(W_text · text(i) + id_emb(i)). Items unknown at training time (the catalog grows after
 training) have no ID embedding and are scored from their text alone; training drops ID embeddings at random so
 that the text path carries most of the signal. The user is the causal encoder's output at the last history
-position, and score(u, i) = <u, r(i)>.
+position, and the sequence score is <u, r(i)>.
+
+The served score adds two terms with weights tuned on validation (:class:`Fusion`): an item-to-item graph (EASE
+weights, pruned; the strongest collaborative signal on sparse data, which the transformer alone does not match)
+and the cosine of the candidate's text to a recency-weighted mean of the history's texts (the prior that reaches
+items without interactions). All three are linear in fixed weights, so a candidate's score does not depend on
+which other candidates are scored with it: the full-catalog evaluation and the gateway's candidate pool agree.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ class ModelConfig:
     max_len: int = 50
     dropout: float = 0.5
     id_dropout: float = 0.3
+    use_text: bool = True  # False: an ID-only (SASRec-style) model, the baseline without text
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,6 +72,9 @@ class RankerModel(nn.Module):
 
     def item_repr(self, text: Tensor, ids: Tensor) -> Tensor:
         """(..., text_dim) text vectors and (...) ID indexes (0 = unknown) -> (..., dim)."""
+        if not self.config.use_text:
+            only_ids: Tensor = self.item_norm(self.id_emb(ids))
+            return only_ids
         if self.training and self.config.id_dropout > 0:
             drop = torch.rand(ids.shape, device=ids.device) < self.config.id_dropout
             ids = ids.masked_fill(drop, UNKNOWN_ID)
@@ -93,6 +103,72 @@ class RankerModel(nn.Module):
 
 
 @dataclass(frozen=True)
+class Fusion:
+    """Weights of the served score: sequence · <u, r(i)> + graph · graph(u, i) + text · cos(text(i), t(u)).
+
+    The graph term sums the item graph's rows of the history, the j-th most recent item weighted by
+    ``graph_decay ** j``; t(u) sums the history's unit text vectors weighted by ``text_decay ** j`` (1.0: plain
+    sum; small: mostly the last item)."""
+
+    sequence: float = 1.0
+    graph: float = 0.0
+    text: float = 0.0
+    text_decay: float = 1.0
+    graph_decay: float = 1.0
+
+    def to_dict(self) -> dict[str, float]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, float]) -> Fusion:
+        return cls(**data)
+
+
+def recency_weights(length: int, decay: float) -> np.ndarray:
+    """(length,) float32: the last position weighs 1, the one before ``decay``, and so on."""
+    out: np.ndarray = (decay ** np.arange(length - 1, -1, -1, dtype=np.float64)).astype(np.float32)
+    return out
+
+
+@dataclass(frozen=True)
+class ItemGraph:
+    """Sparse item-to-item weights over the known items (1-based, row 0 = unknown stays empty), stored transposed
+    (target x source) so that scoring a batch is one sparse-dense product."""
+
+    transposed: Tensor  # sparse COO (n + 1, n + 1), coalesced
+
+    @classmethod
+    def from_dense(cls, weights: Tensor, keep: int) -> ItemGraph:
+        """Keep each source item's ``keep`` largest-magnitude weights; ``weights`` is (n + 1, n + 1)."""
+        top = torch.topk(weights.abs(), min(keep, weights.shape[1]), dim=1).indices
+        pruned = torch.zeros_like(weights).scatter_(1, top, weights.gather(1, top))
+        pruned[:, UNKNOWN_ID] = 0
+        pruned[UNKNOWN_ID] = 0
+        return cls(pruned.T.to_sparse().coalesce())
+
+    def to_tensors(self) -> dict[str, Tensor]:
+        t = self.transposed
+        return {"indices": t.indices(), "values": t.values(), "size": torch.tensor(t.shape)}
+
+    @classmethod
+    def from_tensors(cls, data: Mapping[str, Tensor]) -> ItemGraph:
+        size = tuple(int(v) for v in data["size"])
+        coo = torch.sparse_coo_tensor(data["indices"], data["values"], size, check_invariants=True)
+        return cls(coo.coalesce())
+
+    def scores(self, histories: Sequence[np.ndarray], decay: float = 1.0) -> Tensor:
+        """(B, n + 1) graph scores of every known item for histories of 1-based indexes (0 = unknown); an item
+        seen twice counts once, at its most recent position."""
+        n = self.transposed.shape[0]
+        weights = np.zeros((len(histories), n), dtype=np.float32)
+        for row, history in enumerate(histories):
+            np.maximum.at(weights[row], history, recency_weights(len(history), decay))
+        weights[:, UNKNOWN_ID] = 0.0
+        out: Tensor = torch.sparse.mm(self.transposed, torch.from_numpy(weights).T).T
+        return out
+
+
+@dataclass(frozen=True)
 class ScoreRequest:
     """One user's history and the candidates to score for them; vectors are the items' text embeddings."""
 
@@ -102,18 +178,27 @@ class ScoreRequest:
     candidate_vectors: np.ndarray
 
 
+def _unit(array: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(array, axis=-1, keepdims=True)
+    out: np.ndarray = array / np.maximum(norms, 1e-12)
+    return out
+
+
 @dataclass
 class RankerScorer:
-    """Inference wrapper around a trained :class:`RankerModel`.
+    """Inference wrapper: the trained :class:`RankerModel`, the optional :class:`ItemGraph` and the
+    :class:`Fusion` weights.
 
-    Known item IDs use their ID embedding plus text; unknown IDs are scored from text alone. With an empty history
-    every candidate scores 0.0 (no popularity prior is learned, so there is nothing better to say); callers keep
-    their own order then.
+    Known item IDs use their ID embedding plus text; unknown IDs are scored from text alone (and have no graph
+    term). With an empty history every candidate scores 0.0 (no popularity prior is learned, so there is nothing
+    better to say); callers keep their own order then.
     """
 
     model: RankerModel
     item_ids: tuple[str, ...]
     device: str = "cpu"
+    graph: ItemGraph | None = None
+    fusion: Fusion = field(default_factory=Fusion)
     _index: dict[str, int] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -152,43 +237,80 @@ class RankerScorer:
         active = [n for n, r in enumerate(requests) if len(r.history_item_ids) and len(r.candidate_item_ids)]
         if not active:
             return results
-        max_len = self.model.config.max_len
         with torch.inference_mode():
-            # Keep the most recent max_len items; right-pad to the longest history in the batch.
-            histories = [
-                (list(requests[n].history_item_ids)[-max_len:], np.asarray(requests[n].history_vectors)[-max_len:])
-                for n in active
-            ]
-            width = max(len(ids) for ids, _ in histories)
-            text = np.zeros((len(active), width, text_dim), dtype=np.float32)
-            ids_matrix = np.zeros((len(active), width), dtype=np.int64)
-            for row, (ids, vectors) in enumerate(histories):
-                text[row, : len(ids)] = vectors
-                ids_matrix[row, : len(ids)] = self._lookup(ids)
-            lengths = torch.tensor([len(ids) for ids, _ in histories], device=self.device)
-            history = self.model.item_repr(self._tensor(text), self._tensor(ids_matrix))
-            users = self.model.user_repr(history, lengths)
-
-            candidate_ids = [i for n in active for i in requests[n].candidate_item_ids]
-            candidate_text = np.concatenate([np.asarray(requests[n].candidate_vectors) for n in active])
-            candidates = self.model.item_repr(
-                self._tensor(candidate_text.astype(np.float32, copy=False)),
-                self._tensor(self._lookup(candidate_ids)),
+            users = self._users(
+                [self._lookup(requests[n].history_item_ids) for n in active],
+                [np.asarray(requests[n].history_vectors, dtype=np.float32) for n in active],
             )
-            owner = torch.repeat_interleave(
-                torch.arange(len(active), device=self.device),
-                torch.tensor([len(requests[n].candidate_item_ids) for n in active], device=self.device),
-            )
-            scores = (candidates * users[owner]).sum(-1).float().cpu().numpy()
-        start = 0
-        for n in active:
-            m = len(requests[n].candidate_item_ids)
-            results[n] = scores[start : start + m].astype(np.float32)
-            start += m
+            for row, n in enumerate(active):
+                request = requests[n]
+                scores = self._combine(
+                    users,
+                    slice(row, row + 1),
+                    self._lookup(request.candidate_item_ids),
+                    np.asarray(request.candidate_vectors, dtype=np.float32),
+                )
+                results[n] = scores[0].float().cpu().numpy()
         return results
+
+    def score_catalog(
+        self, histories: Sequence[Sequence[int]], catalog_ids: Sequence[str], catalog_vectors: np.ndarray
+    ) -> Tensor:
+        """(B, n) scores of every catalog item for each history (indexes into the catalog), by the same arithmetic
+        as :meth:`score_many`; the offline evaluation ranks with this."""
+        catalog_index = self._lookup(catalog_ids)
+        vectors = np.asarray(catalog_vectors, dtype=np.float32)
+        with torch.inference_mode():
+            users = self._users(
+                [catalog_index[np.asarray(h, dtype=np.int64)] for h in histories],
+                [vectors[np.asarray(h, dtype=np.int64)] for h in histories],
+            )
+            scores = self._combine(users, slice(0, len(histories)), catalog_index, vectors).float().cpu()
+        return scores.clone()  # a normal tensor: callers mask it in place
+
+    def _users(self, histories: Sequence[np.ndarray], vectors: Sequence[np.ndarray]) -> _Users:
+        """User states for histories of 1-based indexes (0 = unknown) and their text vectors."""
+        max_len = self.model.config.max_len
+        recent = [(h[-max_len:], v[-max_len:]) for h, v in zip(histories, vectors, strict=True)]
+        width = max(len(h) for h, _ in recent)
+        text = np.zeros((len(recent), width, self.model.config.text_dim), dtype=np.float32)
+        ids_matrix = np.zeros((len(recent), width), dtype=np.int64)
+        for row, (ids, v) in enumerate(recent):
+            text[row, : len(ids)] = v
+            ids_matrix[row, : len(ids)] = ids
+        lengths = torch.tensor([len(ids) for ids, _ in recent], device=self.device)
+        history = self.model.item_repr(self._tensor(text), self._tensor(ids_matrix))
+        sequence = self.model.user_repr(history, lengths)
+        fusion = self.fusion
+        graph = self.graph.scores(histories).to(self.device) if self.graph is not None and fusion.graph else None
+        text_users = None
+        if fusion.text:
+            # The most recent item weighs 1, the one before text_decay, and so on.
+            pooled = np.stack([(fusion.text_decay ** np.arange(len(v))[::-1, None] * _unit(v)).sum(0) for v in vectors])
+            text_users = self._tensor(_unit(pooled).astype(np.float32))
+        return _Users(sequence, graph, text_users)
+
+    def _combine(self, users: _Users, rows: slice, candidates: np.ndarray, vectors: np.ndarray) -> Tensor:
+        """(rows, m) fused scores of m candidates (1-based indexes, 0 = unknown, and text vectors)."""
+        fusion = self.fusion
+        index = self._tensor(candidates)
+        text = self._tensor(vectors)
+        scores = fusion.sequence * (users.sequence[rows] @ self.model.item_repr(text, index).T)
+        if users.graph is not None:
+            scores = scores + fusion.graph * users.graph[rows][:, index]
+        if users.text is not None:
+            scores = scores + fusion.text * (users.text[rows] @ self._tensor(_unit(vectors).astype(np.float32)).T)
+        return scores
 
     def _lookup(self, item_ids: Sequence[str]) -> np.ndarray:
         return np.fromiter((self._index.get(i, UNKNOWN_ID) for i in item_ids), dtype=np.int64, count=len(item_ids))
 
     def _tensor(self, array: np.ndarray) -> Tensor:
         return torch.from_numpy(array).to(self.device)
+
+
+@dataclass(frozen=True)
+class _Users:
+    sequence: Tensor  # (B, dim) transformer states
+    graph: Tensor | None  # (B, n + 1) graph scores of every known item
+    text: Tensor | None  # (B, text_dim) unit pooled history text

@@ -1,20 +1,20 @@
-"""Train the ranker with next-item prediction and evaluate it by leave-one-out, full ranking.
+"""Train the ranker: the sequential transformer, the item graph and the fusion weights, all picked on validation.
 
-Split (by time, per user): the last item is the test target, the one before the validation target, the rest is
-training data. Every training prefix predicts its next item with a full softmax over all catalog items. Evaluation
-ranks all items with the user's already-seen items masked and reports Recall/NDCG/HR/MRR@K; early stopping
-watches validation NDCG@K. A text-only baseline (cosine of each item to the mean of the history's text vectors)
-is scored on the same split so the trained model's gain is visible.
+Split (by time, per user, :func:`services.evaluation.splits.loo_split`): the last item is the test target, the
+one before the validation target, the rest is training data. Every training prefix predicts its next item with a
+full softmax over the known catalog items. Early stopping watches validation NDCG@10 (full ranking, seen items
+masked). Then EASE (lambda picked on validation) is fitted on the same training data and pruned into the item
+graph, and the fusion weights of sequence, graph and text are tuned on validation by coordinate ascent. The test
+split is only ever scored, never used to choose anything.
 """
 
 from __future__ import annotations
 
 import copy
-import math
 import random
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,9 +23,18 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from services.datasets.loaders import Dataset
-from services.ranker.model import ModelConfig, RankerModel, RankerScorer
+from services.evaluation.baselines import ItemItemScorer, TextScorer, ease, evaluate, gram, tune, unit_rows
+from services.evaluation.metrics import MetricSums
+from services.evaluation.splits import Case, Split, loo_split
+from services.ranker.model import Fusion, ItemGraph, ModelConfig, RankerModel, RankerScorer
 
 ItemVectors = Mapping[str, np.ndarray] | tuple[Sequence[str], np.ndarray]
+
+# Fusion weights are tried in units of each component's spread on validation, so one grid fits every data set.
+FUSION_GRID = (0.0, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
+TEXT_DECAYS = (1.0, 0.5, 0.25, 0.1)
+GRAPH_DECAYS = (1.0, 0.7, 0.4)
+EASE_LAMBDAS = (25.0, 50.0, 100.0, 200.0, 400.0, 800.0)
 
 
 @dataclass(frozen=True)
@@ -47,9 +56,27 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     max_seconds: float | None = None  # wall-clock budget; runs that hit it are no longer exactly repeatable
+    graph_keep: int = 256  # graph weights kept per item: the checkpoint stays sparse as the catalog grows
+    tune_users: int = 4000  # validation users the fusion weights are tuned on (a seeded sample)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class SequenceFit:
+    """A trained transformer: best-validation weights and the vocabulary its ID rows belong to."""
+
+    state_dict: dict[str, Tensor]  # on CPU
+    model_config: ModelConfig
+    item_ids: tuple[str, ...]  # ID-embedding row i + 1 belongs to item_ids[i]
+    epochs: int
+    best_epoch: int
+
+    def scorer(self, device: str = "cpu", graph: ItemGraph | None = None, fusion: Fusion | None = None) -> RankerScorer:
+        model = RankerModel(self.model_config)
+        model.load_state_dict(self.state_dict)
+        return RankerScorer(model=model, item_ids=self.item_ids, device=device, graph=graph, fusion=fusion or Fusion())
 
 
 @dataclass
@@ -65,6 +92,8 @@ class TrainResult:
     dataset_name: str
     dataset_hash: str
     n_users: int
+    graph: ItemGraph | None = None
+    fusion: Fusion = field(default_factory=Fusion)
 
     @property
     def n_items(self) -> int:
@@ -73,49 +102,207 @@ class TrainResult:
     def scorer(self, device: str = "cpu") -> RankerScorer:
         model = RankerModel(self.model_config)
         model.load_state_dict(self.state_dict)
-        return RankerScorer(model=model, item_ids=self.item_ids, device=device)
-
-
-@dataclass(frozen=True)
-class _Split:
-    train: list[list[int]]  # per user, item indexes (1-based) of the training part
-    val: list[tuple[list[int], int]]  # (history, target)
-    test: list[tuple[list[int], int]]
+        return RankerScorer(model=model, item_ids=self.item_ids, device=device, graph=self.graph, fusion=self.fusion)
 
 
 def train_ranker(
     dataset: Dataset, item_vectors: ItemVectors, config: TrainConfig, progress: bool = True
 ) -> TrainResult:
-    """Train on ``dataset`` with the items' text vectors; return the best-validation model and its metrics."""
-    started = time.perf_counter()
-    _seed_everything(config.seed)
-    device = torch.device(config.device)
+    """Train on ``dataset``'s leave-one-out split with the items' text vectors; return the served model and its
+    validation and test metrics (seen items masked)."""
     item_ids = tuple(item.item_id for item in dataset.items)
-    text = _vector_table(item_ids, item_vectors).to(device)
-    split = _split(dataset, {item_id: i + 1 for i, item_id in enumerate(item_ids)})
+    text = vector_table(item_ids, item_vectors)
+    split = loo_split(dataset)
     if not split.val:
         raise ValueError("no user has 3 or more interactions: nothing to validate on")
+    return fit_ranker(
+        split,
+        text,
+        config,
+        progress=progress,
+        dataset_name=dataset.name,
+        dataset_hash=dataset.content_hash(),
+        n_users=len(dataset.user_ids),
+    )
+
+
+def fit_ranker(
+    split: Split,
+    text: np.ndarray,
+    config: TrainConfig,
+    *,
+    progress: bool = True,
+    dataset_name: str = "",
+    dataset_hash: str = "",
+    n_users: int = 0,
+    ease_weights: Tensor | None = None,
+) -> TrainResult:
+    """The served ranker for ``split``: transformer, item graph (from ``ease_weights`` (n, n) when the caller has
+    already tuned EASE, else tuned here) and fusion weights, all chosen on masked validation."""
+    started = time.perf_counter()
+    sequence = fit_sequence_model(split, text, config, use_text=True, progress=progress)
+    if ease_weights is None:
+        g = gram(split.train, split.n_items)
+        lam, _ = tune(EASE_LAMBDAS, lambda lam: ItemItemScorer(ease(g, lam)), split.val, mask=True)
+        ease_weights = ease(g, lam)
+    graph = item_graph(ease_weights, split, sequence.item_ids, config.graph_keep)
+    base = sequence.scorer(config.device, graph=graph)
+    fusion = tune_fusion(base, split, text, mask=True, max_users=config.tune_users, seed=config.seed)
+    scorer = replace_fusion(base, fusion)
+
+    metrics: dict[str, float] = {}
+    k = config.k
+    for prefix, cases in (("val", split.val), ("test", split.test)):
+        for name, value in evaluate(catalog_scorer(scorer, split, text), cases, mask=True, ks=(k,)).items():
+            metrics[f"{prefix}_{name}"] = value
+    text_only = TextScorer(unit_rows(torch.from_numpy(text)))
+    for name, value in evaluate(text_only, split.test, mask=True, ks=(k,)).items():
+        metrics[f"text_only_{name}"] = value
+    return TrainResult(
+        state_dict=sequence.state_dict,
+        model_config=sequence.model_config,
+        item_ids=sequence.item_ids,
+        config=config,
+        metrics=metrics,
+        epochs=sequence.epochs,
+        best_epoch=sequence.best_epoch,
+        seconds=time.perf_counter() - started,
+        dataset_name=dataset_name,
+        dataset_hash=dataset_hash,
+        n_users=n_users,
+        graph=graph,
+        fusion=fusion,
+    )
+
+
+def replace_fusion(scorer: RankerScorer, fusion: Fusion) -> RankerScorer:
+    return RankerScorer(
+        model=scorer.model, item_ids=scorer.item_ids, device=scorer.device, graph=scorer.graph, fusion=fusion
+    )
+
+
+@dataclass(frozen=True)
+class CatalogScorer:
+    """Adapts a :class:`RankerScorer` to the evaluation's catalog-index interface."""
+
+    scorer: RankerScorer
+    item_ids: tuple[str, ...]
+    text: np.ndarray
+
+    def __call__(self, histories: Sequence[Sequence[int]]) -> Tensor:
+        return self.scorer.score_catalog(histories, self.item_ids, self.text)
+
+
+def catalog_scorer(scorer: RankerScorer, split: Split, text: np.ndarray) -> CatalogScorer:
+    return CatalogScorer(scorer, split.item_ids, text)
+
+
+def item_graph(weights: Tensor, split: Split, vocabulary: Sequence[str], keep: int) -> ItemGraph:
+    """The (n, n) catalog-indexed ``weights`` restricted to the model's vocabulary, as a pruned :class:`ItemGraph`."""
+    position = {item_id: i for i, item_id in enumerate(split.item_ids)}
+    rows = torch.tensor([position[item_id] for item_id in vocabulary], dtype=torch.long)
+    dense = torch.zeros((len(vocabulary) + 1, len(vocabulary) + 1))
+    dense[1:, 1:] = weights[rows][:, rows]
+    return ItemGraph.from_dense(dense, keep)
+
+
+def tune_fusion(
+    scorer: RankerScorer, split: Split, text: np.ndarray, *, mask: bool, max_users: int, seed: int
+) -> Fusion:
+    """Fusion weights with the best validation NDCG@10: each decay first (its term alone), then coordinate ascent
+    over the graph and text weights, two rounds, in units of each term's spread on validation."""
+    cases: Sequence[Case] = split.val
+    if len(cases) > max_users:
+        cases = random.Random(seed).sample(list(cases), max_users)
+    chunks = [cases[start : start + 512] for start in range(0, len(cases), 512)]
+
+    def component(fusion: Fusion) -> list[Tensor]:
+        single = CatalogScorer(replace_fusion(scorer, fusion), split.item_ids, text)
+        return [single([c.history for c in chunk]) for chunk in chunks]
+
+    def ndcg(parts: Sequence[tuple[float, list[Tensor]]]) -> float:
+        sums = MetricSums(ks=(10,))
+        for n, chunk in enumerate(chunks):
+            scores = sum((w * p[n] for w, p in parts if w), torch.zeros_like(parts[0][1][n]))
+            sums.add(scores, [c.targets for c in chunk], [c.history for c in chunk] if mask else None)
+        return sums.means()["ndcg@10"]
+
+    def spread(parts: list[Tensor]) -> float:
+        return float(torch.cat([p.flatten() for p in parts]).std()) or 1.0
+
+    sequence = component(Fusion(sequence=1.0))
+    graph_decay, graph = 1.0, None
+    if scorer.graph is not None:
+        graphs = {d: component(Fusion(sequence=0.0, graph=1.0, graph_decay=d)) for d in GRAPH_DECAYS}
+        graph_decay = max(GRAPH_DECAYS, key=lambda d: ndcg([(1.0, graphs[d])]))
+        graph = graphs[graph_decay]
+    texts = {d: component(Fusion(sequence=0.0, text=1.0, text_decay=d)) for d in TEXT_DECAYS}
+    decay = max(TEXT_DECAYS, key=lambda d: ndcg([(1.0, texts[d])]))
+    text_part = texts[decay]
+    scale = {"sequence": 1.0 / spread(sequence), "text": 1.0 / spread(text_part)}
+    if graph is not None:
+        scale["graph"] = 1.0 / spread(graph)
+    weights = {"graph": 0.0, "text": 0.0}
+
+    def score_of(w: Mapping[str, float]) -> float:
+        parts = [(scale["sequence"], sequence), (w["text"] * scale["text"], text_part)]
+        if graph is not None:
+            parts.append((w["graph"] * scale["graph"], graph))
+        return ndcg(parts)
+
+    best = score_of(weights)
+    for _ in range(2):
+        for name in [n for n in ("graph", "text") if n in scale]:
+            for value in FUSION_GRID:
+                trial = {**weights, name: value}
+                result = score_of(trial)
+                if result > best:
+                    best, weights = result, trial
+    return Fusion(
+        sequence=scale["sequence"],
+        graph=weights["graph"] * scale.get("graph", 0.0),
+        text=weights["text"] * scale["text"],
+        text_decay=decay,
+        graph_decay=graph_decay,
+    )
+
+
+def fit_sequence_model(
+    split: Split, text: np.ndarray, config: TrainConfig, *, use_text: bool, progress: bool = True
+) -> SequenceFit:
+    """Train the causal transformer on ``split.train`` (text + ID, or ID only) with early stopping on masked
+    validation NDCG@k. Items held out for cold start are not in the vocabulary, as if they did not exist yet."""
+    _seed_everything(config.seed)
+    device = torch.device(config.device)
+    known = [i for i in range(split.n_items) if i not in split.cold_items]
+    position = np.zeros(split.n_items, dtype=np.int64)
+    position[known] = np.arange(1, len(known) + 1)
+    vocabulary = tuple(split.item_ids[i] for i in known)
+    table = torch.from_numpy(np.concatenate([np.zeros((1, text.shape[1]), np.float32), text[known]])).to(device)
 
     model_config = ModelConfig(
-        n_items=len(item_ids),
+        n_items=len(known),
         text_dim=text.shape[1],
         dim=config.dim,
         layers=config.layers,
         heads=config.heads,
         max_len=config.max_len,
         dropout=config.dropout,
-        id_dropout=config.id_dropout,
+        id_dropout=config.id_dropout if use_text else 0.0,
+        use_text=use_text,
     )
     model = RankerModel(model_config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    inputs, targets = _windows(split.train, config.max_len)
+    inputs, targets = _windows([position[list(seq)].tolist() for seq in split.train], config.max_len)
     lengths = (targets > 0).sum(1)
-    all_ids = torch.arange(1, len(item_ids) + 1, device=device)
+    all_ids = torch.arange(1, len(known) + 1, device=device)
     generator = torch.Generator().manual_seed(config.seed)
+    started = time.perf_counter()
 
     best_ndcg, best_epoch, best_state = -1.0, 0, copy.deepcopy(model.state_dict())
     epochs = 0
-    bar = tqdm(range(1, config.max_epochs + 1), desc="train ranker", unit="epoch", disable=not progress)
+    desc = "train ranker" if use_text else "train ID-only"
+    bar = tqdm(range(1, config.max_epochs + 1), desc=desc, unit="epoch", disable=not progress, leave=False)
     for epoch in bar:
         epochs = epoch
         model.train()
@@ -125,48 +312,28 @@ def train_ranker(
             width = int(lengths[batch].max())
             x, y = inputs[batch, :width].to(device), targets[batch, :width].to(device)
             # Pad index 0 maps to an all-zero row, so padded history positions stay empty.
-            table = torch.cat([text.new_zeros((1, config.dim)), model.item_repr(text[1:], all_ids)])
-            states = model.encode(table[x])
+            items = torch.cat([table.new_zeros((1, config.dim)), model.item_repr(table[1:], all_ids)])
+            states = model.encode(items[x])
             real = y > 0
-            logits = states[real] @ table[1:].T
+            logits = states[real] @ items[1:].T
             loss = nn.functional.cross_entropy(logits, y[real] - 1)
             optimizer.zero_grad(set_to_none=True)
             torch.autograd.backward(loss)
             optimizer.step()
             total += loss.item() * len(batch)
-        val = _evaluate(model, text, split.val, config)
-        bar.set_postfix(loss=f"{total / len(inputs):.3f}", val_ndcg=f"{val['ndcg']:.4f}")
-        if val["ndcg"] > best_ndcg:
-            best_ndcg, best_epoch, best_state = val["ndcg"], epoch, copy.deepcopy(model.state_dict())
+        scorer = RankerScorer(model=model, item_ids=vocabulary, device=config.device)
+        val = evaluate(CatalogScorer(scorer, split.item_ids, text), split.val, mask=True, ks=(config.k,))
+        ndcg = val[f"ndcg@{config.k}"]
+        bar.set_postfix(loss=f"{total / max(len(inputs), 1):.3f}", val_ndcg=f"{ndcg:.4f}")
+        if ndcg > best_ndcg:
+            best_ndcg, best_epoch, best_state = ndcg, epoch, copy.deepcopy(model.state_dict())
         elif epoch - best_epoch >= config.patience:
             break
         if config.max_seconds is not None and time.perf_counter() - started > config.max_seconds:
             break
     bar.close()
-
-    model.load_state_dict(best_state)
-    metrics: dict[str, float] = {}
-    k = config.k
-    for prefix, cases in (("val", split.val), ("test", split.test)):
-        for name, value in _evaluate(model, text, cases, config).items():
-            metrics[f"{prefix}_{name}@{k}"] = value
-    for name, value in _evaluate_text_only(text, split.test, k).items():
-        metrics[f"text_only_{name}@{k}"] = value
-    for name, value in _evaluate_text_only(text, split.val, k).items():
-        metrics[f"text_only_val_{name}@{k}"] = value
-    return TrainResult(
-        state_dict={name: t.detach().cpu().clone() for name, t in best_state.items()},
-        model_config=model_config,
-        item_ids=item_ids,
-        config=config,
-        metrics=metrics,
-        epochs=epochs,
-        best_epoch=best_epoch,
-        seconds=time.perf_counter() - started,
-        dataset_name=dataset.name,
-        dataset_hash=dataset.content_hash(),
-        n_users=len(dataset.user_ids),
-    )
+    state = {name: t.detach().cpu().clone() for name, t in best_state.items()}
+    return SequenceFit(state, model_config, vocabulary, epochs, best_epoch)
 
 
 def _seed_everything(seed: int) -> None:
@@ -175,8 +342,8 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _vector_table(item_ids: Sequence[str], item_vectors: ItemVectors) -> Tensor:
-    """(n + 1, dim) float32, row 0 zero (padding), row i + 1 the vector of item_ids[i]."""
+def vector_table(item_ids: Sequence[str], item_vectors: ItemVectors) -> np.ndarray:
+    """(n, dim) float32, row i the text vector of item_ids[i]."""
     if isinstance(item_vectors, tuple):
         ids, matrix = item_vectors
         if len(ids) != len(matrix):
@@ -187,20 +354,7 @@ def _vector_table(item_ids: Sequence[str], item_vectors: ItemVectors) -> Tensor:
     missing = [item_id for item_id in item_ids if item_id not in lookup]
     if missing:
         raise ValueError(f"{len(missing)} catalog items have no text vector, e.g. {missing[:5]}")
-    matrix = np.stack([np.asarray(lookup[item_id], dtype=np.float32) for item_id in item_ids])
-    return torch.from_numpy(np.concatenate([np.zeros((1, matrix.shape[1]), np.float32), matrix]))
-
-
-def _split(dataset: Dataset, index: Mapping[str, int]) -> _Split:
-    train, val, test = [], [], []
-    for sequence in dataset.sequences().values():
-        seq = [index[item_id] for item_id in sequence]
-        if len(seq) >= 2:
-            test.append((seq[:-1], seq[-1]))
-        if len(seq) >= 3:
-            val.append((seq[:-2], seq[-2]))
-        train.append(seq[:-2] if len(seq) >= 3 else seq[:1])
-    return _Split(train=train, val=val, test=test)
+    return np.stack([np.asarray(lookup[item_id], dtype=np.float32) for item_id in item_ids])
 
 
 def _windows(train: Sequence[Sequence[int]], max_len: int) -> tuple[Tensor, Tensor]:
@@ -230,64 +384,3 @@ def _length_buckets(lengths: Tensor, batch_size: int, generator: torch.Generator
         chunk = chunk[torch.argsort(lengths[chunk], stable=True)]
         batches.extend(torch.split(chunk, batch_size))
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
-
-
-def _ranking_metrics(scores: Tensor, targets: Tensor, histories: Sequence[Sequence[int]], k: int) -> Tensor:
-    """Sum over users of (recall, ndcg, hr, mrr)@k; scores (B, n + 1) with column 0 = padding."""
-    scores[:, 0] = -math.inf
-    for row, history in enumerate(histories):
-        scores[row, list(history)] = -math.inf  # already-seen items are not recommended again
-    target_scores = scores.gather(1, targets[:, None])
-    rank = (scores > target_scores).sum(1).float()  # 0-based; ties count in the target's favour
-    hit = (rank < k).float()
-    # A repeat purchase of a seen item is masked too: it then ranks last (as in RecBole's full-sort protocol).
-    hit = hit * torch.isfinite(target_scores[:, 0]).float()
-    ndcg = hit / torch.log2(rank + 2)
-    mrr = hit / (rank + 1)
-    return torch.stack([hit, ndcg, hit, mrr]).sum(1)
-
-
-def _as_metrics(sums: Tensor, n: int) -> dict[str, float]:
-    values = (sums / max(n, 1)).tolist()
-    return dict(zip(("recall", "ndcg", "hr", "mrr"), values, strict=True))
-
-
-@torch.inference_mode()
-def _evaluate(
-    model: RankerModel, text: Tensor, cases: Sequence[tuple[list[int], int]], config: TrainConfig
-) -> dict[str, float]:
-    model.eval()
-    device = text.device
-    ids = torch.arange(text.shape[0], device=device)
-    table = model.item_repr(text, ids)
-    table[0] = 0
-    sums = torch.zeros(4)
-    # Sorted by history length so that each chunk pads little.
-    cases = sorted(cases, key=lambda case: min(len(case[0]), config.max_len))
-    for start in range(0, len(cases), 512):
-        chunk = cases[start : start + 512]
-        histories = [history[-config.max_len :] for history, _ in chunk]
-        width = max(len(h) for h in histories)
-        x = torch.zeros((len(chunk), width), dtype=torch.long)
-        for row, h in enumerate(histories):
-            x[row, : len(h)] = torch.tensor(h)
-        lengths = torch.tensor([len(h) for h in histories], device=device)
-        users = model.user_repr(table[x.to(device)], lengths)
-        scores = (users @ table.T).float().cpu()
-        targets = torch.tensor([target for _, target in chunk])
-        sums += _ranking_metrics(scores, targets, [history for history, _ in chunk], config.k)
-    return _as_metrics(sums, len(cases))
-
-
-@torch.inference_mode()
-def _evaluate_text_only(text: Tensor, cases: Sequence[tuple[list[int], int]], k: int) -> dict[str, float]:
-    sums = torch.zeros(4)
-    table = nn.functional.normalize(text.float().cpu(), dim=-1)
-    for start in range(0, len(cases), 512):
-        chunk = cases[start : start + 512]
-        users = torch.stack([table[history].mean(0) for history, _ in chunk])
-        users = nn.functional.normalize(users, dim=-1)
-        scores = users @ table.T
-        targets = torch.tensor([target for _, target in chunk])
-        sums += _ranking_metrics(scores, targets, [history for history, _ in chunk], k)
-    return _as_metrics(sums, len(cases))

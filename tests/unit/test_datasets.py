@@ -13,6 +13,7 @@ from services.datasets.loaders import (
     parse_benchmark_text,
 )
 from services.datasets.movielens import convert_movielens_100k
+from services.evaluation.splits import benchmark_split
 
 DATA = Path(os.environ.get("RECSYS_DATA_DIR", Path(__file__).resolve().parents[3] / "shared" / "data"))
 SCIENTIFIC = DATA / "amazon-scientific"
@@ -164,3 +165,59 @@ def test_convert_movielens_100k(tmp_path: Path) -> None:
     assert ds.sequences() == {"186": ["2"], "196": ["2", "1"]}
     assert all(i.event == "rating" for i in ds.interactions)
     assert ds.interactions[1].rating == 4.0
+
+
+def _write_benchmark(folder: Path, valid_targets: dict[str, str] | None = None) -> Path:
+    """A two-user benchmark folder: indexes, item texts, the test sequences and the validation targets."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "Tiny.item2index").write_text("A1\t0\nA2\t1\nA3\t2\nA4\t3\n")
+    (folder / "Tiny.user2index").write_text("U1\t0\nU2\t1\n")
+    (folder / "Tiny.text").write_text(
+        "item_id:token\ttext:token_seq\n"
+        "A1\tGlue stick. Industrial & Scientific Tapes, Adhesives & Sealants Glue. Acme. \n"
+        "A2\tSanding disc. Industrial & Scientific Abrasive & Finishing Products. Brandless. \n"
+        "A3\tScrew set. . Acme. \n"
+        "A4\tSafety glasses. Industrial & Scientific. Vision. \n"
+    )
+    header = "user_id:token\titem_id_list:token_seq\titem_id:token\n"
+    (folder / "Tiny.test.inter").write_text(header + "0\t0 1 2\t3\n1\t3 2\t1\n")
+    targets = valid_targets or {"0": "2", "1": "2"}
+    (folder / "Tiny.valid.inter").write_text(header + "0\t0 1\t" + targets["0"] + "\n1\t3\t" + targets["1"] + "\n")
+    return folder
+
+
+def test_benchmark_fixture_and_its_split(tmp_path: Path) -> None:
+    folder = _write_benchmark(tmp_path / "tiny")
+    assert detect_format(folder) == "benchmark"
+    ds = load_dataset(folder)
+    assert [i.item_id for i in ds.items] == ["A1", "A2", "A3", "A4"]
+    glue = ds.items[0]
+    assert (glue.title, glue.brand) == ("Glue stick", "Acme")
+    assert glue.categories == ("Tapes, Adhesives & Sealants", "Tapes, Adhesives & Sealants Glue")
+    assert ds.items[2].categories == ()
+    assert ds.sequences() == {"U1": ["A1", "A2", "A3", "A4"], "U2": ["A4", "A3", "A2"]}
+    split = benchmark_split(ds, folder)
+    assert split.protocol == "benchmark"
+    assert [(c.user_id, c.targets) for c in split.test] == [("U1", (3,)), ("U2", (1,))]
+    assert [(c.user_id, c.targets) for c in split.val] == [("U1", (2,)), ("U2", (2,))]
+    with pytest.raises(ValueError, match="1 validation targets differ"):
+        benchmark_split(ds, _write_benchmark(tmp_path / "other", {"0": "1", "1": "2"}))
+
+
+def test_recbole_fixture(tmp_path: Path) -> None:
+    folder = tmp_path / "mini"
+    folder.mkdir()
+    (folder / "mini.item").write_text(
+        "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
+        "1\tToy Story\t1995\tAnimation Comedy\n"
+        "2\tHeat\tunknown\tAction\n"
+    )
+    (folder / "mini.inter").write_text(
+        "user_id:token\titem_id:token\trating:float\ttimestamp:float\n7\t2\t4\t200\n7\t1\t5\t100\n8\t1\t2\t50\n"
+    )
+    assert detect_format(folder) == "recbole"
+    ds = load_dataset(folder)
+    assert ds.items[0].title == "Toy Story" and ds.items[0].categories == ("Animation", "Comedy")
+    assert ds.items[0].attributes == {"year": 1995.0} and ds.items[1].attributes == {}
+    assert ds.sequences() == {"7": ["1", "2"], "8": ["1"]}  # time order, not file order
+    assert [i.rating for i in ds.interactions] == [5.0, 4.0, 2.0]

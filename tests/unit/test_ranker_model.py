@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from services.datasets.loaders import CatalogItem, Dataset, Interaction, load_dataset
+from services.evaluation.splits import loo_split
 from services.ranker.checkpoints import latest_checkpoint, load_scorer, save_checkpoint
 from services.ranker.model import ModelConfig, RankerModel, RankerScorer, ScoreRequest
 from services.ranker.training import TrainConfig, TrainResult, train_ranker
@@ -58,7 +59,7 @@ def result(dataset: Dataset, vectors: tuple[list[str], np.ndarray]) -> TrainResu
 def test_training_reports_metrics(result: TrainResult, dataset: Dataset) -> None:
     assert 1 <= result.best_epoch <= result.epochs <= FAST.max_epochs
     for prefix in ("val_", "test_", "text_only_"):
-        for name in ("recall", "ndcg", "hr", "mrr"):
+        for name in ("recall", "ndcg", "hit", "mrr"):
             assert 0.0 <= result.metrics[f"{prefix}{name}@10"] <= 1.0
     assert result.n_items == len(dataset.items)
     assert result.dataset_hash == dataset.content_hash()
@@ -77,8 +78,8 @@ def test_training_learns_a_predictable_sequence() -> None:
     ids = [item.item_id for item in ds.items]
     config = TrainConfig(dim=32, layers=1, heads=1, max_len=10, max_epochs=30, patience=30, lr=5e-3, seed=0)
     trained = train_ranker(ds, (ids, _random_vectors(ids)), config, progress=False)
-    assert trained.metrics["test_hr@10"] > 0.5
-    assert trained.metrics["test_hr@10"] > trained.metrics["text_only_hr@10"]
+    assert trained.metrics["test_hit@10"] > 0.5
+    assert trained.metrics["test_hit@10"] > trained.metrics["text_only_hit@10"]
 
 
 def test_missing_vectors_are_reported(dataset: Dataset) -> None:
@@ -145,3 +146,20 @@ def test_checkpoint_round_trip(tmp_path: Path, result: TrainResult, vectors: tup
     candidate_vectors = np.concatenate([matrix[10:20], _random_vectors(["x"], seed=9)])
     expected = result.scorer().score(ids[:6], matrix[:6], candidates, candidate_vectors)
     np.testing.assert_array_equal(scorer.score(ids[:6], matrix[:6], candidates, candidate_vectors), expected)
+    # The checkpoint carries the item graph and the fusion weights the service scores with.
+    assert scorer.fusion == result.fusion and (scorer.graph is None) == (result.graph is None)
+
+
+def test_served_scores_equal_the_full_catalog_scores(result: TrainResult, dataset: Dataset) -> None:
+    """What the service computes for a candidate list is what the offline evaluation ranks by."""
+    assert result.graph is not None and result.fusion.graph > 0
+    ids = [item.item_id for item in dataset.items]
+    matrix = _random_vectors(ids)
+    scorer = result.scorer()
+    case = loo_split(dataset).test[0]
+    catalog = scorer.score_catalog([case.history], ids, matrix)[0].numpy()
+    chosen = [3, 1, 4, 1 + len(ids) // 2]
+    served = scorer.score(
+        [ids[i] for i in case.history], matrix[list(case.history)], [ids[i] for i in chosen], matrix[chosen]
+    )
+    np.testing.assert_allclose(served, catalog[chosen], rtol=1e-4, atol=1e-4)

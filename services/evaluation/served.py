@@ -1,0 +1,129 @@
+"""Served evaluation: replay test users' histories into a running suite and score what Recommend returns.
+
+Each sampled test user becomes a fresh user (``eval-<user id>``, deleted before and after) whose test history is
+sent through the gateway's RecordEvents; Recommend (seen items excluded, the gateway's default) then answers with
+the served ranking. The same users are scored offline by the checkpoint the ranker serves, over the full catalog
+with seen items masked; the two must agree. Candidate recall is the share of test targets inside the retriever's
+candidate pool (the user's profile vector, top ``candidate_pool``, seen items excluded): the one place where
+serving can lose what full ranking finds.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+import torch
+from google.protobuf import timestamp_pb2
+from tqdm.auto import tqdm
+
+from recsys.gateway.v1 import gateway_pb2 as pb
+from recsys.gateway.v1 import gateway_pb2_grpc
+from recsys.retriever.v1 import retriever_pb2, retriever_pb2_grpc
+from services.evaluation.baselines import evaluate
+from services.evaluation.metrics import KS, per_user_metrics
+from services.evaluation.splits import Case, Split
+from services.ranker.model import RankerScorer
+from services.ranker.training import CatalogScorer
+
+BASE_TIME = 1_600_000_000  # event times: a fixed start plus the history position, so replays are identical
+
+
+@dataclass(frozen=True)
+class ServedResult:
+    users: int
+    served: dict[str, float]
+    offline: dict[str, float]
+    candidate_recall: float
+    candidate_pool: int
+    model_version: str
+
+    def relative_gap(self, metric: str) -> float:
+        """(offline - served) / offline; positive when serving loses."""
+        offline = self.offline[metric]
+        return (offline - self.served[metric]) / offline if offline else 0.0
+
+
+def sample_cases(split: Split, users: int, seed: int) -> list[Case]:
+    cases = list(split.test)
+    return cases if len(cases) <= users else random.Random(seed).sample(cases, users)
+
+
+def _events(user_id: str, history: Sequence[str]) -> list[pb.Event]:
+    events = []
+    for position, item_id in enumerate(history):
+        time = timestamp_pb2.Timestamp(seconds=BASE_TIME + position)
+        events.append(pb.Event(user_id=user_id, item_id=item_id, type=pb.EVENT_TYPE_VIEW, time=time))
+    return events
+
+
+def served_evaluation(
+    gateway: grpc.Channel,
+    retriever: grpc.Channel,
+    split: Split,
+    text: np.ndarray,
+    scorer: RankerScorer,
+    *,
+    users: int,
+    seed: int,
+    candidate_pool: int,
+    k: int = max(KS),
+    workers: int = 8,
+    timeout_s: float = 30.0,
+) -> ServedResult:
+    gateway_stub = gateway_pb2_grpc.GatewayServiceStub(gateway)
+    retriever_stub = retriever_pb2_grpc.RetrieverServiceStub(retriever)
+    cases = sample_cases(split, users, seed)
+    names = [f"eval-{case.user_id}" for case in cases]
+
+    def delete(name: str) -> None:
+        try:
+            gateway_stub.DeleteUser(pb.DeleteUserRequest(user_id=name), timeout=timeout_s)
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+
+    def replay(n: int) -> tuple[list[str], str, bool]:
+        case, name = cases[n], names[n]
+        delete(name)
+        history = [split.item_ids[i] for i in case.history]
+        for start in range(0, len(history), 1000):
+            batch = _events(name, history)[start : start + 1000]
+            gateway_stub.RecordEvents(pb.RecordEventsRequest(events=batch), timeout=timeout_s)
+        response = gateway_stub.Recommend(pb.RecommendRequest(user_id=name, k=k), timeout=timeout_s)
+        profile = retriever_stub.GetUserProfile(retriever_pb2.GetUserProfileRequest(user_id=name), timeout=timeout_s)
+        query = retriever_pb2.SearchQuery(
+            vector=profile.profile.vector, limit=candidate_pool, exclude_ids=list(dict.fromkeys(history))
+        )
+        pool = retriever_stub.SearchItems(retriever_pb2.SearchItemsRequest(queries=[query]), timeout=timeout_s)
+        pool_ids = {item.item_id for item in pool.results[0].items}
+        in_pool = any(split.item_ids[t] in pool_ids for t in case.targets)
+        delete(name)
+        return [item.item_id for item in response.items], response.model_version, in_pool
+
+    with ThreadPoolExecutor(workers) as executor:
+        answers = list(tqdm(executor.map(replay, range(len(cases))), total=len(cases), desc="served", unit="user"))
+
+    position = {item_id: n for n, item_id in enumerate(split.item_ids)}
+    width = max(len(c.targets) for c in cases)
+    ranks = torch.full((len(cases), width), torch.inf)
+    for row, (case, (returned, _, _)) in enumerate(zip(cases, answers, strict=True)):
+        order = {position[item_id]: rank for rank, item_id in enumerate(returned) if item_id in position}
+        for column, target in enumerate(case.targets):
+            ranks[row, column] = order.get(target, torch.inf)
+    n_targets = torch.tensor([float(len(c.targets)) for c in cases])
+    served = {name: float(values.mean()) for name, values in per_user_metrics(ranks, n_targets, KS).items()}
+    offline = evaluate(CatalogScorer(scorer, split.item_ids, text), cases, mask=True, ks=KS)
+    versions = {version for _, version, _ in answers}
+    return ServedResult(
+        users=len(cases),
+        served=served,
+        offline=offline,
+        candidate_recall=sum(in_pool for _, _, in_pool in answers) / len(cases),
+        candidate_pool=candidate_pool,
+        model_version=",".join(sorted(versions)),
+    )

@@ -1,0 +1,189 @@
+"""Evaluation protocols: how a data set becomes training sequences and validation/test cases.
+
+Items are 0-based indexes into ``Split.item_ids`` (the catalog order). A case is one user's history (time order)
+and the item(s) to find. No protocol ever puts a validation or test target into training data.
+
+- ``loo``: per user, by time: the last item is the test target, the one before the validation target, the rest is
+  training data. For the benchmark format this is exactly its shipped split (``test.inter`` holds each user's
+  sequence; ``valid.inter``'s targets are the items before the test targets), which :func:`benchmark_split` checks.
+- ``ratio``: per user, a seeded random 8:1:1 split (RecBole's ``RO`` ordering and its rounding); histories keep
+  time order.
+- cold start (:func:`cold_start`): 10% of the items, drawn with the seed, lose all their interactions from
+  training; test cases are the users whose test targets include one of them, with only those as targets.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from services.datasets.loaders import Dataset, Interaction
+
+PROTOCOLS = ("loo", "ratio")
+
+
+@dataclass(frozen=True)
+class Case:
+    user_id: str
+    history: tuple[int, ...]  # time order
+    targets: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Split:
+    protocol: str
+    item_ids: tuple[str, ...]
+    train: tuple[tuple[int, ...], ...]  # one time-ordered sequence per user (users without training data left out)
+    val: tuple[Case, ...]
+    test: tuple[Case, ...]
+    cold_items: frozenset[int] = field(default_factory=frozenset)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+
+def filter_dataset(dataset: Dataset, min_rating: float | None = None, core: int = 0) -> Dataset:
+    """RecBole-style filtering: drop interactions rated below ``min_rating``, then repeatedly drop users and items
+    with fewer than ``core`` interactions until none is left (the ``k``-core). Items keep catalog order."""
+    kept: list[Interaction] = [
+        it for it in dataset.interactions if min_rating is None or (it.rating is not None and it.rating >= min_rating)
+    ]
+    while core > 0:
+        users = Counter(it.user_id for it in kept)
+        items = Counter(it.item_id for it in kept)
+        smaller = [it for it in kept if users[it.user_id] >= core and items[it.item_id] >= core]
+        if len(smaller) == len(kept):
+            break
+        kept = smaller
+    used = {it.item_id for it in kept}
+    return Dataset(
+        name=dataset.name,
+        items=tuple(i for i in dataset.items if i.item_id in used) if core > 0 else dataset.items,
+        interactions=tuple(kept),
+    )
+
+
+def _indexed(dataset: Dataset) -> tuple[tuple[str, ...], dict[str, list[int]]]:
+    item_ids = tuple(item.item_id for item in dataset.items)
+    index = {item_id: i for i, item_id in enumerate(item_ids)}
+    return item_ids, {user: [index[i] for i in seq] for user, seq in dataset.sequences().items()}
+
+
+def loo_split(dataset: Dataset) -> Split:
+    item_ids, sequences = _indexed(dataset)
+    train, val, test = [], [], []
+    for user, seq in sequences.items():
+        if len(seq) >= 2:
+            test.append(Case(user, tuple(seq[:-1]), (seq[-1],)))
+        if len(seq) >= 3:
+            val.append(Case(user, tuple(seq[:-2]), (seq[-2],)))
+        train.append(tuple(seq[:-2] if len(seq) >= 3 else seq[:1]))
+    return Split("loo", item_ids, tuple(train), tuple(val), tuple(test))
+
+
+def benchmark_split(dataset: Dataset, path: Path) -> Split:
+    """The benchmark's own split, built as leave-one-out and checked against ``<Name>.valid.inter``."""
+    split = loo_split(dataset)
+    valid_files = sorted(Path(path).glob("*.valid.inter"))
+    if len(valid_files) != 1:
+        return replace(split, protocol="benchmark")
+    name = valid_files[0].name.removesuffix(".valid.inter")
+    items = _read_pairs(Path(path) / f"{name}.item2index")
+    users = _read_pairs(Path(path) / f"{name}.user2index")
+    index = {item_id: i for i, item_id in enumerate(split.item_ids)}
+    expected = {}
+    for line in valid_files[0].read_text(encoding="utf-8").splitlines()[1:]:
+        if line.strip():
+            user, _, target = line.split("\t")
+            expected[users[user.strip()]] = index.get(items[target.strip()])
+    got = {case.user_id: case.targets[0] for case in split.val}
+    if got != expected:
+        differing = sum(1 for u in expected if got.get(u) != expected[u])
+        raise ValueError(f"{valid_files[0]}: {differing} validation targets differ from the leave-one-out split")
+    return replace(split, protocol="benchmark")
+
+
+def _read_pairs(file: Path) -> dict[str, str]:
+    """index -> original id of a ``<id><TAB><index>`` file."""
+    out = {}
+    for line in file.read_text(encoding="utf-8").splitlines():
+        parts = line.split("\t")
+        if len(parts) == 2 and parts[1].strip().isdigit():
+            out[parts[1].strip()] = parts[0].strip()
+    return out
+
+
+def _ratio_counts(total: int, ratios: Sequence[float] = (0.8, 0.1, 0.1)) -> list[int]:
+    # RecBole's _calcu_split_ids: floor every part, the first takes the rest, then a part whose share is below
+    # one interaction still gets one while the first part has more than one.
+    counts = [int(r * total) for r in ratios]
+    counts[0] = total - sum(counts[1:])
+    for i in range(1, len(ratios)):
+        if counts[0] <= 1:
+            break
+        if 0 < ratios[-i] * total < 1:
+            counts[-i] += 1
+            counts[0] -= 1
+    return counts
+
+
+def ratio_split(dataset: Dataset, seed: int) -> Split:
+    item_ids, sequences = _indexed(dataset)
+    rng = random.Random(seed)
+    train, val, test = [], [], []
+    for user, seq in sequences.items():
+        positions = list(range(len(seq)))
+        rng.shuffle(positions)
+        n_train, n_val, _ = _ratio_counts(len(seq))
+        parts = [
+            sorted(positions[:n_train]),
+            sorted(positions[n_train : n_train + n_val]),
+            sorted(positions[n_train + n_val :]),
+        ]
+        train_seq = tuple(seq[p] for p in parts[0])
+        val_items = tuple(dict.fromkeys(seq[p] for p in parts[1]))
+        test_items = tuple(dict.fromkeys(seq[p] for p in parts[2]))
+        if train_seq:
+            train.append(train_seq)
+        if train_seq and val_items:
+            val.append(Case(user, train_seq, val_items))
+        if test_items:
+            history = tuple(seq[p] for p in sorted(parts[0] + parts[1]))
+            if history:
+                test.append(Case(user, history, test_items))
+    return Split("ratio", item_ids, tuple(train), tuple(val), tuple(test))
+
+
+def make_split(dataset: Dataset, protocol: str, seed: int, path: Path | None = None) -> Split:
+    if protocol == "benchmark":
+        if path is None:
+            raise ValueError("the benchmark split needs the data folder")
+        return benchmark_split(dataset, path)
+    if protocol == "loo":
+        return loo_split(dataset)
+    if protocol == "ratio":
+        return ratio_split(dataset, seed)
+    raise ValueError(f"unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}")
+
+
+def cold_start(split: Split, seed: int, share: float = 0.1) -> Split:
+    """Hold out ``share`` of the items with all their interactions from training.
+
+    Validation keeps its warm targets only (weights are tuned as if the cold items did not exist yet); test cases
+    are the users with a cold test target, scored on their cold targets. Histories keep cold items: a user's past
+    is known at request time even when the model never trained on the item.
+    """
+    rng = random.Random(seed)
+    cold = frozenset(rng.sample(range(split.n_items), round(share * split.n_items)))
+    train = tuple(t for t in (tuple(i for i in seq if i not in cold) for seq in split.train) if t)
+    val = tuple(
+        Case(c.user_id, c.history, warm) for c in split.val if (warm := tuple(i for i in c.targets if i not in cold))
+    )
+    test = tuple(
+        Case(c.user_id, c.history, hit) for c in split.test if (hit := tuple(i for i in c.targets if i in cold))
+    )
+    return Split(f"{split.protocol}-cold", split.item_ids, train, val, test, cold)
