@@ -19,6 +19,7 @@ from services.cli.suite import Suite
 from services.cli.training import train_and_publish
 from services.datasets.loaders import Dataset, load_dataset
 from services.datasets.movielens import download_movielens_100k
+from services.ranker import distributed
 from services.ranker.checkpoints import latest_checkpoint
 from services.ranker.training import TrainConfig
 
@@ -50,10 +51,13 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
 
 def command_train(args: argparse.Namespace) -> None:
     dataset = _dataset(args)
+    # Under `torchrun --nproc-per-node N -m services.cli.main train ...` the N processes train data-parallel.
+    distributed.init_from_environment()
     path, result = train_and_publish(
         dataset, args.state_dir / "checkpoints", args.state_dir / "cache", _train_config(args)
     )
-    print(json.dumps({"checkpoint": str(path), "metrics": result.metrics}, indent=2))
+    if path is not None:
+        print(json.dumps({"checkpoint": str(path), "metrics": result.metrics}, indent=2))
 
 
 def command_eval(args: argparse.Namespace) -> None:

@@ -17,6 +17,7 @@ from services.embedding.encoder import TextEncoder
 from services.preprocessor.app import build_preprocessor
 from services.preprocessor.cleaning import ItemFields
 from services.preprocessor.config import PreprocessorSettings
+from services.ranker import distributed
 from services.ranker.checkpoints import save_checkpoint
 from services.ranker.training import TrainConfig, TrainResult, train_ranker
 
@@ -66,9 +67,16 @@ def embed_items(items: Sequence[CatalogItem], cache_dir: Path, batch_size: int =
 
 def train_and_publish(
     dataset: Dataset, checkpoint_dir: Path, cache_dir: Path, config: TrainConfig
-) -> tuple[Path, TrainResult]:
+) -> tuple[Path | None, TrainResult]:
+    """Trains and writes a checkpoint. Under torchrun every process trains its share and only the leader writes
+    (the others get None); the leader embeds first, so the others read its cache instead of running the model."""
+    leader = distributed.is_leader()
+    if not leader:
+        distributed.barrier()
     vectors, model_id = embed_items(dataset.items, cache_dir)
+    if leader:
+        distributed.barrier()
     ids = [item.item_id for item in dataset.items]
-    result = train_ranker(dataset, (ids, vectors), config, progress=True)
-    path = save_checkpoint(checkpoint_dir, result, embedding_model_id=model_id)
+    result = train_ranker(dataset, (ids, vectors), config, progress=leader)
+    path = save_checkpoint(checkpoint_dir, result, embedding_model_id=model_id) if leader else None
     return path, result

@@ -26,6 +26,7 @@ from services.datasets.loaders import Dataset
 from services.evaluation.baselines import ItemItemScorer, TextScorer, ease, evaluate, gram, tune, unit_rows
 from services.evaluation.metrics import MetricSums
 from services.evaluation.splits import Case, Split, loo_split
+from services.ranker import distributed
 from services.ranker.model import Fusion, ItemGraph, ModelConfig, RankerModel, RankerScorer
 
 ItemVectors = Mapping[str, np.ndarray] | tuple[Sequence[str], np.ndarray]
@@ -292,6 +293,7 @@ def fit_sequence_model(
         use_text=use_text,
     )
     model = RankerModel(model_config).to(device)
+    distributed.broadcast_parameters(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     inputs, targets = _windows([position[list(seq)].tolist() for seq in split.train], config.max_len)
     lengths = (targets > 0).sum(1)
@@ -307,7 +309,9 @@ def fit_sequence_model(
         epochs = epoch
         model.train()
         total = 0.0
-        for batch in _length_buckets(lengths, config.batch_size, generator):
+        for global_batch in _length_buckets(lengths, config.batch_size, generator):
+            # Under torchrun each process takes its share of the same global batch (the generator is seeded alike).
+            batch = distributed.my_part(global_batch)
             # Most sequences are short: cut the batch to its longest row and score real positions only.
             width = int(lengths[batch].max())
             x, y = inputs[batch, :width].to(device), targets[batch, :width].to(device)
@@ -319,6 +323,7 @@ def fit_sequence_model(
             loss = nn.functional.cross_entropy(logits, y[real] - 1)
             optimizer.zero_grad(set_to_none=True)
             torch.autograd.backward(loss)
+            distributed.average_gradients(model.parameters())
             optimizer.step()
             total += loss.item() * len(batch)
         scorer = RankerScorer(model=model, item_ids=vocabulary, device=config.device)
