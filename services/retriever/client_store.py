@@ -48,9 +48,11 @@ from services.retriever.store import (
     item_point_id,
     merge_history,
     not_found,
+    payload_item_id,
     popularity_increments,
     popularity_of,
     public_payload,
+    scored_item,
     unique,
     user_point_id,
     validate_events,
@@ -241,7 +243,7 @@ class ClientVectorStore:
             self._check_open()
             ids = _item_pids(item.item_id for item in valid)
             existing = {
-                _payload_id(r.payload): popularity_of(r.payload)
+                payload_item_id(r.payload): popularity_of(r.payload)
                 for r in self._client.retrieve(self._items, ids=ids, with_payload=[POPULARITY_FIELD, ITEM_ID_FIELD])
             }
             points = [
@@ -273,8 +275,8 @@ class ClientVectorStore:
                 self._items, ids=_item_pids(unique(wanted)), with_payload=True, with_vectors=with_vectors
             )
         by_id = {
-            _payload_id(r.payload): Item(
-                item_id=_payload_id(r.payload),
+            payload_item_id(r.payload): Item(
+                item_id=payload_item_id(r.payload),
                 vector=as_vector(r.vector) if with_vectors else None,
                 payload=public_payload(r.payload),
             )
@@ -307,7 +309,7 @@ class ClientVectorStore:
         with self._reading():
             responses = self._client.query_batch_points(self._items, requests=requests)
         return [
-            [_scored(p, p.score, q.with_vectors) for p in response.points]
+            [scored_item(p, p.score, q.with_vectors) for p in response.points]
             for q, response in zip(queries, responses, strict=True)
         ]
 
@@ -331,7 +333,7 @@ class ClientVectorStore:
             # The examples' vectors are fetched first (unknown ids -> NotFoundError) and passed as vectors, so
             # both backends behave alike; examples are excluded explicitly.
             vectors = {
-                _payload_id(r.payload): as_vector(r.vector)
+                payload_item_id(r.payload): as_vector(r.vector)
                 for r in self._client.retrieve(
                     self._items, ids=_item_pids(examples), with_payload=[ITEM_ID_FIELD], with_vectors=True
                 )
@@ -355,7 +357,7 @@ class ClientVectorStore:
                 with_payload=True,
                 with_vectors=False,
             )
-        return [_scored(p, p.score, False) for p in response.points]
+        return [scored_item(p, p.score, False) for p in response.points]
 
     def popular(
         self,
@@ -380,7 +382,7 @@ class ClientVectorStore:
                 with_vectors=False,
             )
         return [
-            _scored(p, float(p.order_value if p.order_value is not None else popularity_of(p.payload)), False)
+            scored_item(p, float(p.order_value if p.order_value is not None else popularity_of(p.payload)), False)
             for p in response.points
         ]
 
@@ -393,7 +395,7 @@ class ClientVectorStore:
             self._check_open()
             event_items = unique([e.item_id for e in new_events])
             records = {
-                _payload_id(r.payload): r
+                payload_item_id(r.payload): r
                 for r in self._client.retrieve(
                     self._items, ids=_item_pids(event_items), with_payload=True, with_vectors=True
                 )
@@ -411,9 +413,8 @@ class ClientVectorStore:
                 for r in self._client.retrieve(
                     self._items, ids=_item_pids(others), with_payload=[ITEM_ID_FIELD], with_vectors=True
                 ):
-                    vectors[_payload_id(r.payload)] = as_vector(r.vector)
-            kept = [e for e in history if vectors.get(e.item_id) is not None]
-            vector = profiles.profile_vector([vectors[e.item_id] or () for e in kept], kept, self._half_life)
+                    vectors[payload_item_id(r.payload)] = as_vector(r.vector)
+            vector = profiles.history_profile(history, vectors, self._half_life)
             self._client.upsert(
                 self._users,
                 points=[
@@ -467,12 +468,14 @@ class ClientVectorStore:
             operations: list[models.UpdateOperation] = [
                 models.SetPayloadOperation(
                     set_payload=models.SetPayload(
-                        payload={POPULARITY_FIELD: max(0, popularity_of(r.payload) - counts[_payload_id(r.payload)])},
+                        payload={
+                            POPULARITY_FIELD: max(0, popularity_of(r.payload) - counts[payload_item_id(r.payload)])
+                        },
                         points=[r.id],
                     )
                 )
                 for r in items
-                if _payload_id(r.payload) in counts
+                if payload_item_id(r.payload) in counts
             ]
             if operations:
                 self._client.batch_update_points(self._items, update_operations=operations, wait=True)
@@ -508,16 +511,3 @@ class ClientVectorStore:
             self._closed = True
             if self._owns_client:
                 self._client.close()
-
-
-def _payload_id(payload: Mapping[str, Any] | None) -> str:
-    return str((payload or {}).get(ITEM_ID_FIELD, ""))
-
-
-def _scored(point: models.ScoredPoint, score: float, with_vector: bool) -> ScoredItem:
-    return ScoredItem(
-        item_id=_payload_id(point.payload),
-        score=float(score),
-        payload=public_payload(point.payload),
-        vector=as_vector(point.vector) if with_vector else None,
-    )

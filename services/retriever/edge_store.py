@@ -83,9 +83,11 @@ from services.retriever.store import (
     item_point_id,
     merge_history,
     not_found,
+    payload_item_id,
     popularity_increments,
     popularity_of,
     public_payload,
+    scored_item,
     unique,
     user_point_id,
     validate_events,
@@ -332,7 +334,7 @@ class EdgeVectorStore:
             self._check_open()
             ids = _item_pids(item.item_id for item in valid)
             existing = {
-                _payload_id(r.payload): popularity_of(r.payload) for r in self._items.retrieve(ids, True, False)
+                payload_item_id(r.payload): popularity_of(r.payload) for r in self._items.retrieve(ids, True, False)
             }
             points = [
                 Point(pid, list(item.vector or ()), item_payload(item, existing.get(item.item_id, 0)))
@@ -363,8 +365,8 @@ class EdgeVectorStore:
             point_ids = _item_pids(unique(wanted))
             records = self._items.retrieve(point_ids, True, with_vectors)
         by_id = {
-            _payload_id(r.payload): Item(
-                item_id=_payload_id(r.payload),
+            payload_item_id(r.payload): Item(
+                item_id=payload_item_id(r.payload),
                 vector=as_vector(r.vector) if with_vectors else None,
                 payload=public_payload(r.payload),
             )
@@ -399,7 +401,8 @@ class EdgeVectorStore:
             self._check_open()
             results = self._items.query_batch(QueryBatchRequest(requests))
         return [
-            [_scored(p, p.score, q.with_vectors) for p in points] for q, points in zip(queries, results, strict=True)
+            [scored_item(p, p.score, q.with_vectors) for p in points]
+            for q, points in zip(queries, results, strict=True)
         ]
 
     def recommend(
@@ -421,7 +424,9 @@ class EdgeVectorStore:
         with self._rw.read():
             self._check_open()
             point_ids = _item_pids(examples)
-            vectors = {_payload_id(r.payload): as_vector(r.vector) for r in self._items.retrieve(point_ids, True, True)}
+            vectors = {
+                payload_item_id(r.payload): as_vector(r.vector) for r in self._items.retrieve(point_ids, True, True)
+            }
             missing = [i for i in examples if vectors.get(i) is None]
             if missing:
                 raise not_found("example item", missing)
@@ -438,7 +443,7 @@ class EdgeVectorStore:
                 with_vector=False,
             )
             points = self._items.query(request)
-        return [_scored(p, p.score, False) for p in points]
+        return [scored_item(p, p.score, False) for p in points]
 
     def popular(
         self,
@@ -462,7 +467,7 @@ class EdgeVectorStore:
             self._check_open()
             points = self._items.query(request)
         return [
-            _scored(p, float(p.order_value if p.order_value is not None else popularity_of(p.payload)), False)
+            scored_item(p, float(p.order_value if p.order_value is not None else popularity_of(p.payload)), False)
             for p in points
         ]
 
@@ -474,7 +479,7 @@ class EdgeVectorStore:
         with self._write_lock:
             self._check_open()
             event_items = unique([e.item_id for e in new_events])
-            records = {_payload_id(r.payload): r for r in self._items.retrieve(_item_pids(event_items), True, True)}
+            records = {payload_item_id(r.payload): r for r in self._items.retrieve(_item_pids(event_items), True, True)}
             missing = [i for i in event_items if i not in records]
             if missing:
                 raise not_found("item", missing)
@@ -486,8 +491,8 @@ class EdgeVectorStore:
             others = unique([e.item_id for e in history if e.item_id not in vectors])
             if others:
                 for r in self._items.retrieve(_item_pids(others), True, True):
-                    vectors[_payload_id(r.payload)] = as_vector(r.vector)
-            vector = _profile(history, vectors, self._half_life)
+                    vectors[payload_item_id(r.payload)] = as_vector(r.vector)
+            vector = profiles.history_profile(history, vectors, self._half_life)
             self._users.update(
                 UpdateOperation.upsert_points(
                     [
@@ -508,7 +513,7 @@ class EdgeVectorStore:
         """Adds to items' popularity counts (never below zero); items deleted meanwhile are skipped."""
         if records is None:
             found = self._items.retrieve(_item_pids(increments), True, False)
-            records = {_payload_id(r.payload): r for r in found}
+            records = {payload_item_id(r.payload): r for r in found}
         for item_id, increment in increments.items():
             if item_id not in records:
                 continue
@@ -635,7 +640,9 @@ class EdgeVectorStore:
             try:
                 for start in range(0, len(dirty), 1000):
                     chunk = dirty[start : start + 1000]
-                    current = {_payload_id(r.payload): r for r in self._items.retrieve(_item_pids(chunk), True, True)}
+                    current = {
+                        payload_item_id(r.payload): r for r in self._items.retrieve(_item_pids(chunk), True, True)
+                    }
                     upserts = [
                         Point(
                             item_point_id(i),
@@ -679,24 +686,3 @@ class EdgeVectorStore:
 
 def _item_pids(ids: Iterable[str]) -> list[Any]:
     return [item_point_id(i) for i in ids]
-
-
-def _payload_id(payload: Mapping[str, Any] | None) -> str:
-    return str((payload or {}).get(ITEM_ID_FIELD, ""))
-
-
-def _scored(point: Any, score: float, with_vector: bool) -> ScoredItem:
-    return ScoredItem(
-        item_id=_payload_id(point.payload),
-        score=float(score),
-        payload=public_payload(point.payload),
-        vector=as_vector(point.vector) if with_vector else None,
-    )
-
-
-def _profile(
-    history: Sequence[UserEvent], vectors: Mapping[str, tuple[float, ...] | None], half_life: float
-) -> tuple[float, ...] | None:
-    """The profile from the events whose items still exist (deleted items drop out)."""
-    kept = [e for e in history if vectors.get(e.item_id) is not None]
-    return profiles.profile_vector([vectors[e.item_id] or () for e in kept], kept, half_life)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -40,3 +40,11 @@ def profile_vector(
     if not np.isfinite(norm) or norm <= 1e-12:
         return None
     return tuple(float(v) for v in total / norm)
+
+
+def history_profile(
+    history: Sequence[UserEvent], vectors: Mapping[str, tuple[float, ...] | None], half_life: float
+) -> tuple[float, ...] | None:
+    """The profile from the events whose items still exist (deleted items drop out)."""
+    kept = [e for e in history if vectors.get(e.item_id) is not None]
+    return profile_vector([vectors[e.item_id] or () for e in kept], kept, half_life)

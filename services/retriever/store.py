@@ -571,3 +571,17 @@ class ReadWriteLock:
             with self._cond:
                 self._writer = False
                 self._cond.notify_all()
+
+
+def payload_item_id(payload: Mapping[str, Any] | None) -> str:
+    return str((payload or {}).get(ITEM_ID_FIELD, ""))
+
+
+def scored_item(point: Any, score: float, with_vector: bool) -> ScoredItem:
+    """A result from either engine's point type (both carry `.payload` and `.vector`)."""
+    return ScoredItem(
+        item_id=payload_item_id(point.payload),
+        score=float(score),
+        payload=public_payload(point.payload),
+        vector=as_vector(point.vector) if with_vector else None,
+    )
