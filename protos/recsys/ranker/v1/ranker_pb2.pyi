@@ -25,10 +25,14 @@ class ScoringTask(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., history: _Optional[_Iterable[_Union[ItemVector, _Mapping]]] = ..., candidates: _Optional[_Iterable[_Union[ItemVector, _Mapping]]] = ...) -> None: ...
 
 class ScoreCandidatesRequest(_message.Message):
-    __slots__ = ("tasks",)
+    __slots__ = ("tasks", "catalog", "model_version")
     TASKS_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     tasks: _containers.RepeatedCompositeFieldContainer[ScoringTask]
-    def __init__(self, tasks: _Optional[_Iterable[_Union[ScoringTask, _Mapping]]] = ...) -> None: ...
+    catalog: str
+    model_version: str
+    def __init__(self, tasks: _Optional[_Iterable[_Union[ScoringTask, _Mapping]]] = ..., catalog: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class TaskScores(_message.Message):
     __slots__ = ("scores",)
@@ -45,11 +49,15 @@ class ScoreCandidatesResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[TaskScores, _Mapping]]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class GetModelInfoRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("catalog", "model_version")
+    CATALOG_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    catalog: str
+    model_version: str
+    def __init__(self, catalog: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class GetModelInfoResponse(_message.Message):
-    __slots__ = ("version", "created_at", "dataset", "dataset_hash", "embedding_model", "metrics", "known_items", "device")
+    __slots__ = ("version", "created_at", "dataset", "dataset_hash", "embedding_model", "metrics", "known_items", "device", "available_versions")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +73,7 @@ class GetModelInfoResponse(_message.Message):
     METRICS_FIELD_NUMBER: _ClassVar[int]
     KNOWN_ITEMS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     version: str
     created_at: str
     dataset: str
@@ -73,4 +82,5 @@ class GetModelInfoResponse(_message.Message):
     metrics: _containers.ScalarMap[str, float]
     known_items: int
     device: str
-    def __init__(self, version: _Optional[str] = ..., created_at: _Optional[str] = ..., dataset: _Optional[str] = ..., dataset_hash: _Optional[str] = ..., embedding_model: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., known_items: _Optional[int] = ..., device: _Optional[str] = ...) -> None: ...
+    available_versions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[str] = ..., created_at: _Optional[str] = ..., dataset: _Optional[str] = ..., dataset_hash: _Optional[str] = ..., embedding_model: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., known_items: _Optional[int] = ..., device: _Optional[str] = ..., available_versions: _Optional[_Iterable[str]] = ...) -> None: ...

@@ -26,8 +26,10 @@ if _version_not_supported:
 
 
 class RankerServiceStub:
-    """Hosts the ranker model trained offline by `recsys train` (interactions plus item text embeddings) and
-    scores candidates for users. A newer checkpoint is picked up without dropping requests.
+    """Hosts the ranker models trained offline by `recsys train` (interactions plus item text embeddings) and
+    scores candidates for users. Each catalog has its own versioned models (`recsys train --catalog NAME`); a
+    request names a catalog (empty: the default one) and may pin a model version (empty: that catalog's newest).
+    A newer checkpoint is picked up without dropping requests.
     """
 
     def __init__(self, channel):
@@ -49,8 +51,10 @@ class RankerServiceStub:
 
 
 class RankerServiceServicer:
-    """Hosts the ranker model trained offline by `recsys train` (interactions plus item text embeddings) and
-    scores candidates for users. A newer checkpoint is picked up without dropping requests.
+    """Hosts the ranker models trained offline by `recsys train` (interactions plus item text embeddings) and
+    scores candidates for users. Each catalog has its own versioned models (`recsys train --catalog NAME`); a
+    request names a catalog (empty: the default one) and may pin a model version (empty: that catalog's newest).
+    A newer checkpoint is picked up without dropping requests.
     """
 
     def ScoreCandidates(self, request, context):
@@ -61,7 +65,7 @@ class RankerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetModelInfo(self, request, context):
-        """Describes the loaded model.
+        """Describes a catalog's model (the newest, or a pinned version) and lists the versions on disk.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -89,8 +93,10 @@ def add_RankerServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class RankerService:
-    """Hosts the ranker model trained offline by `recsys train` (interactions plus item text embeddings) and
-    scores candidates for users. A newer checkpoint is picked up without dropping requests.
+    """Hosts the ranker models trained offline by `recsys train` (interactions plus item text embeddings) and
+    scores candidates for users. Each catalog has its own versioned models (`recsys train --catalog NAME`); a
+    request names a catalog (empty: the default one) and may pin a model version (empty: that catalog's newest).
+    A newer checkpoint is picked up without dropping requests.
     """
 
     @staticmethod
