@@ -68,10 +68,12 @@ class ScoredItem(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., vector: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class UpsertItemsRequest(_message.Message):
-    __slots__ = ("items",)
+    __slots__ = ("items", "catalog")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[Item]
-    def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ...) -> None: ...
+    catalog: str
+    def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., catalog: _Optional[str] = ...) -> None: ...
 
 class UpsertItemsResponse(_message.Message):
     __slots__ = ("upserted",)
@@ -80,10 +82,12 @@ class UpsertItemsResponse(_message.Message):
     def __init__(self, upserted: _Optional[int] = ...) -> None: ...
 
 class DeleteItemsRequest(_message.Message):
-    __slots__ = ("item_ids",)
+    __slots__ = ("item_ids", "catalog")
     ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_FIELD_NUMBER: _ClassVar[int]
     item_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    catalog: str
+    def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., catalog: _Optional[str] = ...) -> None: ...
 
 class DeleteItemsResponse(_message.Message):
     __slots__ = ("deleted",)
@@ -92,14 +96,16 @@ class DeleteItemsResponse(_message.Message):
     def __init__(self, deleted: _Optional[int] = ...) -> None: ...
 
 class GetItemsRequest(_message.Message):
-    __slots__ = ("item_ids", "with_vectors", "skip_missing")
+    __slots__ = ("item_ids", "with_vectors", "skip_missing", "catalog")
     ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     WITH_VECTORS_FIELD_NUMBER: _ClassVar[int]
     SKIP_MISSING_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_FIELD_NUMBER: _ClassVar[int]
     item_ids: _containers.RepeatedScalarFieldContainer[str]
     with_vectors: bool
     skip_missing: bool
-    def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., with_vectors: _Optional[bool] = ..., skip_missing: _Optional[bool] = ...) -> None: ...
+    catalog: str
+    def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., with_vectors: _Optional[bool] = ..., skip_missing: _Optional[bool] = ..., catalog: _Optional[str] = ...) -> None: ...
 
 class GetItemsResponse(_message.Message):
     __slots__ = ("items",)
@@ -124,10 +130,12 @@ class SearchQuery(_message.Message):
     def __init__(self, vector: _Optional[_Iterable[float]] = ..., limit: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., exclude_ids: _Optional[_Iterable[str]] = ..., offset: _Optional[int] = ..., with_vectors: _Optional[bool] = ...) -> None: ...
 
 class SearchItemsRequest(_message.Message):
-    __slots__ = ("queries",)
+    __slots__ = ("queries", "catalog")
     QUERIES_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_FIELD_NUMBER: _ClassVar[int]
     queries: _containers.RepeatedCompositeFieldContainer[SearchQuery]
-    def __init__(self, queries: _Optional[_Iterable[_Union[SearchQuery, _Mapping]]] = ...) -> None: ...
+    catalog: str
+    def __init__(self, queries: _Optional[_Iterable[_Union[SearchQuery, _Mapping]]] = ..., catalog: _Optional[str] = ...) -> None: ...
 
 class SearchResult(_message.Message):
     __slots__ = ("items",)
@@ -142,20 +150,22 @@ class SearchItemsResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[SearchResult, _Mapping]]] = ...) -> None: ...
 
 class RecommendItemsRequest(_message.Message):
-    __slots__ = ("positive_ids", "negative_ids", "limit", "filter", "exclude_ids", "with_vectors")
+    __slots__ = ("positive_ids", "negative_ids", "limit", "filter", "exclude_ids", "with_vectors", "catalog")
     POSITIVE_IDS_FIELD_NUMBER: _ClassVar[int]
     NEGATIVE_IDS_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_IDS_FIELD_NUMBER: _ClassVar[int]
     WITH_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_FIELD_NUMBER: _ClassVar[int]
     positive_ids: _containers.RepeatedScalarFieldContainer[str]
     negative_ids: _containers.RepeatedScalarFieldContainer[str]
     limit: int
     filter: Filter
     exclude_ids: _containers.RepeatedScalarFieldContainer[str]
     with_vectors: bool
-    def __init__(self, positive_ids: _Optional[_Iterable[str]] = ..., negative_ids: _Optional[_Iterable[str]] = ..., limit: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., exclude_ids: _Optional[_Iterable[str]] = ..., with_vectors: _Optional[bool] = ...) -> None: ...
+    catalog: str
+    def __init__(self, positive_ids: _Optional[_Iterable[str]] = ..., negative_ids: _Optional[_Iterable[str]] = ..., limit: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., exclude_ids: _Optional[_Iterable[str]] = ..., with_vectors: _Optional[bool] = ..., catalog: _Optional[str] = ...) -> None: ...
 
 class RecommendItemsResponse(_message.Message):
     __slots__ = ("items",)
@@ -164,18 +174,20 @@ class RecommendItemsResponse(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ...) -> None: ...
 
 class ListPopularItemsRequest(_message.Message):
-    __slots__ = ("limit", "filter", "exclude_ids", "offset", "with_vectors")
+    __slots__ = ("limit", "filter", "exclude_ids", "offset", "with_vectors", "catalog")
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_IDS_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     WITH_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_FIELD_NUMBER: _ClassVar[int]
     limit: int
     filter: Filter
     exclude_ids: _containers.RepeatedScalarFieldContainer[str]
     offset: int
     with_vectors: bool
-    def __init__(self, limit: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., exclude_ids: _Optional[_Iterable[str]] = ..., offset: _Optional[int] = ..., with_vectors: _Optional[bool] = ...) -> None: ...
+    catalog: str
+    def __init__(self, limit: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., exclude_ids: _Optional[_Iterable[str]] = ..., offset: _Optional[int] = ..., with_vectors: _Optional[bool] = ..., catalog: _Optional[str] = ...) -> None: ...
 
 class ListPopularItemsResponse(_message.Message):
     __slots__ = ("items",)
@@ -184,34 +196,47 @@ class ListPopularItemsResponse(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ...) -> None: ...
 
 class UserEvent(_message.Message):
-    __slots__ = ("item_id", "event_type", "timestamp", "weight")
+    __slots__ = ("item_id", "event_type", "timestamp", "weight", "recommendation_id")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    RECOMMENDATION_ID_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     event_type: str
     timestamp: float
     weight: float
-    def __init__(self, item_id: _Optional[str] = ..., event_type: _Optional[str] = ..., timestamp: _Optional[float] = ..., weight: _Optional[float] = ...) -> None: ...
+    recommendation_id: str
+    def __init__(self, item_id: _Optional[str] = ..., event_type: _Optional[str] = ..., timestamp: _Optional[float] = ..., weight: _Optional[float] = ..., recommendation_id: _Optional[str] = ...) -> None: ...
 
 class AppendUserEventsRequest(_message.Message):
-    __slots__ = ("user_id", "events")
+    __slots__ = ("user_id", "events", "catalog")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     events: _containers.RepeatedCompositeFieldContainer[UserEvent]
-    def __init__(self, user_id: _Optional[str] = ..., events: _Optional[_Iterable[_Union[UserEvent, _Mapping]]] = ...) -> None: ...
+    catalog: str
+    def __init__(self, user_id: _Optional[str] = ..., events: _Optional[_Iterable[_Union[UserEvent, _Mapping]]] = ..., catalog: _Optional[str] = ...) -> None: ...
 
 class UserProfile(_message.Message):
-    __slots__ = ("user_id", "vector", "events")
+    __slots__ = ("user_id", "vector", "events", "shown_counts")
+    class ShownCountsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    SHOWN_COUNTS_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     vector: _containers.RepeatedScalarFieldContainer[float]
     events: _containers.RepeatedCompositeFieldContainer[UserEvent]
-    def __init__(self, user_id: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., events: _Optional[_Iterable[_Union[UserEvent, _Mapping]]] = ...) -> None: ...
+    shown_counts: _containers.ScalarMap[str, int]
+    def __init__(self, user_id: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., events: _Optional[_Iterable[_Union[UserEvent, _Mapping]]] = ..., shown_counts: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class AppendUserEventsResponse(_message.Message):
     __slots__ = ("profile",)
@@ -220,10 +245,12 @@ class AppendUserEventsResponse(_message.Message):
     def __init__(self, profile: _Optional[_Union[UserProfile, _Mapping]] = ...) -> None: ...
 
 class GetUserProfileRequest(_message.Message):
-    __slots__ = ("user_id",)
+    __slots__ = ("user_id", "catalog")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_FIELD_NUMBER: _ClassVar[int]
     user_id: str
-    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+    catalog: str
+    def __init__(self, user_id: _Optional[str] = ..., catalog: _Optional[str] = ...) -> None: ...
 
 class GetUserProfileResponse(_message.Message):
     __slots__ = ("profile",)
@@ -232,18 +259,22 @@ class GetUserProfileResponse(_message.Message):
     def __init__(self, profile: _Optional[_Union[UserProfile, _Mapping]] = ...) -> None: ...
 
 class DeleteUserRequest(_message.Message):
-    __slots__ = ("user_id",)
+    __slots__ = ("user_id", "catalog")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_FIELD_NUMBER: _ClassVar[int]
     user_id: str
-    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+    catalog: str
+    def __init__(self, user_id: _Optional[str] = ..., catalog: _Optional[str] = ...) -> None: ...
 
 class DeleteUserResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class GetCollectionInfoRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("catalog",)
+    CATALOG_FIELD_NUMBER: _ClassVar[int]
+    catalog: str
+    def __init__(self, catalog: _Optional[str] = ...) -> None: ...
 
 class PayloadField(_message.Message):
     __slots__ = ("name", "type")
@@ -272,3 +303,71 @@ class GetCollectionInfoResponse(_message.Message):
     payload_fields: _containers.RepeatedCompositeFieldContainer[PayloadField]
     index_ready: bool
     def __init__(self, backend: _Optional[str] = ..., items: _Optional[int] = ..., users: _Optional[int] = ..., indexed_vectors: _Optional[int] = ..., dimension: _Optional[int] = ..., distance: _Optional[str] = ..., payload_fields: _Optional[_Iterable[_Union[PayloadField, _Mapping]]] = ..., index_ready: _Optional[bool] = ...) -> None: ...
+
+class Impression(_message.Message):
+    __slots__ = ("recommendation_id", "page", "user_id", "item_ids", "experiment", "arm", "timestamp", "engaged_item_ids", "converted_item_ids")
+    RECOMMENDATION_ID_FIELD_NUMBER: _ClassVar[int]
+    PAGE_FIELD_NUMBER: _ClassVar[int]
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    ARM_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    ENGAGED_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    CONVERTED_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    recommendation_id: str
+    page: int
+    user_id: str
+    item_ids: _containers.RepeatedScalarFieldContainer[str]
+    experiment: str
+    arm: str
+    timestamp: float
+    engaged_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    converted_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, recommendation_id: _Optional[str] = ..., page: _Optional[int] = ..., user_id: _Optional[str] = ..., item_ids: _Optional[_Iterable[str]] = ..., experiment: _Optional[str] = ..., arm: _Optional[str] = ..., timestamp: _Optional[float] = ..., engaged_item_ids: _Optional[_Iterable[str]] = ..., converted_item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RecordImpressionRequest(_message.Message):
+    __slots__ = ("catalog", "impression")
+    CATALOG_FIELD_NUMBER: _ClassVar[int]
+    IMPRESSION_FIELD_NUMBER: _ClassVar[int]
+    catalog: str
+    impression: Impression
+    def __init__(self, catalog: _Optional[str] = ..., impression: _Optional[_Union[Impression, _Mapping]] = ...) -> None: ...
+
+class RecordImpressionResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetImpressionsRequest(_message.Message):
+    __slots__ = ("catalog", "recommendation_id")
+    CATALOG_FIELD_NUMBER: _ClassVar[int]
+    RECOMMENDATION_ID_FIELD_NUMBER: _ClassVar[int]
+    catalog: str
+    recommendation_id: str
+    def __init__(self, catalog: _Optional[str] = ..., recommendation_id: _Optional[str] = ...) -> None: ...
+
+class GetImpressionsResponse(_message.Message):
+    __slots__ = ("impressions",)
+    IMPRESSIONS_FIELD_NUMBER: _ClassVar[int]
+    impressions: _containers.RepeatedCompositeFieldContainer[Impression]
+    def __init__(self, impressions: _Optional[_Iterable[_Union[Impression, _Mapping]]] = ...) -> None: ...
+
+class ListImpressionsRequest(_message.Message):
+    __slots__ = ("catalog", "experiment", "limit", "page_token")
+    CATALOG_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    catalog: str
+    experiment: str
+    limit: int
+    page_token: str
+    def __init__(self, catalog: _Optional[str] = ..., experiment: _Optional[str] = ..., limit: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListImpressionsResponse(_message.Message):
+    __slots__ = ("impressions", "next_page_token")
+    IMPRESSIONS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    impressions: _containers.RepeatedCompositeFieldContainer[Impression]
+    next_page_token: str
+    def __init__(self, impressions: _Optional[_Iterable[_Union[Impression, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

@@ -27,7 +27,9 @@ if _version_not_supported:
 
 class RetrieverServiceStub:
     """Stores items and user profiles as Qdrant points and retrieves candidates: nearest neighbours with
-    payload filters and exclusions, recommendation from example items, popular items.
+    payload filters and exclusions, recommendation from example items, popular items. Keeps a feedback log of
+    shown recommendations (impressions) with the events attributed to them. Every request names a catalog
+    (empty: the default); catalogs are fully separate and each is created by its first write.
     """
 
     def __init__(self, channel):
@@ -86,11 +88,28 @@ class RetrieverServiceStub:
                 request_serializer=recsys_dot_retriever_dot_v1_dot_retriever__pb2.GetCollectionInfoRequest.SerializeToString,
                 response_deserializer=recsys_dot_retriever_dot_v1_dot_retriever__pb2.GetCollectionInfoResponse.FromString,
                 _registered_method=True)
+        self.RecordImpression = channel.unary_unary(
+                '/recsys.retriever.v1.RetrieverService/RecordImpression',
+                request_serializer=recsys_dot_retriever_dot_v1_dot_retriever__pb2.RecordImpressionRequest.SerializeToString,
+                response_deserializer=recsys_dot_retriever_dot_v1_dot_retriever__pb2.RecordImpressionResponse.FromString,
+                _registered_method=True)
+        self.GetImpressions = channel.unary_unary(
+                '/recsys.retriever.v1.RetrieverService/GetImpressions',
+                request_serializer=recsys_dot_retriever_dot_v1_dot_retriever__pb2.GetImpressionsRequest.SerializeToString,
+                response_deserializer=recsys_dot_retriever_dot_v1_dot_retriever__pb2.GetImpressionsResponse.FromString,
+                _registered_method=True)
+        self.ListImpressions = channel.unary_unary(
+                '/recsys.retriever.v1.RetrieverService/ListImpressions',
+                request_serializer=recsys_dot_retriever_dot_v1_dot_retriever__pb2.ListImpressionsRequest.SerializeToString,
+                response_deserializer=recsys_dot_retriever_dot_v1_dot_retriever__pb2.ListImpressionsResponse.FromString,
+                _registered_method=True)
 
 
 class RetrieverServiceServicer:
     """Stores items and user profiles as Qdrant points and retrieves candidates: nearest neighbours with
-    payload filters and exclusions, recommendation from example items, popular items.
+    payload filters and exclusions, recommendation from example items, popular items. Keeps a feedback log of
+    shown recommendations (impressions) with the events attributed to them. Every request names a catalog
+    (empty: the default); catalogs are fully separate and each is created by its first write.
     """
 
     def UpsertItems(self, request, context):
@@ -163,6 +182,28 @@ class RetrieverServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordImpression(self, request, context):
+        """Stores one shown page of a recommendation durably; the same (recommendation_id, page) again replaces it,
+        so retries are safe. With a user id, adds one to the user's shown count of every shown item.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetImpressions(self, request, context):
+        """Every recorded page of one recommendation id, by page, with attribution. NOT_FOUND when unknown.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListImpressions(self, request, context):
+        """Recorded impressions page by page (for reports), optionally of one experiment, in a stable order.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RetrieverServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -216,6 +257,21 @@ def add_RetrieverServiceServicer_to_server(servicer, server):
                     request_deserializer=recsys_dot_retriever_dot_v1_dot_retriever__pb2.GetCollectionInfoRequest.FromString,
                     response_serializer=recsys_dot_retriever_dot_v1_dot_retriever__pb2.GetCollectionInfoResponse.SerializeToString,
             ),
+            'RecordImpression': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordImpression,
+                    request_deserializer=recsys_dot_retriever_dot_v1_dot_retriever__pb2.RecordImpressionRequest.FromString,
+                    response_serializer=recsys_dot_retriever_dot_v1_dot_retriever__pb2.RecordImpressionResponse.SerializeToString,
+            ),
+            'GetImpressions': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetImpressions,
+                    request_deserializer=recsys_dot_retriever_dot_v1_dot_retriever__pb2.GetImpressionsRequest.FromString,
+                    response_serializer=recsys_dot_retriever_dot_v1_dot_retriever__pb2.GetImpressionsResponse.SerializeToString,
+            ),
+            'ListImpressions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListImpressions,
+                    request_deserializer=recsys_dot_retriever_dot_v1_dot_retriever__pb2.ListImpressionsRequest.FromString,
+                    response_serializer=recsys_dot_retriever_dot_v1_dot_retriever__pb2.ListImpressionsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'recsys.retriever.v1.RetrieverService', rpc_method_handlers)
@@ -226,7 +282,9 @@ def add_RetrieverServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class RetrieverService:
     """Stores items and user profiles as Qdrant points and retrieves candidates: nearest neighbours with
-    payload filters and exclusions, recommendation from example items, popular items.
+    payload filters and exclusions, recommendation from example items, popular items. Keeps a feedback log of
+    shown recommendations (impressions) with the events attributed to them. Every request names a catalog
+    (empty: the default); catalogs are fully separate and each is created by its first write.
     """
 
     @staticmethod
@@ -489,6 +547,87 @@ class RetrieverService:
             '/recsys.retriever.v1.RetrieverService/GetCollectionInfo',
             recsys_dot_retriever_dot_v1_dot_retriever__pb2.GetCollectionInfoRequest.SerializeToString,
             recsys_dot_retriever_dot_v1_dot_retriever__pb2.GetCollectionInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordImpression(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.retriever.v1.RetrieverService/RecordImpression',
+            recsys_dot_retriever_dot_v1_dot_retriever__pb2.RecordImpressionRequest.SerializeToString,
+            recsys_dot_retriever_dot_v1_dot_retriever__pb2.RecordImpressionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetImpressions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.retriever.v1.RetrieverService/GetImpressions',
+            recsys_dot_retriever_dot_v1_dot_retriever__pb2.GetImpressionsRequest.SerializeToString,
+            recsys_dot_retriever_dot_v1_dot_retriever__pb2.GetImpressionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListImpressions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.retriever.v1.RetrieverService/ListImpressions',
+            recsys_dot_retriever_dot_v1_dot_retriever__pb2.ListImpressionsRequest.SerializeToString,
+            recsys_dot_retriever_dot_v1_dot_retriever__pb2.ListImpressionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
