@@ -72,9 +72,13 @@ class GatewayServiceServicer:
     """
 
     def Recommend(self, request, context):
-        """Recommends items for a user, optionally steered by a free-text query, within filters. Items the user
-        has seen are left out unless asked otherwise. A user with no history gets popular items (or query
-        results when there is a query).
+        """Recommends items for a user, for an anonymous session (context items such as a cart), or both,
+        optionally steered by a free-text query, within filters. Items the user has seen are left out unless
+        asked otherwise. Without history, context or query: popular items. Order of the stages (precedence):
+        filters, blocked items and exclusions remove candidates; the ranker scores them; boosts add to the
+        score; items shown often without a response are rotated down; diversity and the per-category cap pick
+        the page; pinned items take their positions last. Every response has a recommendation id: send it with
+        the events it led to (attribution), and pages of it never repeat an item.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -109,7 +113,8 @@ class GatewayServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteUser(self, request, context):
-        """Removes a user's events and profile. NOT_FOUND when the user is unknown.
+        """Removes every trace of a user: events, profile, shown-item counts and impressions. NOT_FOUND when the
+        user is unknown.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
