@@ -45,7 +45,7 @@ def embed_items(items: Sequence[CatalogItem], cache_dir: Path, batch_size: int =
     Returns the vectors and the model's id."""
     texts = item_texts(items)
     encoder: TextEncoder = load_encoder(EmbeddingSettings())
-    digest = hashlib.sha256(f"{encoder.model_id}|{encoder.max_tokens}".encode())
+    digest = hashlib.sha256(f"{encoder.model_id}|{encoder.max_tokens}|{encoder.dtype}".encode())
     for text in texts:
         digest.update(text.encode())
         digest.update(b"\0")

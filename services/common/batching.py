@@ -23,6 +23,7 @@ class _Pending(Generic[T, R]):
     future: asyncio.Future[list[R]]
     enqueued: float  # loop time of submit
     deadline: float | None  # loop time by which the caller needs the answer
+    cost: int = 0  # the items' total cost (tokens), when the batcher has a cost function
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,9 @@ class BatchStats:
 class MicroBatcher(Generic[T, R]):
     """Runs `run_batch` over items gathered from concurrent `submit` calls.
 
-    A batch closes when it holds `max_batch_size` items or `max_wait_s` has passed since its first item.
-    A request is never split across batches unless it alone is larger than a batch. More than
+    A batch closes when it holds `max_batch_size` items, when its items' total `cost` (for texts: their tokens)
+    reaches `max_batch_cost`, or when `max_wait_s` has passed since its first item. A request is never split
+    across batches unless it alone is larger than a batch. More than
     `max_queued_items` waiting items is overload: `submit` raises OverloadedError at once. So is a request
     whose caller's deadline (the current call's, from the request context) ends before the work ahead of it
     can be done at the measured rate; and requests whose caller gave up or whose deadline passed while
@@ -53,8 +55,12 @@ class MicroBatcher(Generic[T, R]):
         max_wait_s: float,
         max_queued_items: int,
         on_batch: Callable[[BatchStats], None] | None = None,
+        cost: Callable[[T], int] | None = None,
+        max_batch_cost: int | None = None,
     ) -> None:
         self._run_batch = run_batch
+        self._cost = cost
+        self._max_batch_cost = max_batch_cost if cost is not None else None
         self._on_batch = on_batch
         self._executor = executor
         self._max_batch_size = max_batch_size
@@ -74,12 +80,17 @@ class MicroBatcher(Generic[T, R]):
     def queued_items(self) -> int:
         return self._queued_items
 
-    async def submit(self, items: Sequence[T]) -> list[R]:
-        if self._queued_items + len(items) > self._max_queued_items:
+    def admit(self, count: int) -> None:
+        """Raises OverloadedError when `count` more items would pass the queue limit: callers that prepare
+        their items first (tokenisation) check before spending the work."""
+        if self._queued_items + count > self._max_queued_items:
             raise OverloadedError(
                 f"{self._queued_items} items are already waiting (limit {self._max_queued_items}); "
                 "retry with backoff or send smaller batches"
             )
+
+    async def submit(self, items: Sequence[T]) -> list[R]:
+        self.admit(len(items))
         loop = asyncio.get_running_loop()
         # deadline_var holds time.monotonic() values, the clock asyncio's loop.time() reads too.
         deadline = deadline_var.get()
@@ -95,7 +106,8 @@ class MicroBatcher(Generic[T, R]):
             self._worker = asyncio.create_task(self._work())
         future: asyncio.Future[list[R]] = loop.create_future()
         self._queued_items += len(items)
-        await self._queue.put(_Pending(items, future, loop.time(), deadline))
+        cost = sum(self._cost(item) for item in items) if self._cost is not None else 0
+        await self._queue.put(_Pending(items, future, loop.time(), deadline, cost))
         return await future
 
     async def close(self) -> None:
@@ -109,8 +121,10 @@ class MicroBatcher(Generic[T, R]):
         self._carried = None
         batch = [first]
         size = len(first.items)
+        cost = first.cost
+        budget = self._max_batch_cost
         deadline = asyncio.get_running_loop().time() + self._max_wait_s
-        while size < self._max_batch_size:
+        while size < self._max_batch_size and (budget is None or cost < budget):
             timeout = deadline - asyncio.get_running_loop().time()
             if timeout <= 0 and self._queue.empty():
                 break
@@ -118,12 +132,15 @@ class MicroBatcher(Generic[T, R]):
                 pending = await asyncio.wait_for(self._queue.get(), max(timeout, 0))
             except TimeoutError:
                 break
-            if size + len(pending.items) > self._max_batch_size:
+            if size + len(pending.items) > self._max_batch_size or (
+                budget is not None and cost + pending.cost > budget
+            ):
                 # Keep it whole for the next batch rather than split a request.
                 self._carried = pending
                 break
             batch.append(pending)
             size += len(pending.items)
+            cost += pending.cost
         return batch
 
     async def _work(self) -> None:

@@ -25,6 +25,7 @@ def load_encoder(settings: EmbeddingSettings) -> TextEncoder:
         device=settings.device,
         dtype=settings.dtype,
         batch_size=settings.max_batch_size,
+        max_batch_tokens=settings.max_batch_tokens,
         model_id=model_id,
     )
 
@@ -42,6 +43,8 @@ class EmbeddingApp:
             max_batch_wait_s=settings.max_batch_wait_ms / 1000,
             max_queued_texts=settings.max_queued_texts,
             on_batch=metrics.observe_batch,
+            max_batch_tokens=settings.max_batch_tokens,
+            tokenizer_threads=settings.tokenizer_threads,
         )
 
     def register(self, server: grpc.aio.Server) -> None:

@@ -19,9 +19,19 @@ class EmbeddingSettings(ServiceSettings):
     )
     model_id: str = Field("", description="Name reported by GetModelInfo; default: derived from the folder.")
     device: str = Field("auto", description="auto (CUDA when present), cpu or cuda:N.")
-    dtype: str = Field("auto", description="auto (float16 on CUDA, float32 on CPU), float32, float16, bfloat16.")
+    dtype: str = Field(
+        "auto",
+        description="auto (float16 on CUDA; on a CPU with AVX512-BF16/AMX bfloat16 autocast, else float32), "
+        "float32, float16, bfloat16.",
+    )
     torch_threads: int = Field(0, ge=0, description="CPU threads for torch; 0 keeps torch's default.")
     max_batch_size: int = Field(32, ge=1, le=4096, description="Most texts in one forward pass.")
+    max_batch_tokens: int = Field(
+        8192,
+        ge=1,
+        description="Most tokens in one batch (padded tokens in one forward pass); a longer text runs alone.",
+    )
+    tokenizer_threads: int = Field(0, ge=0, description="Threads that tokenise requests; 0: min(4, CPU cores).")
     max_batch_wait_ms: float = Field(2.0, ge=0, description="How long a batch waits for more requests.")
     max_queued_texts: int = Field(4096, ge=1, description="Waiting texts beyond this: RESOURCE_EXHAUSTED.")
     max_texts_per_request: int = Field(1024, ge=1, description="Most texts in one EmbedTexts call.")

@@ -38,4 +38,6 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
             dtype=encoder.dtype,
             pooling="mean",
             max_batch_size=self._embedder.max_batch_size,
+            backend=self._embedder.backend,
+            max_batch_tokens=self._embedder.max_batch_tokens,
         )

@@ -162,3 +162,32 @@ async def test_micro_batcher_drops_requests_whose_deadline_passed_while_queued()
     assert await first == [1]
     assert calls == [[1]], "the expired request never reached the model"
     await batcher.close()
+
+
+async def test_micro_batcher_closes_batches_by_cost() -> None:
+    """With a cost per item (tokens), a batch closes at the cost budget before the count limit; a request whose
+    cost alone passes the budget still runs, alone."""
+    seen: list[list[int]] = []
+    release = threading.Event()
+
+    def run(items: list[int]) -> list[int]:
+        release.wait()
+        seen.append(items)
+        return items
+
+    batcher: MicroBatcher[int, int] = MicroBatcher(
+        run, ThreadPoolExecutor(1), 100, 0.05, 1000, cost=lambda item: item, max_batch_cost=50
+    )
+    blocker = asyncio.create_task(batcher.submit([1]))
+    await asyncio.sleep(0.02)
+    requests = [[20], [20], [20], [70], [5, 5]]
+    tasks = [asyncio.create_task(batcher.submit(r)) for r in requests]
+    await asyncio.sleep(0.02)
+    release.set()
+    assert await asyncio.gather(*tasks) == requests
+    await blocker
+    batches = seen
+    assert [item for batch in batches for item in batch] == [1, 20, 20, 20, 70, 5, 5], "arrival order kept"
+    assert all(sum(batch) <= 50 or len(batch) == 1 for batch in batches), batches
+    assert [70] in batches
+    await batcher.close()

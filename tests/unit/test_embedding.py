@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import itertools
+import threading
+import time
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 import numpy as np
@@ -12,8 +15,9 @@ import pytest
 from recsys.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 from services.embedding.app import EmbeddingApp, load_encoder
 from services.embedding.config import EmbeddingSettings
-from services.embedding.encoder import TextEncoder, default_model_path
-from tests.conftest import serving
+from services.embedding.embedder import Embedder, Limits
+from services.embedding.encoder import EncodedText, TextEncoder, TokenizedText, default_model_path, resolve_dtype
+from tests.conftest import SCIENTIFIC, serving
 
 TEXTS = [
     "Gorilla Original Gorilla Glue, Waterproof Polyurethane Glue, 8 ounce Bottle, Brown.",
@@ -28,14 +32,58 @@ def encoder() -> TextEncoder:
     return load_encoder(EmbeddingSettings())
 
 
-def test_vectors_match_sentence_transformers(encoder: TextEncoder) -> None:
+@pytest.fixture(scope="module")
+def fp32_encoder() -> TextEncoder:
+    return load_encoder(EmbeddingSettings(dtype="float32"))
+
+
+@pytest.fixture(scope="module")
+def item_texts() -> list[str]:
+    from services.cli.training import item_texts as build
+    from services.datasets.loaders import load_dataset
+
+    return build(load_dataset(SCIENTIFIC, limit_items=160).items)
+
+
+def test_vectors_match_sentence_transformers(fp32_encoder: TextEncoder) -> None:
     sentence_transformers = pytest.importorskip("sentence_transformers")
     reference = sentence_transformers.SentenceTransformer(str(default_model_path()), device="cpu")
     expected = reference.encode(TEXTS, normalize_embeddings=True)
-    actual = np.stack([e.vector for e in encoder.encode(TEXTS)])
+    actual = np.stack([e.vector for e in fp32_encoder.encode(TEXTS)])
     cosines = (expected * actual).sum(axis=1)
     assert cosines.min() >= 0.9999, cosines
     assert np.allclose(np.linalg.norm(actual, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["auto", "bfloat16"])
+def test_fast_path_matches_fp32_on_item_texts(fp32_encoder: TextEncoder, item_texts: list[str], dtype: str) -> None:
+    """Any faster path (the default one included) gives the fp32 vectors: cosine >= 0.999 on real item texts."""
+    fast = load_encoder(EmbeddingSettings(dtype=dtype)) if dtype != "auto" else None
+    encoder = fast or load_encoder(EmbeddingSettings())
+    texts = [*item_texts, *TEXTS]
+    expected = np.stack([e.vector for e in fp32_encoder.encode(texts)])
+    actual = np.stack([e.vector for e in encoder.encode(texts)])
+    cosines = (expected * actual).sum(axis=1)
+    assert cosines.min() >= 0.999, (encoder.backend, cosines.min())
+    assert [e.token_count for e in encoder.encode(TEXTS)] == [e.token_count for e in fp32_encoder.encode(TEXTS)]
+
+
+def test_tokens_match_the_tokenizer_call(encoder: TextEncoder, item_texts: list[str]) -> None:
+    texts = [*item_texts[:50], *TEXTS]
+    reference = encoder.tokenizer(texts, truncation=True, max_length=encoder.max_tokens)["input_ids"]
+    assert [t.ids for t in encoder.tokenize(texts)] == reference
+
+
+def test_buckets_bound_count_and_padded_tokens(encoder: TextEncoder) -> None:
+    lengths = [5, 300, 12, 12, 256, 40, 7, 9, 64, 64, 3] * 10
+    buckets = encoder.buckets(lengths)
+    assert sorted(i for b in buckets for i in b) == list(range(len(lengths)))
+    for bucket in buckets:
+        longest = max(lengths[i] for i in bucket)
+        assert len(bucket) <= encoder.batch_size
+        assert len(bucket) == 1 or len(bucket) * longest <= encoder.max_batch_tokens
+    # Sorted by length: little padding.
+    assert all(max(lengths[i] for i in b) <= min(lengths[i] for i in c) for b, c in itertools.pairwise(buckets))
 
 
 def test_truncation_is_reported(encoder: TextEncoder) -> None:
@@ -66,13 +114,16 @@ async def test_concurrent_requests_are_answered_in_order(
 async def test_model_info(stub: embedding_pb2_grpc.EmbeddingServiceStub) -> None:
     info = await stub.GetModelInfo(embedding_pb2.GetModelInfoRequest())
     assert info.model_id == "sentence-transformers/all-MiniLM-L6-v2"
+    dtype = resolve_dtype("auto", "cpu")
     assert (info.dimension, info.max_tokens, info.device, info.dtype, info.pooling) == (
         384,
         256,
         "cpu",
-        "float32",
+        dtype,
         "mean",
     )
+    assert info.backend == ("torch-cpu-bf16-autocast" if dtype == "bfloat16" else "torch-cpu-fp32")
+    assert info.max_batch_tokens == EmbeddingSettings().max_batch_tokens
 
 
 @pytest.mark.parametrize(
@@ -92,3 +143,50 @@ async def test_bad_input_is_invalid_argument(
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in (caught.value.details() or "")
     assert (await stub.EmbedTexts(embedding_pb2.EmbedTextsRequest(texts=["still serving"]))).embeddings
+
+
+class RecordingEncoder:
+    """A fake two-stage encoder that records the threads and the batches it ran on."""
+
+    model_id = "recording"
+    dimension = 4
+    max_tokens = 16
+    device = "cpu"
+    dtype = "float32"
+    backend = "fake"
+
+    def __init__(self) -> None:
+        self.tokenize_threads: list[str] = []
+        self.batches: list[list[int]] = []
+
+    def tokenize(self, texts: Sequence[str]) -> list[TokenizedText]:
+        self.tokenize_threads.append(threading.current_thread().name)
+        return [TokenizedText(list(range(len(t.split()))), False) for t in texts]
+
+    def encode_tokens(self, items: Sequence[TokenizedText]) -> list[EncodedText]:
+        time.sleep(0.01)
+        self.batches.append([i.token_count for i in items])
+        return [EncodedText(np.full(4, 0.5, dtype=np.float32), i.token_count, False) for i in items]
+
+    def encode(self, texts: Sequence[str]) -> list[EncodedText]:
+        return self.encode_tokens(self.tokenize(texts))
+
+
+async def test_embedder_tokenises_off_the_loop_and_batches_by_tokens() -> None:
+    encoder = RecordingEncoder()
+    embedder = Embedder(
+        encoder,
+        Limits(64, 10_000),
+        max_batch_size=64,
+        max_batch_wait_s=0.02,
+        max_queued_texts=1000,
+        max_batch_tokens=40,
+        tokenizer_threads=2,
+    )
+    texts = [" ".join(["w"] * n) for n in (10, 10, 10, 30, 5, 5, 25)]
+    results = await asyncio.gather(*(embedder.embed([t]) for t in texts))
+    assert [r[0].token_count for r in results] == [10, 10, 10, 30, 5, 5, 25]
+    assert all(name.startswith("tokenizer") for name in encoder.tokenize_threads)
+    assert all(sum(batch) <= 40 for batch in encoder.batches), encoder.batches
+    assert len(encoder.batches) < len(texts), "requests shared batches"
+    await embedder.close()

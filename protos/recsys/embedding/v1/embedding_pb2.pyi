@@ -35,7 +35,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetModelInfoResponse(_message.Message):
-    __slots__ = ("model_id", "dimension", "max_tokens", "device", "dtype", "pooling", "max_batch_size")
+    __slots__ = ("model_id", "dimension", "max_tokens", "device", "dtype", "pooling", "max_batch_size", "backend", "max_batch_tokens")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -43,6 +43,8 @@ class GetModelInfoResponse(_message.Message):
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     POOLING_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_TOKENS_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     dimension: int
     max_tokens: int
@@ -50,4 +52,6 @@ class GetModelInfoResponse(_message.Message):
     dtype: str
     pooling: str
     max_batch_size: int
-    def __init__(self, model_id: _Optional[str] = ..., dimension: _Optional[int] = ..., max_tokens: _Optional[int] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., pooling: _Optional[str] = ..., max_batch_size: _Optional[int] = ...) -> None: ...
+    backend: str
+    max_batch_tokens: int
+    def __init__(self, model_id: _Optional[str] = ..., dimension: _Optional[int] = ..., max_tokens: _Optional[int] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., pooling: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., backend: _Optional[str] = ..., max_batch_tokens: _Optional[int] = ...) -> None: ...
