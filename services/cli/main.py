@@ -16,7 +16,7 @@ from recsys.gateway.v1 import gateway_pb2 as pb
 from recsys.gateway.v1 import gateway_pb2_grpc
 from services.cli.ingest import ingest
 from services.cli.suite import Suite
-from services.cli.training import train_and_publish
+from services.cli.training import catalog_argument, train_and_publish
 from services.datasets.loaders import Dataset, load_dataset
 from services.datasets.movielens import download_movielens_100k
 from services.ranker import distributed
@@ -54,7 +54,7 @@ def command_train(args: argparse.Namespace) -> None:
     # Under `torchrun --nproc-per-node N -m services.cli.main train ...` the N processes train data-parallel.
     distributed.init_from_environment()
     path, result = train_and_publish(
-        dataset, args.state_dir / "checkpoints", args.state_dir / "cache", _train_config(args)
+        dataset, args.state_dir / "checkpoints", args.state_dir / "cache", _train_config(args), args.catalog
     )
     if path is not None:
         print(json.dumps({"checkpoint": str(path), "metrics": result.metrics}, indent=2))
@@ -150,6 +150,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train the ranker and publish a versioned checkpoint")
     data_options(train)
+    train.add_argument(
+        "--catalog",
+        type=catalog_argument,
+        default="",
+        help="catalog whose model this is (1-64 of a-z 0-9 _ -, starting with a letter or digit); written to "
+        "STATE_DIR/checkpoints/catalogs/NAME (default: the default catalog, STATE_DIR/checkpoints)",
+    )
     train.set_defaults(handler=command_train)
 
     evaluation = commands.add_parser(

@@ -3,6 +3,7 @@ ranker trained on them, and a versioned checkpoint."""
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,7 +19,7 @@ from services.preprocessor.app import build_preprocessor
 from services.preprocessor.cleaning import ItemFields
 from services.preprocessor.config import PreprocessorSettings
 from services.ranker import distributed
-from services.ranker.checkpoints import save_checkpoint
+from services.ranker.checkpoints import CATALOG_RULE, DEFAULT_CATALOG, catalog_root, save_checkpoint, validate_catalog
 from services.ranker.training import TrainConfig, TrainResult, train_ranker
 
 
@@ -65,11 +66,22 @@ def embed_items(items: Sequence[CatalogItem], cache_dir: Path, batch_size: int =
     return vectors, encoder.model_id
 
 
+def catalog_argument(value: str) -> str:
+    """argparse type of ``--catalog``: a valid catalog name (empty: the default catalog)."""
+    try:
+        return validate_catalog(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid catalog name {value!r}: use {CATALOG_RULE}") from None
+
+
 def train_and_publish(
-    dataset: Dataset, checkpoint_dir: Path, cache_dir: Path, config: TrainConfig
+    dataset: Dataset, checkpoint_dir: Path, cache_dir: Path, config: TrainConfig, catalog: str = DEFAULT_CATALOG
 ) -> tuple[Path | None, TrainResult]:
-    """Trains and writes a checkpoint. Under torchrun every process trains its share and only the leader writes
-    (the others get None); the leader embeds first, so the others read its cache instead of running the model."""
+    """Trains and writes a checkpoint into ``catalog``'s folder under ``checkpoint_dir`` (the default catalog:
+    ``checkpoint_dir`` itself; catalog NAME: ``checkpoint_dir/catalogs/NAME``). Under torchrun every process
+    trains its share and only the leader writes (the others get None); the leader embeds first, so the others
+    read its cache instead of running the model."""
+    root = catalog_root(checkpoint_dir, catalog)
     leader = distributed.is_leader()
     if not leader:
         distributed.barrier()
@@ -78,5 +90,5 @@ def train_and_publish(
         distributed.barrier()
     ids = [item.item_id for item in dataset.items]
     result = train_ranker(dataset, (ids, vectors), config, progress=leader)
-    path = save_checkpoint(checkpoint_dir, result, embedding_model_id=model_id) if leader else None
+    path = save_checkpoint(root, result, embedding_model_id=model_id) if leader else None
     return path, result

@@ -4,6 +4,10 @@ Layout: ``<root>/<version>/model.pt`` (state dict, architecture, item ID vocabul
 ``<root>/<version>/metadata.json``. A version is ``<UTC timestamp>-<8 hex of the weights' sha256>``, e.g.
 ``20261128T051500Z-3fa2c1d0``. A version is written in a hidden temporary folder and renamed into place, so a
 reader never sees a half-written one.
+
+Catalogs keep models apart: the default catalog (the empty name) lives in ``<checkpoint_dir>/`` itself, catalog
+``NAME`` in ``<checkpoint_dir>/catalogs/NAME/``, each with the layout above. ``catalogs`` never holds a
+``model.pt``, so the default catalog's listing skips it.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -21,12 +26,33 @@ from typing import Any
 
 import torch
 
+from services.common.errors import InvalidArgumentError
 from services.ranker.model import Fusion, ItemGraph, ModelConfig, RankerModel, RankerScorer
 from services.ranker.training import TrainResult
 
 MODEL_FILE = "model.pt"
 METADATA_FILE = "metadata.json"
 FORMAT_VERSION = 2  # 2 added the item graph and the fusion weights; 1 (transformer only) still loads
+CATALOGS_DIR = "catalogs"
+DEFAULT_CATALOG = ""
+CATALOG_RULE = "1 to 64 characters of a-z, 0-9, '_' and '-', starting with a letter or digit"
+_CATALOG_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+
+
+def validate_catalog(name: str) -> str:
+    """``name`` if it is the default catalog (empty) or a valid catalog name; else InvalidArgumentError."""
+    if name == DEFAULT_CATALOG or _CATALOG_NAME.fullmatch(name):
+        return name
+    raise InvalidArgumentError(
+        f"catalog {name[:80]!r} is not a valid catalog name: use {CATALOG_RULE} (empty: the default catalog)"
+    )
+
+
+def catalog_root(checkpoint_dir: Path, catalog: str) -> Path:
+    """The folder of ``catalog``'s versions: ``checkpoint_dir`` for the default catalog, else
+    ``checkpoint_dir/catalogs/<catalog>``."""
+    validate_catalog(catalog)
+    return Path(checkpoint_dir) if catalog == DEFAULT_CATALOG else Path(checkpoint_dir) / CATALOGS_DIR / catalog
 
 
 @dataclass(frozen=True)
@@ -104,19 +130,25 @@ def save_checkpoint(root: Path, result: TrainResult, *, embedding_model_id: str,
     return final
 
 
-def latest_checkpoint(root: Path) -> Path | None:
-    """The newest complete version folder under ``root`` (by its timestamp), or None."""
+def list_checkpoints(root: Path) -> list[Path]:
+    """Every complete version folder under ``root``, newest first (by timestamp, then name); [] if none."""
     root = Path(root)
     if not root.is_dir():
-        return None
+        return []
     complete = [
         p
         for p in root.iterdir()
         if p.is_dir() and not p.name.startswith(".") and (p / MODEL_FILE).is_file() and (p / METADATA_FILE).is_file()
     ]
-    if not complete:
-        return None
-    return max(complete, key=lambda p: (CheckpointMetadata.from_file(p / METADATA_FILE).created_at, p.name))
+    return sorted(
+        complete, key=lambda p: (CheckpointMetadata.from_file(p / METADATA_FILE).created_at, p.name), reverse=True
+    )
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The newest complete version folder under ``root`` (by its timestamp), or None."""
+    versions = list_checkpoints(root)
+    return versions[0] if versions else None
 
 
 def load_scorer(path: Path, device: str = "cpu") -> tuple[RankerScorer, CheckpointMetadata]:
