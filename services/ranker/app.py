@@ -24,6 +24,7 @@ class RankerApp:
             settings.reload_interval_s,
             ScoringLimits(settings.max_tasks_per_request, settings.max_candidates, settings.max_history),
             ranker_metrics(),
+            max_loaded_models=settings.max_loaded_models,
         )
 
     def register(self, server: grpc.aio.Server) -> None:

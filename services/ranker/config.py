@@ -20,3 +20,9 @@ class RankerSettings(ServiceSettings):
     max_tasks_per_request: int = Field(64, ge=1, description="Most users in one ScoreCandidates call.")
     max_candidates: int = Field(2000, ge=1, description="Most candidates for one user.")
     max_history: int = Field(500, ge=1, description="Most history items for one user (the model reads the newest).")
+    max_loaded_models: int = Field(
+        4,
+        ge=1,
+        description="Most ranker models held in memory across catalogs and pinned versions; the least recently used "
+        "go first, the default catalog's newest stays.",
+    )

@@ -1,11 +1,17 @@
-"""The ranker's domain entry: the loaded checkpoint, hot reload of newer ones, validated scoring off the
-event loop."""
+"""The ranker's domain entry: the loaded checkpoints of every catalog, hot reload of newer ones, validated scoring
+off the event loop.
+
+The default catalog's newest model is loaded at warm-up and always held. Other catalogs' newest models and pinned
+versions are loaded on first use (once, however many calls ask at the same time) and held in a least-recently-used
+set of at most ``max_loaded_models``. The watcher swaps in newer checkpoints of every catalog whose newest model is
+held; calls in flight finish on the model they started with."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -15,8 +21,16 @@ from typing import Protocol
 import numpy as np
 import structlog
 
-from services.common.errors import FailedPreconditionError, InvalidArgumentError
-from services.ranker.checkpoints import CheckpointMetadata, latest_checkpoint, load_scorer
+from services.common.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError, ServiceError
+from services.ranker.checkpoints import (
+    DEFAULT_CATALOG,
+    METADATA_FILE,
+    CheckpointMetadata,
+    catalog_root,
+    list_checkpoints,
+    load_scorer,
+    validate_catalog,
+)
 from services.ranker.model import RankerScorer, ScoreRequest
 
 log = structlog.get_logger(__name__)
@@ -44,6 +58,27 @@ class ScoringLimits:
     max_history: int
 
 
+ModelKey = tuple[str, str]  # (catalog, version)
+
+
+def _catalog_label(catalog: str) -> str:
+    return "the default catalog" if catalog == DEFAULT_CATALOG else f"catalog {catalog}"
+
+
+def _no_model(catalog: str) -> FailedPreconditionError:
+    if catalog == DEFAULT_CATALOG:
+        return FailedPreconditionError("no ranker model is loaded yet: run `recsys train` to publish a checkpoint")
+    return FailedPreconditionError(f"no ranker model for catalog {catalog}: run `recsys train --catalog {catalog}`")
+
+
+def _unknown_version(catalog: str, version: str, available: Sequence[str]) -> NotFoundError:
+    shown = ", ".join(available[:20]) + (f" and {len(available) - 20} more" if len(available) > 20 else "")
+    return NotFoundError(
+        f"model version {version[:100]!r} does not exist in {_catalog_label(catalog)}; "
+        f"available (newest first): {shown}"
+    )
+
+
 class RankingService:
     def __init__(
         self,
@@ -52,38 +87,186 @@ class RankingService:
         reload_interval_s: float,
         limits: ScoringLimits,
         observer: ScoringObserver | None = None,
+        max_loaded_models: int = 4,
     ) -> None:
+        if max_loaded_models < 1:
+            raise ValueError("max_loaded_models must be at least 1")
         self.checkpoint_dir = checkpoint_dir
         self.observer = observer
         self.device = device
         self.reload_interval_s = reload_interval_s
         self.limits = limits
-        self.current: LoadedModel | None = None
-        # One thread scores; torch parallelises inside. Loading uses the same thread, so a swap never
-        # races a forward pass on a half-built model.
+        self.max_loaded_models = max_loaded_models
+        # Held models, least recently used first. All reads and writes happen on the event loop.
+        self._models: OrderedDict[ModelKey, LoadedModel] = OrderedDict()
+        # catalog -> version of its newest model, for catalogs whose newest model is held (the watcher's list).
+        self._newest: dict[str, str] = {}
+        # Held versions some call pinned by name: a newer checkpoint does not drop them, only the LRU bound does.
+        self._pinned: set[ModelKey] = set()
+        # Loads in progress, so concurrent first calls for one model share one load.
+        self._loading: dict[ModelKey, asyncio.Task[LoadedModel]] = {}
+        # One thread scores; torch parallelises inside. Loading uses the same thread, so a load never competes
+        # with a forward pass for the cores.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ranker")
         self._watcher: asyncio.Task[None] | None = None
+
+    @property
+    def current(self) -> LoadedModel | None:
+        """The default catalog's newest held model (None before warm-up found one)."""
+        return self.held(DEFAULT_CATALOG)
+
+    def held(self, catalog: str, version: str = "") -> LoadedModel | None:
+        """The held model of ``catalog`` at ``version`` (empty: its newest), without loading anything."""
+        version = version or self._newest.get(catalog, "")
+        return self._models.get((catalog, version)) if version else None
+
+    def loaded_keys(self) -> list[ModelKey]:
+        """(catalog, version) of every held model, least recently used first."""
+        return list(self._models)
 
     def _load(self, path: Path) -> LoadedModel:
         scorer, metadata = load_scorer(path, device=self.device)
         return LoadedModel(scorer, metadata, path)
 
-    async def reload_if_newer(self) -> bool:
-        """Loads the newest checkpoint when it differs from the current one. In-flight calls finish on the
-        model they started with; the next call gets the new one."""
-        path = latest_checkpoint(self.checkpoint_dir)
-        if path is None or (self.current is not None and self.current.path == path):
-            return False
+    async def _versions(self, catalog: str) -> list[Path]:
+        # Reads a metadata file per version: off the event loop, but not on the scoring thread.
+        return await asyncio.to_thread(list_checkpoints, catalog_root(self.checkpoint_dir, catalog))
+
+    async def _load_once(self, key: ModelKey, path: Path) -> LoadedModel:
+        """The held model for ``key``, else loads ``path`` on the executor; concurrent calls share one load."""
+        held = self._models.get(key)
+        if held is not None:
+            return held
+        task = self._loading.get(key)
+        if task is None:
+            task = asyncio.create_task(self._load_and_log(key, path))
+            self._loading[key] = task
+            task.add_done_callback(lambda done: self._load_finished(key, done))
+        # A caller that gives up (deadline) must not cancel the load the others wait for.
+        return await asyncio.shield(task)
+
+    def _load_finished(self, key: ModelKey, task: asyncio.Task[LoadedModel]) -> None:
+        if self._loading.get(key) is task:
+            del self._loading[key]
+        if not task.cancelled():
+            task.exception()  # retrieved here, so a load nobody waits for any more logs no warning
+
+    async def _load_and_log(self, key: ModelKey, path: Path) -> LoadedModel:
         loaded = await asyncio.get_running_loop().run_in_executor(self._executor, self._load, path)
-        self.current = loaded
-        log.info("model loaded", version=loaded.metadata.version, path=str(path))
-        if self.observer is not None:
+        catalog, version = key
+        log.info("model loaded", catalog=catalog or "(default)", version=version, path=str(path))
+        return loaded
+
+    def _hold(self, key: ModelKey, model: LoadedModel) -> None:
+        """Marks ``key`` most recently used (adding it), then drops the least recently used models over the bound.
+        The default catalog's newest model is never dropped."""
+        self._models[key] = model
+        self._models.move_to_end(key)
+        protected = (DEFAULT_CATALOG, self._newest.get(DEFAULT_CATALOG, ""))
+        while len(self._models) > self.max_loaded_models:
+            victim = next((k for k in self._models if k != protected), None)
+            if victim is None:
+                break
+            del self._models[victim]
+            self._pinned.discard(victim)
+            catalog, version = victim
+            if self._newest.get(catalog) == version:
+                del self._newest[catalog]  # no longer held, so no longer watched
+            log.info("model unloaded (least recently used)", catalog=catalog or "(default)", version=version)
+
+    def _set_newest(self, catalog: str, model: LoadedModel) -> None:
+        version = model.path.name
+        old = self._newest.get(catalog)
+        self._newest[catalog] = version
+        if old is not None and old != version and (catalog, old) not in self._pinned:
+            self._models.pop((catalog, old), None)
+        self._hold((catalog, version), model)
+
+    async def model(self, catalog: str = DEFAULT_CATALOG, version: str = "") -> LoadedModel:
+        """The model that serves ``catalog`` at ``version`` (empty: the catalog's newest), loading it if needed.
+        InvalidArgumentError for a malformed catalog name, FailedPreconditionError when the catalog has no
+        checkpoint, NotFoundError for a version not on disk."""
+        validate_catalog(catalog)
+        held = self.held(catalog, version)
+        if held is not None:
+            self._models.move_to_end((catalog, held.path.name))
+            if version:
+                self._pinned.add((catalog, version))
+            return held
+        paths = await self._versions(catalog)
+        if not paths:
+            raise _no_model(catalog)
+        if version:
+            path = next((p for p in paths if p.name == version), None)
+            if path is None:
+                raise _unknown_version(catalog, version, [p.name for p in paths])
+        else:
+            path = paths[0]
+        key = (catalog, path.name)
+        try:
+            loaded = await self._load_once(key, path)
+        except ServiceError:
+            raise
+        except Exception as error:  # a broken or vanished checkpoint: say which, not a bare INTERNAL
+            raise FailedPreconditionError(
+                f"ranker model {path.name} of {_catalog_label(catalog)} could not be loaded ({error}): publish it again"
+            ) from error
+        if version:
+            self._pinned.add(key)
+            self._hold(key, loaded)
+        elif self._newest.get(catalog) is None or self._newest[catalog] == path.name:
+            self._set_newest(catalog, loaded)
+        else:
+            # The watcher swapped in a different newest while this call listed or loaded: serve what was asked
+            # for, without moving the catalog's newest back.
+            self._hold(key, loaded)
+        return loaded
+
+    async def describe(self, catalog: str = DEFAULT_CATALOG, version: str = "") -> tuple[CheckpointMetadata, list[str]]:
+        """The metadata of the model that would serve ``catalog`` at ``version`` (the held newest one when
+        ``version`` is empty, so it matches what scores now) and the versions on disk, newest first. Reads
+        metadata only: describing a model does not load it. Same errors as ``model``."""
+        validate_catalog(catalog)
+        paths = await self._versions(catalog)
+        available = [p.name for p in paths]
+        held = self.held(catalog, version)
+        if held is not None:
+            return held.metadata, available
+        if not paths:
+            raise _no_model(catalog)
+        path = paths[0]
+        if version:
+            found = next((p for p in paths if p.name == version), None)
+            if found is None:
+                raise _unknown_version(catalog, version, available)
+            path = found
+        metadata = await asyncio.to_thread(CheckpointMetadata.from_file, path / METADATA_FILE)
+        return metadata, available
+
+    async def reload_if_newer(self, catalog: str = DEFAULT_CATALOG) -> bool:
+        """Loads ``catalog``'s newest checkpoint when it differs from the held newest one. In-flight calls finish
+        on the model they started with; the next call gets the new one. A catalog other than the default one is
+        watched only while its newest model is held."""
+        if catalog != DEFAULT_CATALOG and catalog not in self._newest:
+            return False
+        paths = await self._versions(catalog)
+        if not paths:
+            return False
+        path = paths[0]
+        if self._newest.get(catalog) == path.name and (catalog, path.name) in self._models:
+            return False
+        loaded = await self._load_once((catalog, path.name), path)
+        if catalog != DEFAULT_CATALOG and catalog not in self._newest:
+            return False  # dropped (least recently used) while this loaded: do not bring it back
+        self._set_newest(catalog, loaded)
+        if self.observer is not None and catalog == DEFAULT_CATALOG:
             self.observer.model_loaded(loaded.metadata.version, str(path))
         return True
 
     async def warm_up(self) -> None:
-        """Waits for a checkpoint (NOT_SERVING until then), then keeps watching for newer ones."""
-        while not await self.reload_if_newer():
+        """Waits for a checkpoint of the default catalog (NOT_SERVING until then), then keeps watching every held
+        catalog for newer ones."""
+        while not await self.reload_if_newer(DEFAULT_CATALOG):
             log.warning("no checkpoint yet; run `recsys train`", checkpoint_dir=str(self.checkpoint_dir))
             await asyncio.sleep(self.reload_interval_s)
         self._watcher = asyncio.create_task(self._watch())
@@ -91,13 +274,17 @@ class RankingService:
     async def _watch(self) -> None:
         while True:
             await asyncio.sleep(self.reload_interval_s)
-            try:
-                await self.reload_if_newer()
-            except Exception:
-                # A broken checkpoint must not take down the model that serves now.
-                log.exception("loading a newer checkpoint failed; keeping the current model")
+            for catalog in [DEFAULT_CATALOG, *(c for c in self._newest if c != DEFAULT_CATALOG)]:
+                try:
+                    await self.reload_if_newer(catalog)
+                except Exception:
+                    # A broken checkpoint must not take down the model that serves now.
+                    log.exception(
+                        "loading a newer checkpoint failed; keeping the current model", catalog=catalog or "(default)"
+                    )
 
-    def _validate(self, requests: Sequence[ScoreRequest], dimension: int) -> None:
+    def _validate(self, requests: Sequence[ScoreRequest], model: LoadedModel) -> None:
+        dimension = model.scorer.model.config.text_dim
         if not requests:
             raise InvalidArgumentError("tasks is empty: send at least one scoring task")
         if len(requests) > self.limits.max_tasks:
@@ -120,16 +307,20 @@ class RankingService:
                 if vectors.shape[0] and vectors.shape[1] != dimension:
                     raise InvalidArgumentError(
                         f"tasks[{index}].{what} vectors have {vectors.shape[1]} values; the model expects "
-                        f"{dimension} (vectors of {self.current.metadata.embedding_model_id if self.current else '?'})"
+                        f"{dimension} (vectors of {model.metadata.embedding_model_id})"
                     )
                 if not np.isfinite(vectors).all():
                     raise InvalidArgumentError(f"tasks[{index}].{what} vectors hold NaN or infinite values")
 
-    async def score(self, requests: Sequence[ScoreRequest]) -> tuple[list[np.ndarray], str]:
-        model = self.current
-        if model is None:
-            raise FailedPreconditionError("no ranker model is loaded yet: run `recsys train` to publish a checkpoint")
-        self._validate(requests, model.scorer.model.config.text_dim)
+    async def score(
+        self, requests: Sequence[ScoreRequest], catalog: str = DEFAULT_CATALOG, version: str = ""
+    ) -> tuple[list[np.ndarray], str]:
+        """Scores with ``catalog``'s model at ``version`` (empty: its newest); returns the scores and the version
+        that scored them."""
+        if not requests:
+            raise InvalidArgumentError("tasks is empty: send at least one scoring task")
+        model = await self.model(catalog, version)
+        self._validate(requests, model)
         submitted = time.perf_counter()
 
         def run() -> list[np.ndarray]:

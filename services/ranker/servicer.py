@@ -8,7 +8,7 @@ import grpc
 import numpy as np
 
 from recsys.ranker.v1 import ranker_pb2, ranker_pb2_grpc
-from services.common.errors import FailedPreconditionError, InvalidArgumentError
+from services.common.errors import InvalidArgumentError
 from services.ranker.model import ScoreRequest
 from services.ranker.service import RankingService
 
@@ -38,7 +38,7 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
             )
             for n, task in enumerate(request.tasks)
         ]
-        scores, version = await self._ranking.score(requests)
+        scores, version = await self._ranking.score(requests, request.catalog, request.model_version)
         return ranker_pb2.ScoreCandidatesResponse(
             results=[ranker_pb2.TaskScores(scores=s.tolist()) for s in scores], model_version=version
         )
@@ -46,10 +46,7 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
     async def GetModelInfo(
         self, request: ranker_pb2.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> ranker_pb2.GetModelInfoResponse:
-        model = self._ranking.current
-        if model is None:
-            raise FailedPreconditionError("no ranker model is loaded yet: run `recsys train` to publish a checkpoint")
-        meta = model.metadata
+        meta, available = await self._ranking.describe(request.catalog, request.model_version)
         return ranker_pb2.GetModelInfoResponse(
             version=meta.version,
             created_at=meta.created_at,
@@ -58,5 +55,6 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
             embedding_model=meta.embedding_model_id,
             metrics=meta.metrics,
             known_items=meta.n_items,
-            device=model.scorer.device,
+            device=self._ranking.device,
+            available_versions=available,
         )

@@ -81,6 +81,8 @@ async def test_model_info(stub: ranker_pb2_grpc.RankerServiceStub) -> None:
     info = await stub.GetModelInfo(pb.GetModelInfoRequest())
     assert (info.dataset, info.embedding_model, info.known_items, info.device) == ("tiny", "test-model", 30, "cpu")
     assert "val_ndcg@10" in info.metrics
+    # No catalog and no version: the default catalog's newest, as before catalogs existed.
+    assert list(info.available_versions) == [info.version]
 
 
 @pytest.mark.parametrize(
