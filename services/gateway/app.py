@@ -16,7 +16,9 @@ from recsys.retriever.v1 import retriever_pb2
 from services.common.clients import open_channel
 from services.gateway.backends import EmbeddingClient, PreprocessorClient, RankerClient, RetrieverClient
 from services.gateway.config import GatewaySettings
+from services.gateway.experiments import Experiments
 from services.gateway.recommender import Blend, Recommender, RecommenderLimits
+from services.gateway.rules import Rotation
 from services.gateway.servicer import GatewayServicer
 
 SERVICE_NAME = gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"].full_name
@@ -55,7 +57,15 @@ class GatewayApp:
                 settings.retriever_address,
                 retriever_pb2,
                 "RetrieverService",
-                ["GetItems", "SearchItems", "RecommendItems", "ListPopularItems", "GetUserProfile"],
+                [
+                    "GetItems",
+                    "SearchItems",
+                    "RecommendItems",
+                    "ListPopularItems",
+                    "GetUserProfile",
+                    "GetImpressions",
+                    "RecordImpression",
+                ],
             ),
             (settings.ranker_address, ranker_pb2, "RankerService", ["ScoreCandidates"]),
         ]
@@ -83,6 +93,7 @@ class GatewayApp:
                 history_for_ranking=settings.history_for_ranking,
                 max_parallel_writes=settings.max_parallel_writes,
                 popular_cache_size=settings.popular_cache_size,
+                max_context_items=settings.max_context_items,
             ),
             blend=Blend(ranker_weight=settings.ranker_weight, query_weight=settings.query_weight),
             event_weights={
@@ -91,6 +102,8 @@ class GatewayApp:
                 "add_to_cart": settings.weight_add_to_cart,
                 "purchase": settings.weight_purchase,
             },
+            experiments=Experiments.from_file(settings.experiments_file),
+            rotation=Rotation(settings.rotation_after, settings.rotation_penalty),
         )
 
     def register(self, server: grpc.aio.Server) -> None:
@@ -103,12 +116,17 @@ class GatewayApp:
         self._refresher = asyncio.create_task(self._refresh_popular())
 
     async def _refresh_popular(self) -> None:
-        """Keeps the popular-items cache fresh for retriever outages; a failed refresh keeps the old copy."""
+        """Keeps the popular-items caches fresh for retriever outages (the default catalog's and those of the
+        catalogs served since); a failed refresh keeps the old copy."""
+        self.recommender.popular_cache("")
         while True:
-            try:
-                await self.recommender.popular_cache.refresh()
-            except Exception as error:
-                log.warning("could not refresh the popular-items cache", error=type(error).__name__)
+            for catalog, cache in list(self.recommender.popular_caches.items()):
+                try:
+                    await cache.refresh()
+                except Exception as error:
+                    log.warning(
+                        "could not refresh the popular-items cache", catalog=catalog, error=type(error).__name__
+                    )
             await asyncio.sleep(self._refresh_s)
 
     async def close(self) -> None:

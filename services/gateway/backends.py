@@ -20,6 +20,7 @@ from services.gateway.model import (
     BackendUnavailableError,
     CatalogRecord,
     HistoryEvent,
+    Impression,
     ItemFilter,
     ItemText,
     NewItem,
@@ -122,13 +123,27 @@ class EmbeddingClient:
         return np.asarray([e.values for e in response.embeddings], dtype=np.float32)
 
 
+def _impression(message: retriever_pb2.Impression) -> Impression:
+    return Impression(
+        recommendation_id=message.recommendation_id,
+        page=message.page,
+        user_id=message.user_id,
+        item_ids=tuple(message.item_ids),
+        experiment=message.experiment,
+        arm=message.arm,
+        timestamp=message.timestamp,
+        engaged_item_ids=tuple(message.engaged_item_ids),
+        converted_item_ids=tuple(message.converted_item_ids),
+    )
+
+
 class RetrieverClient:
     def __init__(self, channel: grpc.aio.Channel, timeout_s: float) -> None:
         self._stub = retriever_pb2_grpc.RetrieverServiceStub(channel)
         self._timeout_s = timeout_s
 
     async def search(
-        self, vector: np.ndarray, limit: int, item_filter: ItemFilter, exclude_ids: Sequence[str]
+        self, catalog: str, vector: np.ndarray, limit: int, item_filter: ItemFilter, exclude_ids: Sequence[str]
     ) -> list[StoredItem]:
         query = retriever_pb2.SearchQuery(
             vector=vector.tolist(),
@@ -137,57 +152,80 @@ class RetrieverClient:
             exclude_ids=list(exclude_ids),
             with_vectors=True,
         )
-        request = retriever_pb2.SearchItemsRequest(queries=[query])
+        request = retriever_pb2.SearchItemsRequest(queries=[query], catalog=catalog)
         response = await _call("retriever", self._stub.SearchItems, request, self._timeout_s)
         return [_stored(i, i.score) for i in response.results[0].items]
 
     async def similar(
-        self, item_id: str, limit: int, item_filter: ItemFilter, exclude_ids: Sequence[str]
+        self, catalog: str, item_id: str, limit: int, item_filter: ItemFilter, exclude_ids: Sequence[str]
     ) -> list[StoredItem]:
         request = retriever_pb2.RecommendItemsRequest(
-            positive_ids=[item_id], limit=limit, filter=_retriever_filter(item_filter), exclude_ids=list(exclude_ids)
+            positive_ids=[item_id],
+            limit=limit,
+            filter=_retriever_filter(item_filter),
+            exclude_ids=list(exclude_ids),
+            catalog=catalog,
         )
         response = await _call("retriever", self._stub.RecommendItems, request, self._timeout_s)
         return [_stored(i, i.score) for i in response.items]
 
     async def popular(
-        self, limit: int, offset: int, item_filter: ItemFilter, exclude_ids: Sequence[str]
+        self,
+        catalog: str,
+        limit: int,
+        offset: int,
+        item_filter: ItemFilter,
+        exclude_ids: Sequence[str],
+        with_vectors: bool = False,
     ) -> list[StoredItem]:
         request = retriever_pb2.ListPopularItemsRequest(
-            limit=limit, offset=offset, filter=_retriever_filter(item_filter), exclude_ids=list(exclude_ids)
+            limit=limit,
+            offset=offset,
+            filter=_retriever_filter(item_filter),
+            exclude_ids=list(exclude_ids),
+            with_vectors=with_vectors,
+            catalog=catalog,
         )
         response = await _call("retriever", self._stub.ListPopularItems, request, self._timeout_s)
         return [_stored(i, i.score) for i in response.items]
 
-    async def get_items(self, item_ids: Sequence[str], skip_missing: bool) -> list[StoredItem]:
-        request = retriever_pb2.GetItemsRequest(item_ids=list(item_ids), with_vectors=True, skip_missing=skip_missing)
+    async def get_items(self, catalog: str, item_ids: Sequence[str], skip_missing: bool) -> list[StoredItem]:
+        request = retriever_pb2.GetItemsRequest(
+            item_ids=list(item_ids), with_vectors=True, skip_missing=skip_missing, catalog=catalog
+        )
         response = await _call("retriever", self._stub.GetItems, request, self._timeout_s)
         return [_stored(i) for i in response.items]
 
-    async def upsert_items(self, items: Sequence[NewItem]) -> int:
+    async def upsert_items(self, catalog: str, items: Sequence[NewItem]) -> int:
         request = retriever_pb2.UpsertItemsRequest(
             items=[
                 retriever_pb2.Item(item_id=i.item_id, vector=i.vector.tolist(), payload=_struct(dict(i.payload)))
                 for i in items
-            ]
+            ],
+            catalog=catalog,
         )
         response = await _call("retriever", self._stub.UpsertItems, request, self._timeout_s)
         return int(response.upserted)
 
-    async def append_events(self, user_id: str, events: Sequence[HistoryEvent]) -> None:
+    async def append_events(self, catalog: str, user_id: str, events: Sequence[HistoryEvent]) -> None:
         request = retriever_pb2.AppendUserEventsRequest(
             user_id=user_id,
             events=[
                 retriever_pb2.UserEvent(
-                    item_id=e.item_id, event_type=e.event_type, timestamp=e.timestamp, weight=e.weight
+                    item_id=e.item_id,
+                    event_type=e.event_type,
+                    timestamp=e.timestamp,
+                    weight=e.weight,
+                    recommendation_id=e.recommendation_id,
                 )
                 for e in events
             ],
+            catalog=catalog,
         )
         await _call("retriever", self._stub.AppendUserEvents, request, self._timeout_s)
 
-    async def get_profile(self, user_id: str) -> Profile | None:
-        request = retriever_pb2.GetUserProfileRequest(user_id=user_id)
+    async def get_profile(self, catalog: str, user_id: str) -> Profile | None:
+        request = retriever_pb2.GetUserProfileRequest(user_id=user_id, catalog=catalog)
         try:
             response = await _call("retriever", self._stub.GetUserProfile, request, self._timeout_s)
         except grpc.aio.AioRpcError as error:
@@ -196,11 +234,36 @@ class RetrieverClient:
             raise
         profile = response.profile
         events = tuple(HistoryEvent(e.item_id, e.event_type, e.timestamp, e.weight) for e in profile.events)
-        return Profile(profile.user_id, _vector(profile.vector), events)
+        return Profile(profile.user_id, _vector(profile.vector), events, dict(profile.shown_counts))
 
-    async def delete_user(self, user_id: str) -> None:
-        request = retriever_pb2.DeleteUserRequest(user_id=user_id)
+    async def delete_user(self, catalog: str, user_id: str) -> None:
+        request = retriever_pb2.DeleteUserRequest(user_id=user_id, catalog=catalog)
         await _call("retriever", self._stub.DeleteUser, request, self._timeout_s)
+
+    async def record_impression(self, catalog: str, impression: Impression) -> None:
+        request = retriever_pb2.RecordImpressionRequest(
+            catalog=catalog,
+            impression=retriever_pb2.Impression(
+                recommendation_id=impression.recommendation_id,
+                page=impression.page,
+                user_id=impression.user_id,
+                item_ids=list(impression.item_ids),
+                experiment=impression.experiment,
+                arm=impression.arm,
+                timestamp=impression.timestamp,
+            ),
+        )
+        await _call("retriever", self._stub.RecordImpression, request, self._timeout_s, OPTIONAL_SHARE)
+
+    async def get_impressions(self, catalog: str, recommendation_id: str) -> list[Impression]:
+        request = retriever_pb2.GetImpressionsRequest(catalog=catalog, recommendation_id=recommendation_id)
+        try:
+            response = await _call("retriever", self._stub.GetImpressions, request, self._timeout_s)
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return []
+            raise
+        return [_impression(i) for i in response.impressions]
 
 
 class RankerClient:
@@ -208,7 +271,16 @@ class RankerClient:
         self._stub = ranker_pb2_grpc.RankerServiceStub(channel)
         self._timeout_s = timeout_s
 
-    async def score(self, user_id: str, history: Sequence[StoredItem], candidates: Sequence[StoredItem]) -> Ranking:
+    async def score(
+        self,
+        catalog: str,
+        model_version: str,
+        user_id: str,
+        history: Sequence[StoredItem],
+        candidates: Sequence[StoredItem],
+    ) -> Ranking | None:
+        """The ranker's scores; None when it has no model for the catalog (a state, not an outage)."""
+
         def vectors(items: Sequence[StoredItem]) -> list[ranker_pb2.ItemVector]:
             return [
                 ranker_pb2.ItemVector(item_id=i.item_id, vector=i.vector.tolist())
@@ -217,9 +289,11 @@ class RankerClient:
             ]
 
         task = ranker_pb2.ScoringTask(user_id=user_id, history=vectors(history), candidates=vectors(candidates))
-        request = ranker_pb2.ScoreCandidatesRequest(tasks=[task])
+        request = ranker_pb2.ScoreCandidatesRequest(tasks=[task], catalog=catalog, model_version=model_version)
         try:
             response = await _call("ranker", self._stub.ScoreCandidates, request, self._timeout_s, OPTIONAL_SHARE)
         except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.FAILED_PRECONDITION and catalog:
+                return None
             raise BackendUnavailableError("ranker", f"the ranker failed: {error.code().name}") from error
         return Ranking(np.asarray(response.results[0].scores, dtype=np.float32), response.model_version)

@@ -59,6 +59,16 @@ class GatewaySettings(ServiceSettings):
     weight_click: float = Field(2.0, description="Profile weight of a click.")
     weight_add_to_cart: float = Field(3.0, description="Profile weight of an add-to-cart.")
     weight_purchase: float = Field(4.0, description="Profile weight of a purchase.")
+    max_context_items: int = Field(50, ge=1, description="Most context (session) items in one Recommend.")
+    rotation_after: int = Field(
+        3, ge=0, description="Showings without a response after which an item is rotated down; 0: never."
+    )
+    rotation_penalty: float = Field(
+        0.5, ge=0, description="Score an over-shown item loses per further showing, in standard deviations."
+    )
+    experiments_file: Path | None = Field(
+        None, description="JSON file of running A/B experiments (README: Experiments); unset: none."
+    )
 
     @model_validator(mode="after")
     def _backend_tls_pair(self) -> GatewaySettings:

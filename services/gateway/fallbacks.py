@@ -44,17 +44,18 @@ def _strings(value: Any) -> list[str]:
 
 
 class PopularCache:
-    """The most popular items, fetched from the retriever now and then; served (filtered in memory) while
-    the retriever is down. Empty until the first fetch succeeds."""
+    """A catalog's most popular items, fetched from the retriever now and then; served (filtered in memory)
+    while the retriever is down. Empty until the first fetch succeeds."""
 
-    def __init__(self, retrieval: RetrievalPort, size: int) -> None:
+    def __init__(self, retrieval: RetrievalPort, catalog: str, size: int) -> None:
         self._retrieval = retrieval
+        self._catalog = catalog
         self._size = size
         self._items: tuple[StoredItem, ...] = ()
         self.fetched_at: float | None = None
 
     async def refresh(self) -> None:
-        items = await self._retrieval.popular(self._size, 0, ItemFilter(), [])
+        items = await self._retrieval.popular(self._catalog, self._size, 0, ItemFilter(), [])
         self._items = tuple(items)
         self.fetched_at = time.monotonic()
 

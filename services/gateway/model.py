@@ -56,6 +56,7 @@ class HistoryEvent:
     event_type: str
     timestamp: float
     weight: float
+    recommendation_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,8 @@ class Profile:
     user_id: str
     vector: np.ndarray | None
     events: tuple[HistoryEvent, ...]
+    # Times each item was shown to the user since the user last acted on it (for rotation).
+    shown_counts: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,22 @@ class EventRecord:
     item_id: str
     event_type: str
     timestamp: float
+    recommendation_id: str = ""
+
+
+@dataclass(frozen=True)
+class Impression:
+    """One page of a recommendation as it was shown."""
+
+    recommendation_id: str
+    page: int
+    user_id: str
+    item_ids: tuple[str, ...]
+    experiment: str = ""
+    arm: str = ""
+    timestamp: float = 0.0
+    engaged_item_ids: tuple[str, ...] = ()
+    converted_item_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -102,17 +121,25 @@ class Recommendation:
     reason: str
     title: str
     categories: tuple[str, ...]
+    # Stage name to score, filled when the caller asked for an explanation.
+    stage_scores: Mapping[str, float] = field(default_factory=dict)
+    evidence: str = ""
+    pinned: bool = False
 
 
 @dataclass(frozen=True)
 class RecommendResult:
     items: tuple[Recommendation, ...]
-    next_offset: int | None
+    has_more: bool
     strategy: str
     model_version: str
     # Backends that failed and were replaced by their fallback ("preprocessor", "embedding", "retriever",
-    # "ranker"); empty when every stage answered.
+    # "ranker", "impressions"); empty when every stage answered.
     degraded: tuple[str, ...] = ()
+    recommendation_id: str = ""
+    page: int = 1
+    experiment: str = ""
+    arm: str = ""
 
 
 @dataclass(frozen=True)
@@ -142,28 +169,51 @@ class EmbeddingPort(Protocol):
 
 
 class RetrievalPort(Protocol):
+    """The retriever, one catalog per call ("" is the default catalog)."""
+
     async def search(
-        self, vector: np.ndarray, limit: int, item_filter: ItemFilter, exclude_ids: Sequence[str]
+        self, catalog: str, vector: np.ndarray, limit: int, item_filter: ItemFilter, exclude_ids: Sequence[str]
     ) -> list[StoredItem]: ...
 
     async def similar(
-        self, item_id: str, limit: int, item_filter: ItemFilter, exclude_ids: Sequence[str]
+        self, catalog: str, item_id: str, limit: int, item_filter: ItemFilter, exclude_ids: Sequence[str]
     ) -> list[StoredItem]: ...
 
     async def popular(
-        self, limit: int, offset: int, item_filter: ItemFilter, exclude_ids: Sequence[str]
+        self,
+        catalog: str,
+        limit: int,
+        offset: int,
+        item_filter: ItemFilter,
+        exclude_ids: Sequence[str],
+        with_vectors: bool = False,
     ) -> list[StoredItem]: ...
 
-    async def get_items(self, item_ids: Sequence[str], skip_missing: bool) -> list[StoredItem]: ...
+    async def get_items(self, catalog: str, item_ids: Sequence[str], skip_missing: bool) -> list[StoredItem]: ...
 
-    async def upsert_items(self, items: Sequence[NewItem]) -> int: ...
+    async def upsert_items(self, catalog: str, items: Sequence[NewItem]) -> int: ...
 
-    async def append_events(self, user_id: str, events: Sequence[HistoryEvent]) -> None: ...
+    async def append_events(self, catalog: str, user_id: str, events: Sequence[HistoryEvent]) -> None: ...
 
-    async def get_profile(self, user_id: str) -> Profile | None: ...
+    async def get_profile(self, catalog: str, user_id: str) -> Profile | None: ...
 
-    async def delete_user(self, user_id: str) -> None: ...
+    async def delete_user(self, catalog: str, user_id: str) -> None: ...
+
+    async def record_impression(self, catalog: str, impression: Impression) -> None: ...
+
+    async def get_impressions(self, catalog: str, recommendation_id: str) -> list[Impression]:
+        """Every recorded page of the recommendation; empty when it is unknown."""
+        ...
 
 
 class RankingPort(Protocol):
-    async def score(self, user_id: str, history: Sequence[StoredItem], candidates: Sequence[StoredItem]) -> Ranking: ...
+    async def score(
+        self,
+        catalog: str,
+        model_version: str,
+        user_id: str,
+        history: Sequence[StoredItem],
+        candidates: Sequence[StoredItem],
+    ) -> Ranking | None:
+        """None when the ranker has no model for the catalog."""
+        ...

@@ -6,22 +6,28 @@ import asyncio
 import contextlib
 import math
 import time
+import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import structlog
 
-from services.common.errors import InvalidArgumentError, ServiceError, UnavailableError
-from services.gateway.fallbacks import PopularCache, raw_query
+from services.common.catalogs import DEFAULT_CATALOG, check_catalog
+from services.common.errors import InvalidArgumentError, NotFoundError, ServiceError, UnavailableError
+from services.gateway.experiments import Arm, ArmSettings, Experiments
+from services.gateway.fallbacks import PopularCache, matches, raw_query
 from services.gateway.model import (
     BackendUnavailableError,
     CatalogRecord,
     EmbeddingPort,
     EventRecord,
     HistoryEvent,
+    Impression,
     ItemFilter,
     NewItem,
+    Profile,
     RankingPort,
     Recommendation,
     RecommendResult,
@@ -29,6 +35,18 @@ from services.gateway.model import (
     SearchResult,
     StoredItem,
     TextPort,
+)
+from services.gateway.rules import (
+    DIVERSITY_WINDOW_PER_SLOT,
+    MIN_DIVERSITY_WINDOW,
+    Boost,
+    Rotation,
+    Rules,
+    boost_scores,
+    place_pins,
+    rotation_penalties,
+    select_page,
+    zscores,
 )
 
 log = structlog.get_logger(__name__)
@@ -52,6 +70,10 @@ class RecommenderLimits:
     history_for_ranking: int = 50
     max_parallel_writes: int = 8
     popular_cache_size: int = 200
+    max_context_items: int = 50
+    max_recommendation_id_chars: int = 128
+    max_popular_pool: int = 1000
+    max_cached_catalogs: int = 64
 
 
 @dataclass(frozen=True)
@@ -63,9 +85,7 @@ class Blend:
     query_weight: float = 0.5
 
 
-def _zscores(values: np.ndarray) -> np.ndarray:
-    std = float(values.std())
-    return (values - values.mean()) / std if std > 1e-9 else np.zeros_like(values)
+T = TypeVar("T")
 
 
 def _unit(vector: np.ndarray) -> np.ndarray:
@@ -75,6 +95,110 @@ def _unit(vector: np.ndarray) -> np.ndarray:
 
 def _quote(title: str, limit: int = 60) -> str:
     return f"“{title if len(title) <= limit else title[: limit - 1].rstrip() + '…'}”"
+
+
+def _pick(override: T | None, default: T) -> T:
+    return default if override is None else override
+
+
+def _target(
+    profile: np.ndarray | None, context: np.ndarray | None, query: np.ndarray | None, query_weight: float
+) -> tuple[np.ndarray | None, str]:
+    """The vector to retrieve around and the strategy's name: the user's profile and the session's items
+    count equally; a query pulls that towards itself by `query_weight` (alone, it is the target)."""
+    parts = [name for name, vector in (("personalised", profile), ("session", context)) if vector is not None]
+    known = [v for v in (profile, context) if v is not None]
+    base = _unit(np.sum(known, axis=0)) if known else None
+    if query is not None:
+        parts.append("query")
+        base = query if base is None else _unit((1 - query_weight) * base + query_weight * query)
+    return base, "+".join(parts)
+
+
+def _with_boost(evidence: Evidence, item: StoredItem, boosts: Sequence[Boost]) -> Evidence:
+    lifted = [boost for boost in boosts if boost.weight > 0 and boost.matches(item)]
+    if not lifted:
+        return evidence
+    strongest = max(lifted, key=lambda boost: boost.weight)
+    clause = f"boosted for {strongest.describe()}"
+    if not evidence.source:
+        return Evidence("boost", clause[0].upper() + clause[1:])
+    return Evidence(evidence.source, f"{evidence.reason}; {clause}")
+
+
+@dataclass(frozen=True)
+class _Labels:
+    """What identifies one response: the recommendation, its page and the experiment arm."""
+
+    recommendation_id: str
+    page: int
+    experiment: str
+    arm: str
+
+    def result(
+        self,
+        items: tuple[Recommendation, ...],
+        has_more: bool,
+        strategy: str,
+        model_version: str,
+        degraded: tuple[str, ...],
+    ) -> RecommendResult:
+        return RecommendResult(
+            items,
+            has_more,
+            strategy,
+            model_version,
+            degraded,
+            self.recommendation_id,
+            self.page,
+            self.experiment,
+            self.arm,
+        )
+
+
+@dataclass(frozen=True)
+class PageRef:
+    """Where a later page continues: the recommendation's id and the page number asked for (2 or more)."""
+
+    recommendation_id: str
+    page: int
+
+
+@dataclass(frozen=True)
+class RecommendQuery:
+    """One Recommend call in domain terms."""
+
+    user_id: str = ""
+    query: str = ""
+    k: int = 10
+    item_filter: ItemFilter = field(default_factory=ItemFilter)
+    exclude_seen: bool = True
+    catalog: str = DEFAULT_CATALOG
+    context_item_ids: tuple[str, ...] = ()
+    rules: Rules = field(default_factory=Rules)
+    explain: bool = False
+    page: PageRef | None = None
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """The settings one call runs with: the gateway's own, or an experiment arm's overrides of them."""
+
+    ranker_weight: float
+    query_weight: float
+    candidate_pool: int
+    diversity: float
+    max_per_category: int
+    rotation: Rotation
+    model_version: str = ""
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Why an item is on the page: the strongest signal behind it, and the words for it."""
+
+    source: str  # a history or context item id, "query", "popularity", "pin" or "" (none)
+    reason: str
 
 
 class Recommender:
@@ -87,6 +211,8 @@ class Recommender:
         limits: RecommenderLimits,
         blend: Blend,
         event_weights: Mapping[str, float],
+        experiments: Experiments | None = None,
+        rotation: Rotation | None = None,
     ) -> None:
         self.text = text
         self.embedding = embedding
@@ -95,7 +221,9 @@ class Recommender:
         self.limits = limits
         self.blend = blend
         self.event_weights = event_weights
-        self.popular_cache = PopularCache(retrieval, limits.popular_cache_size)
+        self.experiments = experiments or Experiments()
+        self.rotation = rotation or Rotation()
+        self.popular_caches: dict[str, PopularCache] = {}
 
     # ---- validation ----------------------------------------------------------------------------------
 
@@ -123,6 +251,50 @@ class Recommender:
             raise InvalidArgumentError(
                 f"the query has {len(query)} characters; the limit is {self.limits.max_query_chars}: shorten it"
             )
+
+    def _check_recommend(self, request: RecommendQuery) -> None:
+        check_catalog(request.catalog)
+        if request.user_id:
+            self._check_id(request.user_id, "user_id")
+        self._check_query(request.query)
+        self._check_filter(request.item_filter)
+        self._k(request.k)
+        if len(request.context_item_ids) > self.limits.max_context_items:
+            raise InvalidArgumentError(
+                f"{len(request.context_item_ids)} context items; the limit is {self.limits.max_context_items}: "
+                "send the most recent"
+            )
+        for index, item_id in enumerate(request.context_item_ids):
+            self._check_id(item_id, f"context_item_ids[{index}]")
+        for index, item_id in enumerate(request.rules.blocked):
+            self._check_id(item_id, f"blocked_item_ids[{index}]")
+        for index, pin in enumerate(request.rules.pins):
+            self._check_id(pin.item_id, f"pins[{index}].item_id")
+        request.rules.check(request.k)
+
+    def _tuning(self, arm: Arm | None) -> Tuning:
+        overrides = arm.settings if arm is not None else ArmSettings()
+        rotation = self.rotation
+        if overrides.rotation_after is not None:
+            rotation = Rotation(overrides.rotation_after, rotation.penalty)
+        return Tuning(
+            ranker_weight=_pick(overrides.ranker_weight, self.blend.ranker_weight),
+            query_weight=_pick(overrides.query_weight, self.blend.query_weight),
+            candidate_pool=_pick(overrides.candidate_pool, self.limits.candidate_pool),
+            diversity=_pick(overrides.diversity, 0.0),
+            max_per_category=_pick(overrides.max_per_category, 0),
+            rotation=rotation,
+            model_version=arm.model_version if arm is not None else "",
+        )
+
+    def popular_cache(self, catalog: str) -> PopularCache:
+        """The catalog's cache of popular items (for retriever outages), made on first use."""
+        cache = self.popular_caches.get(catalog)
+        if cache is None:
+            if len(self.popular_caches) >= self.limits.max_cached_catalogs:
+                self.popular_caches.pop(next(iter(self.popular_caches)))
+            cache = self.popular_caches[catalog] = PopularCache(self.retrieval, catalog, self.limits.popular_cache_size)
+        return cache
 
     async def _query_vector(self, query: str, degraded: list[str], optional: bool) -> np.ndarray | None:
         """The query's vector; None when nothing searchable is left. A preprocessor outage falls back to the
@@ -152,165 +324,263 @@ class Recommender:
             degraded.append("embedding")
             return None
 
-    def _from_cache(self, k: int, offset: int, item_filter: ItemFilter, degraded: list[str]) -> RecommendResult:
-        """Popular items from the cache while the retriever is down; UNAVAILABLE at once when it is empty."""
-        cached = self.popular_cache.page(k + 1, offset, item_filter)
+    # ---- Recommend -----------------------------------------------------------------------------------
+
+    async def recommend(self, request: RecommendQuery) -> RecommendResult:
+        self._check_recommend(request)
+        if request.page is not None:
+            recommendation_id, page = request.page.recommendation_id, request.page.page
+        else:
+            recommendation_id, page = uuid.uuid4().hex, 1
+        experiment = self.experiments.for_catalog(request.catalog)
+        # Anonymous callers are split by the recommendation, so all its pages stay in one arm.
+        arm = experiment.assign(request.user_id or recommendation_id) if experiment is not None else None
+        labels = _Labels(recommendation_id, page, experiment.name if experiment else "", arm.name if arm else "")
+        degraded: list[str] = []
+        try:
+            return await self._recommend(request, labels, self._tuning(arm), degraded)
+        except BackendUnavailableError as error:
+            if error.stage != "retriever":
+                raise
+            return self._from_cache(request, labels, degraded)
+
+    def _from_cache(self, request: RecommendQuery, labels: _Labels, degraded: list[str]) -> RecommendResult:
+        """Popular items from the cache while the retriever is down; UNAVAILABLE at once when it is empty.
+        Pages of a cached answer count by position, as nothing can be recorded meanwhile."""
+        k = request.k
+        offset = (labels.page - 1) * k
+        cached = self.popular_cache(request.catalog).page(k + 1, offset, request.item_filter)
         if cached is None:
             raise UnavailableError("the retriever is down and no popular items are cached yet; retry shortly")
         log.warning("retriever unavailable; serving cached popular items")
-        items = tuple(self._popular_item(item) for item in cached[:k])
-        next_offset = offset + k if len(cached) > k else None
-        return RecommendResult(items, next_offset, "popular", "", _stages([*degraded, "retriever"]))
+        blocked = set(request.rules.blocked)
+        items = tuple(self._popular_item(item) for item in cached[:k] if item.item_id not in blocked)
+        return labels.result(items, len(cached) > k, "popular", "", _stages([*degraded, "retriever"]))
 
     @staticmethod
     def _popular_item(item: StoredItem) -> Recommendation:
         reason = f"Popular: {int(item.score)} interactions" if item.score > 0 else "New in the catalog"
-        return Recommendation(item.item_id, item.score, reason, item.title, item.categories)
-
-    # ---- Recommend -----------------------------------------------------------------------------------
-
-    async def recommend(
-        self,
-        user_id: str,
-        query: str,
-        k: int,
-        item_filter: ItemFilter,
-        exclude_seen: bool,
-        offset: int,
-    ) -> RecommendResult:
-        self._check_id(user_id, "user_id")
-        self._check_query(query)
-        self._check_filter(item_filter)
-        k = self._k(k)
-        if not 0 <= offset <= self.limits.max_offset:
-            raise InvalidArgumentError(f"offset {offset} is beyond the last page ({self.limits.max_offset})")
-
-        degraded: list[str] = []
-        try:
-            return await self._recommend(user_id, query, k, item_filter, exclude_seen, offset, degraded)
-        except BackendUnavailableError as error:
-            if error.stage != "retriever":
-                raise
-            return self._from_cache(k, offset, item_filter, degraded)
+        return Recommendation(item.item_id, item.score, reason, item.title, item.categories, evidence="popularity")
 
     async def _recommend(
-        self,
-        user_id: str,
-        query: str,
-        k: int,
-        item_filter: ItemFilter,
-        exclude_seen: bool,
-        offset: int,
-        degraded: list[str],
+        self, request: RecommendQuery, labels: _Labels, tuning: Tuning, degraded: list[str]
     ) -> RecommendResult:
-        profile, query_vector = await asyncio.gather(
-            self.retrieval.get_profile(user_id), self._optional_query_vector(query, degraded)
+        catalog, k, rules = request.catalog, request.k, request.rules
+        shown_before: set[str] = set()
+        if labels.page > 1:
+            impressions = await self.retrieval.get_impressions(catalog, labels.recommendation_id)
+            if not impressions:
+                raise NotFoundError(
+                    f"recommendation {labels.recommendation_id} is unknown in this catalog: ask for the first "
+                    "page again (without page_token)"
+                )
+            shown_before = {item_id for impression in impressions for item_id in impression.item_ids}
+            if len(shown_before) >= self.limits.max_offset:
+                return labels.result((), False, "popular", "", _stages(degraded))
+
+        profile, context, query_vector = await asyncio.gather(
+            self.retrieval.get_profile(catalog, request.user_id) if request.user_id else _none(),
+            self.retrieval.get_items(catalog, request.context_item_ids, skip_missing=False)
+            if request.context_item_ids
+            else _empty(),
+            self._optional_query_vector(request.query, degraded),
         )
         events = profile.events if profile else ()
         seen = list(dict.fromkeys(e.item_id for e in events))
-        exclude = seen if exclude_seen else []
-        profile_vector = profile.vector if profile is not None else None
-
-        if profile_vector is None and query_vector is None:
-            popular = await self.retrieval.popular(k + 1, offset, item_filter, exclude)
-            items = tuple(self._popular_item(item) for item in popular[:k])
-            next_offset = offset + k if len(popular) > k else None
-            return RecommendResult(items, next_offset, "popular", "", _stages(degraded))
-
-        if profile_vector is not None and query_vector is not None:
-            w = self.blend.query_weight
-            target = _unit((1 - w) * profile_vector + w * query_vector)
-            strategy = "personalised+query"
-        elif profile_vector is not None:
-            target, strategy = profile_vector, "personalised"
-        else:
-            assert query_vector is not None
-            target, strategy = query_vector, "query"
-
-        # A fixed pool for every page keeps the order stable, so pages never repeat items.
-        pool = max(self.limits.candidate_pool, offset + k + 1)
-        history_ids = seen[-self.limits.history_for_ranking :]
-        candidates, history = await asyncio.gather(
-            self.retrieval.search(target, pool, item_filter, exclude),
-            self.retrieval.get_items(history_ids, skip_missing=True) if history_ids else _empty(),
-        )
-        if not candidates:
-            return RecommendResult((), None, strategy, "", _stages(degraded))
-        similarity = np.asarray([c.score for c in candidates], dtype=np.float64)
-        scores, model_version = await self._rank(user_id, history, candidates, similarity, degraded)
-        order = np.argsort(-scores, kind="stable")
-        page = order[offset : offset + k]
-        events_by_item = {e.item_id: e for e in events}
-        items = tuple(
-            Recommendation(
-                candidates[i].item_id,
-                float(scores[i]),
-                self._reason(candidates[i], history, events_by_item, query, query_vector),
-                candidates[i].title,
-                candidates[i].categories,
+        pinned_ids = [pin.item_id for pin in rules.pins] if labels.page == 1 else []
+        exclude = list(
+            dict.fromkeys(
+                [
+                    *(seen if request.exclude_seen else []),
+                    *request.context_item_ids,
+                    *rules.blocked,
+                    *shown_before,
+                    *pinned_ids,
+                ]
             )
-            for i in page
         )
-        next_offset = offset + k if len(order) > offset + k else None
-        return RecommendResult(items, next_offset, strategy, model_version, _stages(degraded))
+        context_vectors = [item.vector for item in context if item.vector is not None]
+        context_vector = _unit(np.mean(context_vectors, axis=0)) if context_vectors else None
+        profile_vector = profile.vector if profile is not None else None
+        target, strategy = _target(profile_vector, context_vector, query_vector, tuning.query_weight)
+
+        diversity = rules.diversity or tuning.diversity
+        max_per_category = rules.max_per_category or tuning.max_per_category
+        history_ids = [i for i in seen if i not in set(request.context_item_ids)][-self.limits.history_for_ranking :]
+        pinned_task = self.retrieval.get_items(catalog, pinned_ids, skip_missing=False) if pinned_ids else _empty()
+        stages: dict[str, np.ndarray] = {}
+        model_version = ""
+        if target is None:
+            limit = min(max(k * DIVERSITY_WINDOW_PER_SLOT, MIN_DIVERSITY_WINDOW), self.limits.max_popular_pool)
+            candidates, pinned = await asyncio.gather(
+                self.retrieval.popular(catalog, limit, 0, request.item_filter, exclude, with_vectors=diversity > 0),
+                pinned_task,
+            )
+            history: list[StoredItem] = []
+            popularity = np.asarray([c.score for c in candidates], dtype=np.float64)
+            stages["popularity"] = popularity
+            base = zscores(np.log1p(np.maximum(popularity, 0.0)))
+        else:
+            pool = max(tuning.candidate_pool, k + 1)
+            candidates, history_found, pinned = await asyncio.gather(
+                self.retrieval.search(catalog, target, pool, request.item_filter, exclude),
+                self.retrieval.get_items(catalog, history_ids, skip_missing=True) if history_ids else _empty(),
+                pinned_task,
+            )
+            history = [*history_found, *context]  # the session's items are the most recent
+            similarity = np.asarray([c.score for c in candidates], dtype=np.float64)
+            stages["retrieval"] = similarity
+            base, ranker_scores, model_version = await self._rank(
+                request, tuning, history, candidates, similarity, degraded
+            )
+            if ranker_scores is not None:
+                stages["ranker"] = ranker_scores
+        pinned = [item for item in pinned if matches(item, request.item_filter)]
+
+        boosts = boost_scores(candidates, rules.boosts)
+        rotation = rotation_penalties(candidates, profile.shown_counts if profile else {}, tuning.rotation)
+        final = base + boosts - rotation
+        stages.update(base=base, boost=boosts, rotation=rotation, final=final)
+        selection = select_page(candidates, final, k, diversity, max_per_category)
+        redundancy = dict(zip(selection.order, selection.redundancy, strict=True))
+        by_id = {candidates[i].item_id: i for i in selection.order}
+        pinned_by_id = {item.item_id: item for item in pinned}
+        pins = [pin for pin in rules.pins if pin.item_id in pinned_by_id] if labels.page == 1 else []
+        placed = place_pins([candidates[i].item_id for i in selection.order], pins, k)
+
+        events_by_item = {e.item_id: e for e in events}
+        context_ids = set(request.context_item_ids)
+        items: list[Recommendation] = []
+        for position, (item_id, is_pin) in enumerate(placed, start=1):
+            if is_pin:
+                item = pinned_by_id[item_id]
+                evidence = Evidence("pin", f"Featured at position {position}")
+                scores: dict[str, float] = {}
+                score = float(final.max()) if len(final) else 0.0
+            else:
+                index = by_id[item_id]
+                item = candidates[index]
+                evidence = (
+                    self._evidence(item, history, events_by_item, context_ids, request.query, query_vector)
+                    if target is not None
+                    else Evidence("popularity", self._popular_item(item).reason)
+                )
+                scores = {name: float(values[index]) for name, values in stages.items()}
+                scores["redundancy"] = redundancy[index]
+                score = float(final[index])
+                evidence = _with_boost(evidence, item, rules.boosts)
+            items.append(
+                Recommendation(
+                    item.item_id,
+                    score,
+                    evidence.reason,
+                    item.title,
+                    item.categories,
+                    stage_scores=scores if request.explain else {},
+                    evidence=evidence.source,
+                    pinned=is_pin,
+                )
+            )
+        await self._record_impression(request, labels, items, degraded)
+        strategy = strategy if target is not None else "popular"
+        return labels.result(tuple(items), selection.has_more, strategy, model_version, _stages(degraded))
+
+    async def _record_impression(
+        self, request: RecommendQuery, labels: _Labels, items: Sequence[Recommendation], degraded: list[str]
+    ) -> None:
+        """Stores the page as shown (for attribution, later pages and rotation). A failure does not fail the
+        call: the items are sound, only their record is missing."""
+        if not items:
+            return
+        impression = Impression(
+            labels.recommendation_id,
+            labels.page,
+            request.user_id,
+            tuple(item.item_id for item in items),
+            labels.experiment,
+            labels.arm,
+            time.time(),
+        )
+        try:
+            await self.retrieval.record_impression(request.catalog, impression)
+        except UnavailableError as error:
+            log.warning("could not record the impression", error=str(error))
+            degraded.append("impressions")
 
     async def _rank(
         self,
-        user_id: str,
+        request: RecommendQuery,
+        tuning: Tuning,
         history: Sequence[StoredItem],
         candidates: Sequence[StoredItem],
         similarity: np.ndarray,
         degraded: list[str],
-    ) -> tuple[np.ndarray, str]:
-        if not history or self.blend.ranker_weight <= 0:
-            return similarity, ""
+    ) -> tuple[np.ndarray, np.ndarray | None, str]:
+        """(blended score in standard deviations, the ranker's raw scores or None, model version)."""
+        if not history or not candidates or tuning.ranker_weight <= 0:
+            return zscores(similarity), None, ""
         try:
-            ranking = await self.ranking.score(user_id, history, candidates)
+            ranking = await self.ranking.score(
+                request.catalog, tuning.model_version, request.user_id, history, candidates
+            )
         except ServiceError as error:
             # The retrieval order is a sound answer on its own; a ranker outage must not fail the call.
             log.warning("ranker unavailable; using retrieval order", error=str(error))
             degraded.append("ranker")
-            return similarity, ""
-        w = self.blend.ranker_weight
-        blended = w * _zscores(ranking.scores.astype(np.float64)) + (1 - w) * _zscores(similarity)
-        return blended, ranking.model_version
+            return zscores(similarity), None, ""
+        if ranking is None:  # no model for this catalog (yet): retrieval order, by design
+            return zscores(similarity), None, ""
+        raw = ranking.scores.astype(np.float64)
+        w = tuning.ranker_weight
+        return w * zscores(raw) + (1 - w) * zscores(similarity), raw, ranking.model_version
 
-    def _reason(
+    def _evidence(
         self,
         candidate: StoredItem,
         history: Sequence[StoredItem],
         events_by_item: Mapping[str, HistoryEvent],
+        context_ids: set[str],
         query: str,
         query_vector: np.ndarray | None,
-    ) -> str:
-        best: tuple[float, str] = (-math.inf, "")
-        if candidate.vector is not None:
-            for item in history:
-                if item.vector is None:
-                    continue
-                similarity = float(candidate.vector @ item.vector)
-                if similarity > best[0]:
+    ) -> Evidence:
+        """The closest of the history items, the session's items and the query, by cosine."""
+        best: tuple[float, Evidence] = (-math.inf, Evidence("", "Recommended for you"))
+        if candidate.vector is None:
+            return best[1]
+        for item in history:
+            if item.vector is None:
+                continue
+            similarity = float(candidate.vector @ item.vector)
+            if similarity > best[0]:
+                if item.item_id in context_ids:
+                    reason = f"Goes with {_quote(item.title)} in this session"
+                else:
                     event = events_by_item.get(item.item_id)
                     verb = PAST_TENSE.get(event.event_type, "viewed") if event else "viewed"
-                    best = (similarity, f"Similar to {_quote(item.title)}, which you {verb}")
-            if query_vector is not None:
-                similarity = float(candidate.vector @ query_vector)
-                if similarity >= best[0]:
-                    best = (similarity, f"Matches your search {_quote(query.strip())}")
-        return best[1] or "Recommended for you"
+                    reason = f"Similar to {_quote(item.title)}, which you {verb}"
+                best = (similarity, Evidence(item.item_id, reason))
+        if query_vector is not None:
+            similarity = float(candidate.vector @ query_vector)
+            if similarity >= best[0]:
+                best = (similarity, Evidence("query", f"Matches your search {_quote(query.strip())}"))
+        return best[1]
 
     # ---- similar items and search -------------------------------------------------------------------
 
-    async def similar_items(self, item_id: str, k: int, item_filter: ItemFilter) -> list[Recommendation]:
+    async def similar_items(
+        self, item_id: str, k: int, item_filter: ItemFilter, catalog: str = DEFAULT_CATALOG
+    ) -> list[Recommendation]:
+        check_catalog(catalog)
         self._check_id(item_id, "item_id")
         self._check_filter(item_filter)
         k = self._k(k)
-        (source,) = await self.retrieval.get_items([item_id], skip_missing=False)
-        found = await self.retrieval.similar(item_id, k, item_filter, [])
+        (source,) = await self.retrieval.get_items(catalog, [item_id], skip_missing=False)
+        found = await self.retrieval.similar(catalog, item_id, k, item_filter, [])
         reason = f"Similar to {_quote(source.title)}"
         return [Recommendation(i.item_id, i.score, reason, i.title, i.categories) for i in found]
 
-    async def search(self, query: str, k: int, item_filter: ItemFilter) -> SearchResult:
+    async def search(self, query: str, k: int, item_filter: ItemFilter, catalog: str = DEFAULT_CATALOG) -> SearchResult:
+        check_catalog(catalog)
         if not query.strip():
             raise InvalidArgumentError("query is empty: give the text to search for")
         self._check_query(query)
@@ -320,15 +590,16 @@ class Recommender:
         vector = await self._query_vector(query, degraded, optional=False)
         if vector is None:
             raise InvalidArgumentError("the query has no searchable text after cleaning (markup or symbols only)")
-        found = await self.retrieval.search(vector, k, item_filter, [])
+        found = await self.retrieval.search(catalog, vector, k, item_filter, [])
         reason = f"Matches {_quote(query.strip())}"
         items = tuple(Recommendation(i.item_id, i.score, reason, i.title, i.categories) for i in found)
         return SearchResult(items, _stages(degraded))
 
     # ---- writes --------------------------------------------------------------------------------------
 
-    async def upsert_items(self, records: Sequence[CatalogRecord]) -> tuple[int, int]:
+    async def upsert_items(self, records: Sequence[CatalogRecord], catalog: str = DEFAULT_CATALOG) -> tuple[int, int]:
         """Preprocess, embed, index. Returns (items written, texts truncated)."""
+        check_catalog(catalog)
         if not records:
             raise InvalidArgumentError("items is empty: send at least one item")
         if len(records) > self.limits.max_items_per_upsert:
@@ -366,10 +637,11 @@ class Recommender:
             )
             for record, vector in zip(records, vectors, strict=True)
         ]
-        written = await self.retrieval.upsert_items(items)
+        written = await self.retrieval.upsert_items(catalog, items)
         return written, sum(t.truncated for t in texts)
 
-    async def record_events(self, events: Sequence[EventRecord]) -> int:
+    async def record_events(self, events: Sequence[EventRecord], catalog: str = DEFAULT_CATALOG) -> int:
+        check_catalog(catalog)
         if not events:
             raise InvalidArgumentError("events is empty: send at least one event")
         if len(events) > self.limits.max_events_per_call:
@@ -384,31 +656,38 @@ class Recommender:
                 raise InvalidArgumentError(f"events[{index}] has unknown type {event.event_type!r}")
             if not (math.isfinite(event.timestamp) and 0 <= event.timestamp <= now + 86_400):
                 raise InvalidArgumentError(f"events[{index}] time is not a valid time up to now")
+            if len(event.recommendation_id) > self.limits.max_recommendation_id_chars:
+                raise InvalidArgumentError(
+                    f"events[{index}].recommendation_id has {len(event.recommendation_id)} characters; pass the "
+                    "recommendation_id a Recommend response gave"
+                )
         # Check every item first, so a bad event stores nothing.
-        await self.retrieval.get_items(list(dict.fromkeys(e.item_id for e in events)), skip_missing=False)
+        await self.retrieval.get_items(catalog, list(dict.fromkeys(e.item_id for e in events)), skip_missing=False)
         by_user: dict[str, list[HistoryEvent]] = {}
         for event in sorted(events, key=lambda e: e.timestamp):
             weight = self.event_weights[event.event_type]
             by_user.setdefault(event.user_id, []).append(
-                HistoryEvent(event.item_id, event.event_type, event.timestamp, weight)
+                HistoryEvent(event.item_id, event.event_type, event.timestamp, weight, event.recommendation_id)
             )
         # Bounded fan-out: a batch of many users must not exceed the retriever's admission limit.
         parallel = asyncio.Semaphore(self.limits.max_parallel_writes)
 
         async def append(user_id: str, user_events: list[HistoryEvent]) -> None:
             async with parallel:
-                await self.retrieval.append_events(user_id, user_events)
+                await self.retrieval.append_events(catalog, user_id, user_events)
 
         await asyncio.gather(*(append(u, evs) for u, evs in by_user.items()))
         return len(events)
 
-    async def delete_user(self, user_id: str) -> None:
+    async def delete_user(self, user_id: str, catalog: str = DEFAULT_CATALOG) -> None:
+        check_catalog(catalog)
         self._check_id(user_id, "user_id")
-        await self.retrieval.delete_user(user_id)
+        await self.retrieval.delete_user(catalog, user_id)
         # The user's events no longer count towards popularity; the cache must not keep their trace.
-        self.popular_cache.clear()
+        cache = self.popular_cache(catalog)
+        cache.clear()
         with contextlib.suppress(UnavailableError):
-            await self.popular_cache.refresh()
+            await cache.refresh()
 
 
 def _stages(degraded: Sequence[str]) -> tuple[str, ...]:
@@ -417,3 +696,7 @@ def _stages(degraded: Sequence[str]) -> tuple[str, ...]:
 
 async def _empty() -> list[StoredItem]:
     return []
+
+
+async def _none() -> Profile | None:
+    return None

@@ -15,8 +15,9 @@ from recsys.gateway.v1 import gateway_pb2 as pb
 from recsys.gateway.v1 import gateway_pb2_grpc
 from services.common.attributes import AttributeValue
 from services.common.errors import InvalidArgumentError
-from services.gateway.model import CatalogRecord, EventRecord, ItemFilter, Recommendation
-from services.gateway.recommender import Recommender
+from services.gateway.model import CatalogRecord, EventRecord, ItemFilter, Recommendation, RecommendResult
+from services.gateway.recommender import PageRef, Recommender, RecommendQuery
+from services.gateway.rules import Boost, Pin, Rules
 
 EVENT_TYPES = {
     pb.EVENT_TYPE_UNSPECIFIED: "view",
@@ -25,23 +26,38 @@ EVENT_TYPES = {
     pb.EVENT_TYPE_ADD_TO_CART: "add_to_cart",
     pb.EVENT_TYPE_PURCHASE: "purchase",
 }
-_PAGE_PREFIX = "offset:"
+_PAGE_PREFIX = "rec:"
+_MAX_RECOMMENDATION_ID = 128
 
 
-def encode_page_token(offset: int) -> str:
-    return base64.urlsafe_b64encode(f"{_PAGE_PREFIX}{offset}".encode()).decode()
+def encode_page_token(page: PageRef) -> str:
+    return base64.urlsafe_b64encode(f"{_PAGE_PREFIX}{page.recommendation_id}:{page.page}".encode()).decode()
 
 
-def decode_page_token(token: str) -> int:
+def decode_page_token(token: str) -> PageRef | None:
+    """The page a token asks for; None for no token (the first page)."""
     if not token:
-        return 0
+        return None
     try:
         text = base64.urlsafe_b64decode(token.encode()).decode()
         if text.startswith(_PAGE_PREFIX):
-            return int(text.removeprefix(_PAGE_PREFIX))
+            recommendation_id, page = text.removeprefix(_PAGE_PREFIX).rsplit(":", 1)
+            number = int(page)
+            if recommendation_id and len(recommendation_id) <= _MAX_RECOMMENDATION_ID and 2 <= number <= 10_000:
+                return PageRef(recommendation_id, number)
     except (binascii.Error, UnicodeDecodeError, ValueError):
         pass
     raise InvalidArgumentError("page_token is not one this service issued: pass next_page_token back unchanged")
+
+
+def to_rules(request: pb.RecommendRequest) -> Rules:
+    return Rules(
+        boosts=tuple(Boost(b.weight, b.category, b.field, b.value) for b in request.boosts),
+        pins=tuple(Pin(p.item_id, p.position) for p in request.pins),
+        blocked=tuple(request.blocked_item_ids),
+        diversity=request.diversity,
+        max_per_category=request.max_per_category,
+    )
 
 
 def to_filter(message: pb.Filter) -> ItemFilter:
@@ -77,38 +93,61 @@ def _item(r: Recommendation) -> pb.RecommendedItem:
     )
 
 
+def _recommended(r: Recommendation, result: RecommendResult, explain: bool) -> pb.RecommendedItem:
+    item = _item(r)
+    item.pinned = r.pinned
+    if explain:
+        item.explanation.CopyFrom(
+            pb.Explanation(stage_scores=dict(r.stage_scores), evidence=r.evidence, arm=result.arm)
+        )
+    return item
+
+
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     def __init__(self, recommender: Recommender) -> None:
         self._recommender = recommender
 
     async def Recommend(self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext) -> pb.RecommendResponse:
         result = await self._recommender.recommend(
-            user_id=request.user_id,
-            query=request.query,
-            k=request.k,
-            item_filter=to_filter(request.filter),
-            exclude_seen=request.exclude_seen if request.HasField("exclude_seen") else True,
-            offset=decode_page_token(request.page_token),
+            RecommendQuery(
+                user_id=request.user_id,
+                query=request.query,
+                k=request.k,
+                item_filter=to_filter(request.filter),
+                exclude_seen=request.exclude_seen if request.HasField("exclude_seen") else True,
+                catalog=request.catalog,
+                context_item_ids=tuple(request.context_item_ids),
+                rules=to_rules(request),
+                explain=request.explain,
+                page=decode_page_token(request.page_token),
+            )
         )
+        next_page = PageRef(result.recommendation_id, result.page + 1)
         return pb.RecommendResponse(
-            items=[_item(r) for r in result.items],
-            next_page_token=encode_page_token(result.next_offset) if result.next_offset is not None else "",
+            items=[_recommended(r, result, request.explain) for r in result.items],
+            next_page_token=encode_page_token(next_page) if result.has_more and result.items else "",
             strategy=result.strategy,
             model_version=result.model_version,
             degraded=bool(result.degraded),
             degraded_stages=list(result.degraded),
+            recommendation_id=result.recommendation_id,
+            experiment=result.experiment,
+            arm=result.arm,
+            page=result.page,
         )
 
     async def GetSimilarItems(
         self, request: pb.GetSimilarItemsRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetSimilarItemsResponse:
-        found = await self._recommender.similar_items(request.item_id, request.k, to_filter(request.filter))
+        found = await self._recommender.similar_items(
+            request.item_id, request.k, to_filter(request.filter), request.catalog
+        )
         return pb.GetSimilarItemsResponse(items=[_item(r) for r in found])
 
     async def SearchItems(
         self, request: pb.SearchItemsRequest, context: grpc.aio.ServicerContext
     ) -> pb.SearchItemsResponse:
-        found = await self._recommender.search(request.query, request.k, to_filter(request.filter))
+        found = await self._recommender.search(request.query, request.k, to_filter(request.filter), request.catalog)
         return pb.SearchItemsResponse(
             items=[_item(r) for r in found.items], degraded=bool(found.degraded), degraded_stages=list(found.degraded)
         )
@@ -126,7 +165,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             )
             for index, item in enumerate(request.items)
         ]
-        upserted, truncated = await self._recommender.upsert_items(records)
+        upserted, truncated = await self._recommender.upsert_items(records, request.catalog)
         return pb.UpsertItemsResponse(upserted=upserted, truncated=truncated)
 
     async def RecordEvents(
@@ -138,12 +177,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             if event.type not in EVENT_TYPES:
                 raise InvalidArgumentError(f"events[{index}].type {event.type} is not a known EventType")
             timestamp = event.time.seconds + event.time.nanos / 1e9 if event.HasField("time") else now
-            events.append(EventRecord(event.user_id, event.item_id, EVENT_TYPES[event.type], timestamp))
-        recorded = await self._recommender.record_events(events)
+            events.append(
+                EventRecord(event.user_id, event.item_id, EVENT_TYPES[event.type], timestamp, event.recommendation_id)
+            )
+        recorded = await self._recommender.record_events(events, request.catalog)
         return pb.RecordEventsResponse(recorded=recorded)
 
     async def DeleteUser(
         self, request: pb.DeleteUserRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteUserResponse:
-        await self._recommender.delete_user(request.user_id)
+        await self._recommender.delete_user(request.user_id, request.catalog)
         return pb.DeleteUserResponse()

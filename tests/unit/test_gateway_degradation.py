@@ -15,13 +15,14 @@ from services.gateway.model import (
     CatalogRecord,
     EventRecord,
     HistoryEvent,
+    Impression,
     ItemFilter,
     ItemText,
     NewItem,
     Profile,
     StoredItem,
 )
-from services.gateway.recommender import Blend, Recommender, RecommenderLimits
+from services.gateway.recommender import Blend, PageRef, Recommender, RecommenderLimits, RecommendQuery
 from tests.unit.test_gateway_recommender import FakeEmbedding, FakeRanking, FakeRetrieval, FakeText
 
 
@@ -60,34 +61,50 @@ class SwitchableRetrieval(FakeRetrieval):
     def __init__(self) -> None:
         super().__init__()
         self.down = False
+        self.impressions_down = False
 
     def _check(self) -> None:
         if self.down:
             raise down("retriever")
 
-    async def get_profile(self, user_id: str) -> Profile | None:
+    async def get_profile(self, catalog: str, user_id: str) -> Profile | None:
         self._check()
-        return await super().get_profile(user_id)
+        return await super().get_profile(catalog, user_id)
 
     async def popular(
-        self, limit: int, offset: int, item_filter: ItemFilter, exclude_ids: Sequence[str]
+        self,
+        catalog: str,
+        limit: int,
+        offset: int,
+        item_filter: ItemFilter,
+        exclude_ids: Sequence[str],
+        with_vectors: bool = False,
     ) -> list[StoredItem]:
         self._check()
-        return await super().popular(limit, offset, item_filter, exclude_ids)
+        return await super().popular(catalog, limit, offset, item_filter, exclude_ids, with_vectors)
 
     async def search(
-        self, vector: np.ndarray, limit: int, item_filter: ItemFilter, exclude_ids: Sequence[str]
+        self, catalog: str, vector: np.ndarray, limit: int, item_filter: ItemFilter, exclude_ids: Sequence[str]
     ) -> list[StoredItem]:
         self._check()
-        return await super().search(vector, limit, item_filter, exclude_ids)
+        return await super().search(catalog, vector, limit, item_filter, exclude_ids)
 
-    async def append_events(self, user_id: str, events: Sequence[HistoryEvent]) -> None:
+    async def append_events(self, catalog: str, user_id: str, events: Sequence[HistoryEvent]) -> None:
         self._check()
-        await super().append_events(user_id, events)
+        await super().append_events(catalog, user_id, events)
 
-    async def upsert_items(self, items: Sequence[NewItem]) -> int:
+    async def upsert_items(self, catalog: str, items: Sequence[NewItem]) -> int:
         self._check()
-        return await super().upsert_items(items)
+        return await super().upsert_items(catalog, items)
+
+    async def get_impressions(self, catalog: str, recommendation_id: str) -> list[Impression]:
+        self._check()
+        return await super().get_impressions(catalog, recommendation_id)
+
+    async def record_impression(self, catalog: str, impression: Impression) -> None:
+        if self.impressions_down:
+            raise down("retriever")
+        await super().record_impression(catalog, impression)
 
 
 Parts = tuple[Recommender, SwitchableText, SwitchableEmbedding, SwitchableRetrieval, FakeRanking]
@@ -111,7 +128,7 @@ def parts() -> Parts:
 async def test_all_up_is_not_degraded(parts: Parts) -> None:
     recommender, *_ = parts
     await recommender.record_events([EventRecord("u", "a", "view", 1.0)])
-    result = await recommender.recommend("u", "glue", 3, ItemFilter(), True, 0)
+    result = await recommender.recommend(RecommendQuery("u", "glue", 3))
     assert result.degraded == () and result.strategy == "personalised+query"
 
 
@@ -119,14 +136,14 @@ async def test_ranker_down_serves_retrieval_order_flagged(parts: Parts) -> None:
     recommender, _, _, _, ranking = parts
     await recommender.record_events([EventRecord("u", "a", "view", 1.0)])
     ranking.down = True
-    result = await recommender.recommend("u", "", 3, ItemFilter(), True, 0)
+    result = await recommender.recommend(RecommendQuery("u", "", 3))
     assert result.degraded == ("ranker",) and result.model_version == "" and result.items
 
 
 async def test_preprocessor_down_embeds_the_raw_query(parts: Parts) -> None:
     recommender, text, embedding, _, _ = parts
     text.down = True
-    result = await recommender.recommend("nobody", "  wood\x00 glue\n", 2, ItemFilter(), True, 0)
+    result = await recommender.recommend(RecommendQuery("nobody", "  wood\x00 glue\n", 2))
     assert result.degraded == ("preprocessor",) and result.strategy == "query"
     assert embedding.queries == ["wood glue"]
     found = await recommender.search("glue", 2, ItemFilter())
@@ -137,9 +154,9 @@ async def test_embedding_down_uses_the_profile_or_popular_items(parts: Parts) ->
     recommender, _, embedding, _, _ = parts
     await recommender.record_events([EventRecord("u", "a", "view", 1.0)])
     embedding.down = True
-    personal = await recommender.recommend("u", "glue", 2, ItemFilter(), True, 0)
+    personal = await recommender.recommend(RecommendQuery("u", "glue", 2))
     assert personal.strategy == "personalised" and personal.degraded == ("embedding",)
-    anonymous = await recommender.recommend("nobody", "glue", 2, ItemFilter(), True, 0)
+    anonymous = await recommender.recommend(RecommendQuery("nobody", "glue", 2))
     assert anonymous.strategy == "popular" and anonymous.degraded == ("embedding",)
     assert [i.item_id for i in anonymous.items] == ["e", "d"]
     with pytest.raises(UnavailableError):  # search has no sound answer without the model
@@ -150,16 +167,16 @@ async def test_retriever_down_serves_the_popular_cache_else_unavailable(parts: P
     recommender, _, _, retrieval, _ = parts
     retrieval.down = True
     with pytest.raises(UnavailableError, match="no popular items are cached"):
-        await recommender.recommend("u", "", 2, ItemFilter(), True, 0)
+        await recommender.recommend(RecommendQuery("u", "", 2))
     retrieval.down = False
-    await recommender.popular_cache.refresh()
+    await recommender.popular_cache("").refresh()
     retrieval.down = True
-    first = await recommender.recommend("u", "glue", 2, ItemFilter(), True, 0)
+    first = await recommender.recommend(RecommendQuery("u", "glue", 2))
     assert first.degraded == ("retriever",) and first.strategy == "popular"
-    assert [i.item_id for i in first.items] == ["e", "d"] and first.next_offset == 2
-    second = await recommender.recommend("u", "", 2, ItemFilter(), True, 2)
-    assert [i.item_id for i in second.items] == ["c", "b"] and second.next_offset is None
-    glue = await recommender.recommend("u", "", 5, ItemFilter(categories_any=("glue",)), True, 0)
+    assert [i.item_id for i in first.items] == ["e", "d"] and first.has_more
+    second = await recommender.recommend(RecommendQuery("u", "", 2, page=PageRef(first.recommendation_id, 2)))
+    assert [i.item_id for i in second.items] == ["c", "b"] and not second.has_more
+    glue = await recommender.recommend(RecommendQuery("u", "", 5, ItemFilter(categories_any=("glue",))))
     assert [i.item_id for i in glue.items] == ["d", "c"]
     # Writes have no fallback: they fail at once, so the caller can retry.
     with pytest.raises(UnavailableError):
@@ -169,10 +186,17 @@ async def test_retriever_down_serves_the_popular_cache_else_unavailable(parts: P
 async def test_delete_user_refreshes_the_popular_cache(parts: Parts) -> None:
     recommender, _, _, retrieval, _ = parts
     await recommender.record_events([EventRecord("u", "a", "view", 1.0)])
-    recommender.popular_cache.clear()
+    recommender.popular_cache("").clear()
     await recommender.delete_user("u")
-    assert recommender.popular_cache.fetched_at is not None
-    assert await retrieval.get_profile("u") is None
+    assert recommender.popular_cache("").fetched_at is not None
+    assert await retrieval.get_profile("", "u") is None
+
+
+async def test_an_unrecorded_impression_still_answers_flagged(parts: Parts) -> None:
+    recommender, _, _, retrieval, _ = parts
+    retrieval.impressions_down = True
+    result = await recommender.recommend(RecommendQuery("u", "", 2))
+    assert result.items and result.degraded == ("impressions",)
 
 
 def test_cached_items_are_filtered_like_the_retriever_does() -> None:
