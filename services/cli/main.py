@@ -14,6 +14,7 @@ import grpc
 
 from recsys.gateway.v1 import gateway_pb2 as pb
 from recsys.gateway.v1 import gateway_pb2_grpc
+from services.cli.experiments import run_report
 from services.cli.ingest import ingest
 from services.cli.suite import Suite
 from services.cli.training import catalog_argument, train_and_publish
@@ -64,6 +65,10 @@ def command_eval(args: argparse.Namespace) -> None:
     from services.cli.evaluation import run_eval_command
 
     run_eval_command(args)
+
+
+def command_experiments_report(args: argparse.Namespace) -> None:
+    run_report(args.retriever, args.experiment, args.catalog, args.experiments_file, args.json)
 
 
 def command_download_movielens(args: argparse.Namespace) -> None:
@@ -190,6 +195,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluation.add_argument("--users", type=int, default=1000, help="test users replayed in the served evaluation")
     evaluation.set_defaults(handler=command_eval)
+
+    experiments = commands.add_parser("experiments", help="A/B experiments")
+    experiment_commands = experiments.add_subparsers(dest="experiments_command", required=True)
+    experiment_report = experiment_commands.add_parser(
+        "report",
+        help="per-arm click-through and conversion with 95%% intervals, from recorded impressions and events",
+    )
+    experiment_report.add_argument("--experiment", required=True, help="the experiment's name")
+    experiment_report.add_argument(
+        "--retriever", metavar="ADDRESS", default="127.0.0.1:50053", help="retriever that holds the impressions"
+    )
+    experiment_report.add_argument("--catalog", default="", help="the experiment's catalog (default: the default)")
+    experiment_report.add_argument(
+        "--experiments-file", type=Path, default=None, help="the gateway's experiments file, for the arms' order"
+    )
+    experiment_report.add_argument("--json", type=Path, default=None, help="write the per-arm rows here")
+    experiment_report.set_defaults(handler=command_experiments_report)
 
     download = commands.add_parser("download-movielens", help="fetch MovieLens-100K into the plain format")
     download.add_argument("dest", type=Path)

@@ -123,7 +123,7 @@ class EmbeddingClient:
         return np.asarray([e.values for e in response.embeddings], dtype=np.float32)
 
 
-def _impression(message: retriever_pb2.Impression) -> Impression:
+def impression_from_proto(message: retriever_pb2.Impression) -> Impression:
     return Impression(
         recommendation_id=message.recommendation_id,
         page=message.page,
@@ -263,7 +263,7 @@ class RetrieverClient:
             if error.code() == grpc.StatusCode.NOT_FOUND:
                 return []
             raise
-        return [_impression(i) for i in response.impressions]
+        return [impression_from_proto(i) for i in response.impressions]
 
 
 class RankerClient:
