@@ -60,10 +60,8 @@ def format_table(experiment: str, rows: Sequence[ArmReport]) -> str:
         f"{'CTR lift':<26}{'conversion lift':<26}",
     ]
     for row in rows:
-        ctr = f"{_percent(row.click_through)} [{_percent(row.click_through_ci.low)},{_percent(row.click_through_ci.high)}]"
-        conversion = (
-            f"{_percent(row.conversion)} [{_percent(row.conversion_ci.low)},{_percent(row.conversion_ci.high)}]"
-        )
+        ctr = _with_interval(row.click_through, row.click_through_ci)
+        conversion = _with_interval(row.conversion, row.conversion_ci)
         lifts = []
         for lift, interval in (
             (row.click_through_lift, row.click_through_lift_ci),
