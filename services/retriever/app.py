@@ -1,11 +1,22 @@
-"""Composition root of the retriever: the embedded engine by default, a Qdrant server when a URL is set."""
+"""Composition root of the retriever: the embedded engine by default, a Qdrant server when a URL is set; the
+default catalog's store is opened here, named catalogs lazily through the registry."""
 
 from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 
 from recsys.retriever.v1 import retriever_pb2, retriever_pb2_grpc
 from services.common.metrics import retriever_metrics
+from services.retriever.catalogs import (
+    CatalogRegistry,
+    CatalogStores,
+    CollectionCatalogs,
+    FolderCatalogs,
+    TimingsOnly,
+)
 from services.retriever.client_store import ClientVectorStore
 from services.retriever.config import RetrieverSettings
 from services.retriever.edge_store import EdgeVectorStore
@@ -27,8 +38,12 @@ def open_store(settings: RetrieverSettings) -> VectorStore:
             max_history=settings.max_history,
             half_life_events=settings.half_life_events,
         )
+    return open_edge_store(settings, settings.data_dir)
+
+
+def open_edge_store(settings: RetrieverSettings, folder: Path) -> EdgeVectorStore:
     return EdgeVectorStore(
-        settings.data_dir,
+        folder,
         settings.dimension,
         hnsw_m=settings.hnsw_m,
         hnsw_ef_construct=settings.hnsw_ef_construct,
@@ -38,29 +53,47 @@ def open_store(settings: RetrieverSettings) -> VectorStore:
     )
 
 
+def catalog_stores(settings: RetrieverSettings, default: VectorStore) -> CatalogStores:
+    """Named catalogs beside the default: collections on its client, or folders under `data_dir/catalogs`."""
+    if isinstance(default, ClientVectorStore):
+        return CollectionCatalogs(default.client, default.with_prefix)
+    return FolderCatalogs(settings.data_dir / "catalogs", lambda folder: open_edge_store(settings, folder))
+
+
 class RetrieverApp:
     service_name = SERVICE_NAME
 
     def __init__(self, settings: RetrieverSettings, store: VectorStore) -> None:
-        self.retrieval = Retrieval(
-            store,
-            settings.max_limit,
-            settings.max_batch,
-            settings.index_min_unindexed,
-            settings.workers,
-            retriever_metrics(),
-            max_exclude_ids=settings.max_exclude_ids,
-            max_filter_values=settings.max_filter_values,
+        metrics = retriever_metrics()
+        self._executor = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="engine")
+
+        def retrieval(catalog_store: VectorStore, default: bool = False) -> Retrieval:
+            return Retrieval(
+                catalog_store,
+                settings.max_limit,
+                settings.max_batch,
+                settings.index_min_unindexed,
+                settings.workers,
+                metrics if default else TimingsOnly(metrics),
+                max_exclude_ids=settings.max_exclude_ids,
+                max_filter_values=settings.max_filter_values,
+                executor=self._executor,
+            )
+
+        self.retrieval = retrieval(store, default=True)
+        self.catalogs = CatalogRegistry(
+            self.retrieval, catalog_stores(settings, store), retrieval, max_catalogs=settings.max_catalogs
         )
 
     def register(self, server: grpc.aio.Server) -> None:
-        retriever_pb2_grpc.add_RetrieverServiceServicer_to_server(RetrieverServicer(self.retrieval), server)
+        retriever_pb2_grpc.add_RetrieverServiceServicer_to_server(RetrieverServicer(self.catalogs), server)
 
     async def warm_up(self) -> None:
         await self.retrieval.info()
 
     async def close(self) -> None:
-        await self.retrieval.close()
+        await self.catalogs.close()
+        self._executor.shutdown(wait=True)
 
 
 def build_app(settings: RetrieverSettings) -> RetrieverApp:

@@ -1,6 +1,7 @@
-"""The server backend: a Qdrant server or cluster through qdrant-client (two collections, `items` and
-`users`). The same code runs against the client's local mode (`:memory:` or a folder), which is how the
-tests exercise it; local mode is a pure-Python engine for small data only.
+"""The server backend: a Qdrant server or cluster through qdrant-client (three collections, `items`, `users`
+and `feedback`, the impressions as vectorless points). The same code runs against the client's local mode
+(`:memory:` or a folder), which is how the tests exercise it; local mode is a pure-Python engine for small
+data only. Named catalogs use the same three collections with the catalog's prefix (`with_prefix`).
 
 Index building is the server's own business (its optimizers run in the background), so `index_ready` is True.
 Reads and writes are serialised per store only where needed: `append_user_events` and item upserts read,
@@ -22,7 +23,7 @@ from typing import Any
 from qdrant_client import QdrantClient, models
 
 from services.common.errors import InvalidArgumentError, UnavailableError
-from services.retriever import profiles
+from services.retriever import feedback, profiles
 from services.retriever.store import (
     CATEGORIES_FIELD,
     DEFAULT_SCHEMA,
@@ -33,6 +34,7 @@ from services.retriever.store import (
     DimensionMismatchError,
     FieldType,
     Filter,
+    Impression,
     Item,
     PayloadSchema,
     ScoredItem,
@@ -94,6 +96,10 @@ def to_client_filter(filter: Filter | None, exclude: Iterable[uuid.UUID] = ()) -
     return models.Filter(must=must or None, must_not=must_not or None)
 
 
+def _match(field: str, value: str) -> models.Filter:
+    return models.Filter(must=[models.FieldCondition(key=field, match=models.MatchValue(value=value))])
+
+
 def _pids(ids: Iterable[uuid.UUID]) -> list[models.ExtendedPointId]:
     return [str(i) for i in ids]
 
@@ -114,6 +120,7 @@ class ClientVectorStore:
         dimension: int,
         items_collection: str = "items",
         users_collection: str = "users",
+        feedback_collection: str = "feedback",
         schema: PayloadSchema = DEFAULT_SCHEMA,
         shard_number: int | None = None,
         replication_factor: int | None = None,
@@ -130,6 +137,9 @@ class ClientVectorStore:
         self._schema: PayloadSchema = dict(schema)
         self._items = items_collection
         self._users = users_collection
+        self._feedback = feedback_collection
+        self._shard_number = shard_number
+        self._replication_factor = replication_factor
         self._max_history = max_history
         self._half_life = half_life_events
         options = client.init_options
@@ -138,6 +148,12 @@ class ClientVectorStore:
         self._closed = False
         self._ensure_collection(self._items, shard_number, replication_factor, indexes=self._index_fields())
         self._ensure_collection(self._users, shard_number, replication_factor, indexes={})
+        self._ensure_collection(
+            self._feedback,
+            shard_number,
+            replication_factor,
+            indexes=dict.fromkeys(feedback.INDEXED_FIELDS, FieldType.KEYWORD),
+        )
 
     @classmethod
     def from_url(
@@ -162,6 +178,26 @@ class ClientVectorStore:
         else:
             client = QdrantClient(path=str(path_or_memory), force_disable_check_same_thread=True)
         return cls(client, dimension=dimension, owns_client=True, **kwargs)
+
+    @property
+    def client(self) -> QdrantClient:
+        return self._client
+
+    def with_prefix(self, prefix: str) -> ClientVectorStore:
+        """A store with the same settings on the same client, on collections `<prefix>items`, `<prefix>users`
+        and `<prefix>feedback` (created when missing); it leaves the client to this store."""
+        return ClientVectorStore(
+            self._client,
+            dimension=self._dimension,
+            items_collection=f"{prefix}items",
+            users_collection=f"{prefix}users",
+            feedback_collection=f"{prefix}feedback",
+            schema=self._schema,
+            shard_number=self._shard_number,
+            replication_factor=self._replication_factor,
+            max_history=self._max_history,
+            half_life_events=self._half_life,
+        )
 
     # -- setup ---------------------------------------------------------------------------------------------
 
@@ -405,7 +441,11 @@ class ClientVectorStore:
                 raise not_found("item", missing)
             user_pid = str(user_point_id(user_id))
             old = self._client.retrieve(self._users, ids=[user_pid], with_payload=True)
-            old_events = events_from_payload((old[0].payload or {}).get(EVENTS_FIELD)) if old else ()
+            old_payload = (old[0].payload or {}) if old else {}
+            old_events = events_from_payload(old_payload.get(EVENTS_FIELD))
+            shown = feedback.forget_shown(
+                feedback.shown_from_payload(old_payload.get(feedback.SHOWN_FIELD)), event_items
+            )
             history = merge_history(old_events, new_events, self._max_history)
             vectors = {i: as_vector(r.vector) for i, r in records.items()}
             others = unique([e.item_id for e in history if e.item_id not in vectors])
@@ -421,7 +461,11 @@ class ClientVectorStore:
                     models.PointStruct(
                         id=user_pid,
                         vector=list(vector) if vector is not None else {},
-                        payload={USER_ID_FIELD: user_id, EVENTS_FIELD: events_to_payload(history)},
+                        payload={
+                            USER_ID_FIELD: user_id,
+                            EVENTS_FIELD: events_to_payload(history),
+                            feedback.SHOWN_FIELD: feedback.shown_to_payload(shown),
+                        },
                     )
                 ],
                 wait=True,
@@ -436,7 +480,17 @@ class ClientVectorStore:
                 for item_id, increment in popularity_increments(new_events).items()
             ]
             self._client.batch_update_points(self._items, update_operations=operations, wait=True)
-        return UserProfile(user_id=user_id, vector=vector, events=history)
+            self._attribute(new_events)
+        return UserProfile(user_id=user_id, vector=vector, events=history, shown_counts=shown)
+
+    def _attribute(self, events: Sequence[UserEvent]) -> None:
+        """Marks shown items engaged (and converted) on the impressions the events name."""
+        for rid in feedback.recommendation_ids(events):
+            for impression in feedback.attribute(self._impressions_of(rid), events):
+                pid = str(feedback.impression_point_id(impression.recommendation_id, impression.page))
+                self._client.set_payload(
+                    self._feedback, payload=feedback.to_payload(impression), points=[pid], wait=True
+                )
 
     def get_user(self, user_id: str) -> UserProfile:
         validate_id(user_id, "user id")
@@ -451,6 +505,7 @@ class ClientVectorStore:
             user_id=user_id,
             vector=as_vector(records[0].vector),
             events=events_from_payload(payload.get(EVENTS_FIELD)),
+            shown_counts=feedback.shown_from_payload(payload.get(feedback.SHOWN_FIELD)),
         )
 
     def delete_user(self, user_id: str) -> None:
@@ -459,7 +514,14 @@ class ClientVectorStore:
             self._check_open()
             pid = str(user_point_id(user_id))
             records = self._client.retrieve(self._users, ids=[pid], with_payload=True)
+            # Privacy: the user's impressions go too (they also go when, oddly, the profile is already gone).
+            of_user = _match(USER_ID_FIELD, user_id)
+            impressions = self._client.count(self._feedback, count_filter=of_user, exact=True).count
+            if impressions:
+                self._client.delete(self._feedback, points_selector=models.FilterSelector(filter=of_user), wait=True)
             if not records:
+                if impressions:
+                    return
                 raise not_found("user", [user_id])
             self._client.delete(self._users, points_selector=models.PointIdsList(points=[pid]), wait=True)
             # The user's kept events no longer count towards popularity either.
@@ -483,6 +545,78 @@ class ClientVectorStore:
     def count_users(self) -> int:
         with self._reading():
             return self._client.count(self._users, exact=True).count
+
+    # -- feedback log --------------------------------------------------------------------------------------
+
+    def record_impression(self, impression: Impression) -> None:
+        new = feedback.validate_impression(impression)
+        pid = str(feedback.impression_point_id(new.recommendation_id, new.page))
+        with self._write_lock:
+            self._check_open()
+            found = self._client.retrieve(self._feedback, ids=[pid], with_payload=True)
+            old = feedback.from_payload(found[0].payload) if found else None
+            stored, counted = feedback.replacement(old, new)
+            self._client.upsert(
+                self._feedback,
+                points=[models.PointStruct(id=pid, vector={}, payload=feedback.to_payload(stored))],
+                wait=True,
+            )
+            if stored.user_id and counted:
+                self._count_shown(stored.user_id, counted)
+
+    def _count_shown(self, user_id: str, items: Sequence[str]) -> None:
+        user_pid = str(user_point_id(user_id))
+        found = self._client.retrieve(self._users, ids=[user_pid], with_payload=True)
+        if found:
+            shown = feedback.shown_from_payload((found[0].payload or {}).get(feedback.SHOWN_FIELD))
+            update = {feedback.SHOWN_FIELD: feedback.shown_to_payload(feedback.bump_shown(shown, items))}
+            self._client.set_payload(self._users, payload=update, points=[user_pid], wait=True)
+        else:  # a user seen only through impressions so far: a profile with no events and no vector
+            payload = {
+                USER_ID_FIELD: user_id,
+                EVENTS_FIELD: [],
+                feedback.SHOWN_FIELD: feedback.shown_to_payload(feedback.bump_shown({}, items)),
+            }
+            self._client.upsert(
+                self._users, points=[models.PointStruct(id=user_pid, vector={}, payload=payload)], wait=True
+            )
+
+    def _impressions_of(self, recommendation_id: str) -> list[Impression]:
+        out: list[Impression] = []
+        offset: Any = None
+        while True:
+            records, offset = self._client.scroll(
+                self._feedback,
+                scroll_filter=_match(feedback.RECOMMENDATION_FIELD, recommendation_id),
+                limit=256,
+                offset=offset,
+                with_payload=True,
+                with_vectors=False,
+            )
+            out.extend(feedback.from_payload(r.payload) for r in records)
+            if offset is None:
+                return feedback.by_page(out)
+
+    def get_impressions(self, recommendation_id: str) -> list[Impression]:
+        feedback.validate_recommendation_id(recommendation_id)
+        with self._reading():
+            found = self._impressions_of(recommendation_id)
+        if not found:
+            raise not_found("recommendation", [recommendation_id])
+        return found
+
+    def list_impressions(self, experiment: str, limit: int, page_token: str) -> tuple[list[Impression], str]:
+        start = feedback.validate_list(experiment, limit, page_token)
+        with self._reading():
+            records, next_offset = self._client.scroll(
+                self._feedback,
+                scroll_filter=_match(feedback.EXPERIMENT_FIELD, experiment) if experiment else None,
+                limit=limit,
+                offset=start,
+                with_payload=True,
+                with_vectors=False,
+            )
+        return [feedback.from_payload(r.payload) for r in records], "" if next_offset is None else str(next_offset)
 
     # -- info, lifecycle -----------------------------------------------------------------------------------
 

@@ -32,6 +32,12 @@ class RetrieverSettings(ServiceSettings):
     workers: int = Field(4, ge=1, description="Threads that run engine calls off the event loop.")
     max_exclude_ids: int = Field(10_000, ge=0, description="Most excluded ids in one query.")
     max_filter_values: int = Field(1_000, ge=1, description="Most conditions and values in one filter.")
+    max_catalogs: int = Field(
+        32,
+        ge=0,
+        description="Most named catalogs besides the default; a write that would create one more fails with "
+        "FAILED_PRECONDITION.",
+    )
     sync_writes: bool = Field(
         False,
         description="Flush to disk before acknowledging a write (survives a machine crash; kill -9 is covered "

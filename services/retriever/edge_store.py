@@ -1,8 +1,9 @@
-"""The default backend: Qdrant's engine in process (qdrant-edge-py), two shards under one folder.
+"""The default backend: Qdrant's engine in process (qdrant-edge-py), three shards under one folder.
 
-Layout of `data_dir`: `users/` and `items` (the live shards); `items` is a symlink to `items.<generation>/`,
-and an index build writes the next generation beside it and moves the link when done. Shards are created on
-first start and loaded on restart.
+Layout of `data_dir`: `users/`, `feedback/` (impressions, vectorless points) and `items` (the live shards);
+`items` is a symlink to `items.<generation>/`, and an index build writes the next generation beside it and
+moves the link when done. Shards are created on first start and loaded on restart (a folder made before the
+feedback log existed gains `feedback/` on its next start).
 
 Durability: the WAL is on, and `update` writes it through a shared memory map before it returns (measured:
 no fsync or msync per update; 2,000 updates followed by SIGKILL all come back on load), so an acknowledged
@@ -50,12 +51,13 @@ from qdrant_edge import (
     QueryRequest,
     RangeFloat,
     RecommendQuery,
+    ScrollRequest,
     UpdateOperation,
 )
 from qdrant_edge import Filter as EdgeFilter
 
 from services.common.errors import InvalidArgumentError, UnavailableError
-from services.retriever import profiles
+from services.retriever import feedback, profiles
 from services.retriever.indexing import NEVER_INDEX_KB, BackgroundIndexer
 from services.retriever.store import (
     CATEGORIES_FIELD,
@@ -67,6 +69,7 @@ from services.retriever.store import (
     DimensionMismatchError,
     FieldType,
     Filter,
+    Impression,
     Item,
     PayloadSchema,
     ReadWriteLock,
@@ -201,6 +204,7 @@ class EdgeVectorStore:
         self._dir = Path(data_dir)
         self._items_link = self._dir / "items"
         self._users_dir = self._dir / "users"
+        self._feedback_dir = self._dir / "feedback"
         self._write_lock = threading.RLock()
         self._rw = ReadWriteLock()
         self._closed = False
@@ -208,9 +212,16 @@ class EdgeVectorStore:
         self._dirty: set[str] | None = None
         self._dir.mkdir(parents=True, exist_ok=True)
         self._items_dir = self._current_items_dir()
-        self._items = self._open(self._items_dir, item_indexes=True)
+        self._items = self._open(self._items_dir, self._index_fields())
         try:
-            self._users = self._open(self._users_dir, item_indexes=False)
+            self._users = self._open(self._users_dir, {})
+            try:
+                self._feedback = self._open(
+                    self._feedback_dir, dict.fromkeys(feedback.INDEXED_FIELDS, FieldType.KEYWORD)
+                )
+            except Exception:
+                self._users.close()
+                raise
         except Exception:
             self._items.close()
             raise
@@ -265,7 +276,7 @@ class EdgeVectorStore:
         numbers = [int(p.name.split(".", 1)[1]) for p in self._dir.glob("items.*") if p.name.split(".", 1)[1].isdigit()]
         return self._dir / f"items.{max(numbers, default=0) + 1}"
 
-    def _open(self, path: Path, *, item_indexes: bool) -> EdgeShard:
+    def _open(self, path: Path, indexes: Mapping[str, FieldType]) -> EdgeShard:
         if (path / "edge_config.json").exists():
             try:
                 shard = EdgeShard.load(str(path), self._config())
@@ -278,9 +289,9 @@ class EdgeVectorStore:
                 raise
         else:
             shard = EdgeShard.create(str(path), self._config())
-        if item_indexes:
+        if indexes:
             existing = set(shard.info().payload_schema)
-            for name, kind in self._index_fields().items():
+            for name, kind in indexes.items():
                 if name not in existing:
                     shard.update(UpdateOperation.create_field_index(name, _SCHEMA_TYPES[kind]))
         return shard
@@ -485,7 +496,11 @@ class EdgeVectorStore:
                 raise not_found("item", missing)
             user_pid = user_point_id(user_id)
             old = self._users.retrieve([user_pid], True, False)
-            old_events = events_from_payload(old[0].payload.get(EVENTS_FIELD)) if old and old[0].payload else ()
+            old_payload = (old[0].payload or {}) if old else {}
+            old_events = events_from_payload(old_payload.get(EVENTS_FIELD))
+            shown = feedback.forget_shown(
+                feedback.shown_from_payload(old_payload.get(feedback.SHOWN_FIELD)), event_items
+            )
             history = merge_history(old_events, new_events, self._max_history)
             vectors = {i: as_vector(r.vector) for i, r in records.items()}
             others = unique([e.item_id for e in history if e.item_id not in vectors])
@@ -499,15 +514,27 @@ class EdgeVectorStore:
                         Point(
                             user_pid,
                             list(vector) if vector is not None else {},
-                            {USER_ID_FIELD: user_id, EVENTS_FIELD: events_to_payload(history)},
+                            {
+                                USER_ID_FIELD: user_id,
+                                EVENTS_FIELD: events_to_payload(history),
+                                feedback.SHOWN_FIELD: feedback.shown_to_payload(shown),
+                            },
                         )
                     ]
                 )
             )
             self._add_popularity(popularity_increments(new_events), records)
             self._mark_dirty(event_items)
+            self._attribute(new_events)
         self._durable()
-        return UserProfile(user_id=user_id, vector=vector, events=history)
+        return UserProfile(user_id=user_id, vector=vector, events=history, shown_counts=shown)
+
+    def _attribute(self, events: Sequence[UserEvent]) -> None:
+        """Marks shown items engaged (and converted) on the impressions the events name."""
+        for rid in feedback.recommendation_ids(events):
+            for impression in feedback.attribute(self._impressions_of(rid), events):
+                pid = feedback.impression_point_id(impression.recommendation_id, impression.page)
+                self._feedback.update(UpdateOperation.set_payload([pid], feedback.to_payload(impression)))
 
     def _add_popularity(self, increments: Mapping[str, int], records: Mapping[str, Any] | None = None) -> None:
         """Adds to items' popularity counts (never below zero); items deleted meanwhile are skipped."""
@@ -532,6 +559,7 @@ class EdgeVectorStore:
             user_id=user_id,
             vector=as_vector(records[0].vector),
             events=events_from_payload(payload.get(EVENTS_FIELD)),
+            shown_counts=feedback.shown_from_payload(payload.get(feedback.SHOWN_FIELD)),
         )
 
     def delete_user(self, user_id: str) -> None:
@@ -540,20 +568,99 @@ class EdgeVectorStore:
             self._check_open()
             pid = user_point_id(user_id)
             records = self._users.retrieve([pid], True, False)
-            if not records:
+            # Privacy: the user's impressions go too (they also go when, oddly, the profile is already gone).
+            of_user = _match(USER_ID_FIELD, user_id)
+            impressions = self._feedback.count(CountRequest(exact=True, filter=of_user))
+            if impressions:
+                self._feedback.update(UpdateOperation.delete_points_by_filter(of_user))
+            if not records and not impressions:
                 raise not_found("user", [user_id])
-            self._users.update(UpdateOperation.delete_points([pid]))
-            # The user's kept events no longer count towards popularity either.
-            events = events_from_payload((records[0].payload or {}).get(EVENTS_FIELD))
-            decrements = {i: -n for i, n in popularity_increments(events).items()}
+            if records:
+                self._delete_profile(pid, records[0].payload)
+        self._durable()
+
+    def _delete_profile(self, pid: Any, payload: Mapping[str, Any] | None) -> None:
+        self._users.update(UpdateOperation.delete_points([pid]))
+        # The user's kept events no longer count towards popularity either.
+        events = events_from_payload((payload or {}).get(EVENTS_FIELD))
+        decrements = {i: -n for i, n in popularity_increments(events).items()}
+        if decrements:
             self._add_popularity(decrements)
             self._mark_dirty(decrements)
-        self._durable()
 
     def count_users(self) -> int:
         with self._rw.read():
             self._check_open()
             return self._users.count(CountRequest(exact=True))
+
+    # -- feedback log --------------------------------------------------------------------------------------
+
+    def record_impression(self, impression: Impression) -> None:
+        new = feedback.validate_impression(impression)
+        pid = feedback.impression_point_id(new.recommendation_id, new.page)
+        with self._write_lock:
+            self._check_open()
+            found = self._feedback.retrieve([pid], True, False)
+            old = feedback.from_payload(found[0].payload) if found else None
+            stored, counted = feedback.replacement(old, new)
+            self._feedback.update(UpdateOperation.upsert_points([Point(pid, {}, feedback.to_payload(stored))]))
+            if stored.user_id and counted:
+                self._count_shown(stored.user_id, counted)
+        self._durable()
+
+    def _count_shown(self, user_id: str, items: Sequence[str]) -> None:
+        user_pid = user_point_id(user_id)
+        found = self._users.retrieve([user_pid], True, False)
+        if found:
+            shown = feedback.shown_from_payload((found[0].payload or {}).get(feedback.SHOWN_FIELD))
+            update = {feedback.SHOWN_FIELD: feedback.shown_to_payload(feedback.bump_shown(shown, items))}
+            self._users.update(UpdateOperation.set_payload([user_pid], update))
+        else:  # a user seen only through impressions so far: a profile with no events and no vector
+            payload = {
+                USER_ID_FIELD: user_id,
+                EVENTS_FIELD: [],
+                feedback.SHOWN_FIELD: feedback.shown_to_payload(feedback.bump_shown({}, items)),
+            }
+            self._users.update(UpdateOperation.upsert_points([Point(user_pid, {}, payload)]))
+
+    def _impressions_of(self, recommendation_id: str) -> list[Impression]:
+        out: list[Impression] = []
+        offset: Any = None
+        while True:
+            request = ScrollRequest(
+                offset=offset,
+                limit=256,
+                filter=_match(feedback.RECOMMENDATION_FIELD, recommendation_id),
+                with_payload=True,
+                with_vector=False,
+            )
+            records, offset = self._feedback.scroll(request)
+            out.extend(feedback.from_payload(r.payload) for r in records)
+            if offset is None:
+                return feedback.by_page(out)
+
+    def get_impressions(self, recommendation_id: str) -> list[Impression]:
+        feedback.validate_recommendation_id(recommendation_id)
+        with self._rw.read():
+            self._check_open()
+            found = self._impressions_of(recommendation_id)
+        if not found:
+            raise not_found("recommendation", [recommendation_id])
+        return found
+
+    def list_impressions(self, experiment: str, limit: int, page_token: str) -> tuple[list[Impression], str]:
+        start = feedback.validate_list(experiment, limit, page_token)
+        request = ScrollRequest(
+            offset=None if start is None else uuid.UUID(start),
+            limit=limit,
+            filter=_match(feedback.EXPERIMENT_FIELD, experiment) if experiment else None,
+            with_payload=True,
+            with_vector=False,
+        )
+        with self._rw.read():
+            self._check_open()
+            records, next_offset = self._feedback.scroll(request)
+        return [feedback.from_payload(r.payload) for r in records], "" if next_offset is None else str(next_offset)
 
     # -- info, lifecycle -----------------------------------------------------------------------------------
 
@@ -578,6 +685,7 @@ class EdgeVectorStore:
             self._check_open()
             self._items.flush()
             self._users.flush()
+            self._feedback.flush()
 
     def _flush_shards(self) -> None:
         # Under the read lock: an index swap or close waits for the flush, writers do not.
@@ -585,6 +693,7 @@ class EdgeVectorStore:
             self._check_open()
             self._items.flush()
             self._users.flush()
+            self._feedback.flush()
 
     def _durable(self) -> None:
         """With sync_writes, waits until the writes made so far are on disk (group commit)."""
@@ -597,7 +706,7 @@ class EdgeVectorStore:
             if self._closed:
                 return
             self._closed = True
-            for shard in (self._items, self._users):
+            for shard in (self._items, self._users, self._feedback):
                 try:
                     shard.flush()
                 finally:
@@ -686,3 +795,7 @@ class EdgeVectorStore:
 
 def _item_pids(ids: Iterable[str]) -> list[Any]:
     return [item_point_id(i) for i in ids]
+
+
+def _match(field: str, value: str) -> EdgeFilter:
+    return EdgeFilter(must=[FieldCondition(key=field, match=MatchValue(value))])

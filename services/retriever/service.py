@@ -12,8 +12,10 @@ from typing import Protocol, TypeVar, runtime_checkable
 import structlog
 
 from services.common.errors import InvalidArgumentError
+from services.retriever import feedback
 from services.retriever.store import (
     Filter,
+    Impression,
     Item,
     ScoredItem,
     SearchQuery,
@@ -21,6 +23,7 @@ from services.retriever.store import (
     UserEvent,
     UserProfile,
     VectorStore,
+    validate_items,
 )
 
 log = structlog.get_logger(__name__)
@@ -52,6 +55,7 @@ class Retrieval:
         *,
         max_exclude_ids: int = 10_000,
         max_filter_values: int = 1_000,
+        executor: ThreadPoolExecutor | None = None,
     ) -> None:
         self.store = store
         self.max_exclude_ids = max_exclude_ids
@@ -60,7 +64,9 @@ class Retrieval:
         self.max_limit = max_limit
         self.max_batch = max_batch
         self.index_min_unindexed = index_min_unindexed
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="engine")
+        # Catalogs share one pool (passed in); a Retrieval that made its own shuts it down on close.
+        self._owns_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(max_workers=workers, thread_name_prefix="engine")
 
     async def _run(self, function: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
@@ -98,6 +104,19 @@ class Retrieval:
     def _check_limit(self, limit: int) -> None:
         if not 1 <= limit <= self.max_limit:
             raise InvalidArgumentError(f"limit is {limit}; ask for 1 to {self.max_limit} results")
+
+    def check_upsert(self, items: Sequence[Item]) -> None:
+        """Refuses a bad batch before anything is opened or created (the store checks again when writing)."""
+        self._check_batch(len(items), "items")
+        validate_items(items, self.store.dimension, self.store.schema)
+
+    def check_impression(self, impression: Impression) -> None:
+        if len(impression.item_ids) > self.max_batch:
+            raise InvalidArgumentError(
+                f"the impression shows {len(impression.item_ids)} items; the limit is {self.max_batch} "
+                f"(RETRIEVER_MAX_BATCH): record what was shown on the page, at most that many"
+            )
+        feedback.validate_impression(impression)
 
     async def upsert_items(self, items: Sequence[Item]) -> int:
         self._check_batch(len(items), "items")
@@ -165,6 +184,16 @@ class Retrieval:
     async def delete_user(self, user_id: str) -> None:
         await self._run(self.store.delete_user, user_id)
 
+    async def record_impression(self, impression: Impression) -> None:
+        self.check_impression(impression)
+        await self._run(self.store.record_impression, impression)
+
+    async def get_impressions(self, recommendation_id: str) -> list[Impression]:
+        return await self._run(self.store.get_impressions, recommendation_id)
+
+    async def list_impressions(self, experiment: str, limit: int, page_token: str) -> tuple[list[Impression], str]:
+        return await self._run(self.store.list_impressions, experiment, limit, page_token)
+
     async def info(self) -> StoreInfo:
         info = await self._run(self.store.info)
         if self.observer is not None:
@@ -173,4 +202,5 @@ class Retrieval:
 
     async def close(self) -> None:
         await self._run(self.store.close)
-        self._executor.shutdown(wait=True)
+        if self._owns_executor:
+            self._executor.shutdown(wait=True)

@@ -1,4 +1,4 @@
-"""gRPC transport of the retriever service: converts types, nothing else."""
+"""gRPC transport of the retriever service: picks the request's catalog and converts types, nothing else."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from google.protobuf import json_format, struct_pb2
 
 from recsys.retriever.v1 import retriever_pb2 as pb
 from recsys.retriever.v1 import retriever_pb2_grpc
-from services.retriever.service import Retrieval
-from services.retriever.store import Filter, Item, ScoredItem, SearchQuery, UserEvent, UserProfile
+from services.retriever.catalogs import CatalogRegistry
+from services.retriever.store import Filter, Impression, Item, ScoredItem, SearchQuery, UserEvent, UserProfile
 
 
 def _struct(payload: Mapping[str, Any]) -> struct_pb2.Struct:
@@ -52,29 +52,66 @@ def _profile(profile: UserProfile) -> pb.UserProfile:
         user_id=profile.user_id,
         vector=profile.vector or (),
         events=[
-            pb.UserEvent(item_id=e.item_id, event_type=e.event_type, timestamp=e.timestamp, weight=e.weight)
+            pb.UserEvent(
+                item_id=e.item_id,
+                event_type=e.event_type,
+                timestamp=e.timestamp,
+                weight=e.weight,
+                recommendation_id=e.recommendation_id,
+            )
             for e in profile.events
         ],
+        shown_counts=dict(profile.shown_counts),
+    )
+
+
+def to_impression(message: pb.Impression) -> Impression:
+    return Impression(
+        recommendation_id=message.recommendation_id,
+        page=message.page,
+        user_id=message.user_id,
+        item_ids=tuple(message.item_ids),
+        experiment=message.experiment,
+        arm=message.arm,
+        timestamp=message.timestamp,
+    )
+
+
+def _impression(impression: Impression) -> pb.Impression:
+    return pb.Impression(
+        recommendation_id=impression.recommendation_id,
+        page=impression.page,
+        user_id=impression.user_id,
+        item_ids=impression.item_ids,
+        experiment=impression.experiment,
+        arm=impression.arm,
+        timestamp=impression.timestamp,
+        engaged_item_ids=impression.engaged_item_ids,
+        converted_item_ids=impression.converted_item_ids,
     )
 
 
 class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
-    def __init__(self, retrieval: Retrieval) -> None:
-        self._retrieval = retrieval
+    def __init__(self, catalogs: CatalogRegistry) -> None:
+        self._catalogs = catalogs
 
     async def UpsertItems(
         self, request: pb.UpsertItemsRequest, context: grpc.aio.ServicerContext
     ) -> pb.UpsertItemsResponse:
         items = [Item(i.item_id, _vector(i.vector), _payload(i.payload)) for i in request.items]
-        return pb.UpsertItemsResponse(upserted=await self._retrieval.upsert_items(items))
+        self._catalogs.default.check_upsert(items)  # a bad batch creates no catalog
+        retrieval = await self._catalogs.for_write(request.catalog)
+        return pb.UpsertItemsResponse(upserted=await retrieval.upsert_items(items))
 
     async def DeleteItems(
         self, request: pb.DeleteItemsRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteItemsResponse:
-        return pb.DeleteItemsResponse(deleted=await self._retrieval.delete_items(list(request.item_ids)))
+        retrieval = await self._catalogs.for_read(request.catalog)
+        return pb.DeleteItemsResponse(deleted=await retrieval.delete_items(list(request.item_ids)))
 
     async def GetItems(self, request: pb.GetItemsRequest, context: grpc.aio.ServicerContext) -> pb.GetItemsResponse:
-        items = await self._retrieval.get_items(list(request.item_ids), request.with_vectors, request.skip_missing)
+        retrieval = await self._catalogs.for_read(request.catalog)
+        items = await retrieval.get_items(list(request.item_ids), request.with_vectors, request.skip_missing)
         return pb.GetItemsResponse(
             items=[pb.Item(item_id=i.item_id, vector=i.vector or (), payload=_struct(i.payload)) for i in items]
         )
@@ -82,6 +119,7 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
     async def SearchItems(
         self, request: pb.SearchItemsRequest, context: grpc.aio.ServicerContext
     ) -> pb.SearchItemsResponse:
+        retrieval = await self._catalogs.for_read(request.catalog)
         queries = [
             SearchQuery(
                 vector=tuple(q.vector),
@@ -93,7 +131,7 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
             )
             for q in request.queries
         ]
-        results = await self._retrieval.search(queries)
+        results = await retrieval.search(queries)
         return pb.SearchItemsResponse(
             results=[pb.SearchResult(items=[_scored(i) for i in result]) for result in results]
         )
@@ -101,7 +139,8 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
     async def RecommendItems(
         self, request: pb.RecommendItemsRequest, context: grpc.aio.ServicerContext
     ) -> pb.RecommendItemsResponse:
-        found = await self._retrieval.recommend(
+        retrieval = await self._catalogs.for_read(request.catalog)
+        found = await retrieval.recommend(
             list(request.positive_ids),
             list(request.negative_ids),
             request.limit,
@@ -113,7 +152,8 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
     async def ListPopularItems(
         self, request: pb.ListPopularItemsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListPopularItemsResponse:
-        found = await self._retrieval.popular(
+        retrieval = await self._catalogs.for_read(request.catalog)
+        found = await retrieval.popular(
             request.limit, to_filter(request.filter), list(request.exclude_ids), request.offset
         )
         return pb.ListPopularItemsResponse(items=[_scored(i) for i in found])
@@ -121,26 +161,32 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
     async def AppendUserEvents(
         self, request: pb.AppendUserEventsRequest, context: grpc.aio.ServicerContext
     ) -> pb.AppendUserEventsResponse:
-        events = [UserEvent(e.item_id, e.event_type, e.timestamp, e.weight) for e in request.events]
-        profile = await self._retrieval.append_user_events(request.user_id, events)
+        retrieval = await self._catalogs.for_read(request.catalog)
+        events = [
+            UserEvent(e.item_id, e.event_type, e.timestamp, e.weight, e.recommendation_id) for e in request.events
+        ]
+        profile = await retrieval.append_user_events(request.user_id, events)
         return pb.AppendUserEventsResponse(profile=_profile(profile))
 
     async def GetUserProfile(
         self, request: pb.GetUserProfileRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetUserProfileResponse:
-        return pb.GetUserProfileResponse(profile=_profile(await self._retrieval.get_user(request.user_id)))
+        retrieval = await self._catalogs.for_read(request.catalog)
+        return pb.GetUserProfileResponse(profile=_profile(await retrieval.get_user(request.user_id)))
 
     async def DeleteUser(
         self, request: pb.DeleteUserRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteUserResponse:
-        await self._retrieval.delete_user(request.user_id)
+        retrieval = await self._catalogs.for_read(request.catalog)
+        await retrieval.delete_user(request.user_id)
         return pb.DeleteUserResponse()
 
     async def GetCollectionInfo(
         self, request: pb.GetCollectionInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetCollectionInfoResponse:
-        info = await self._retrieval.info()
-        schema = self._retrieval.store.schema
+        retrieval = await self._catalogs.for_read(request.catalog)
+        info = await retrieval.info()
+        schema = retrieval.store.schema
         return pb.GetCollectionInfoResponse(
             backend=info.backend,
             items=info.items,
@@ -151,3 +197,26 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
             payload_fields=[pb.PayloadField(name=name, type=str(kind)) for name, kind in schema.items()],
             index_ready=info.index_ready,
         )
+
+    async def RecordImpression(
+        self, request: pb.RecordImpressionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecordImpressionResponse:
+        impression = to_impression(request.impression)
+        self._catalogs.default.check_impression(impression)  # a bad impression creates no catalog
+        retrieval = await self._catalogs.for_write(request.catalog)
+        await retrieval.record_impression(impression)
+        return pb.RecordImpressionResponse()
+
+    async def GetImpressions(
+        self, request: pb.GetImpressionsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetImpressionsResponse:
+        retrieval = await self._catalogs.for_read(request.catalog)
+        found = await retrieval.get_impressions(request.recommendation_id)
+        return pb.GetImpressionsResponse(impressions=[_impression(i) for i in found])
+
+    async def ListImpressions(
+        self, request: pb.ListImpressionsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListImpressionsResponse:
+        retrieval = await self._catalogs.for_read(request.catalog)
+        found, token = await retrieval.list_impressions(request.experiment, request.limit, request.page_token)
+        return pb.ListImpressionsResponse(impressions=[_impression(i) for i in found], next_page_token=token)

@@ -26,6 +26,7 @@ __all__ = [
     "DimensionMismatchError",
     "FieldType",
     "Filter",
+    "Impression",
     "InvalidFilterError",
     "InvalidVectorError",
     "Item",
@@ -75,6 +76,7 @@ ITEM_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "recsys:retriever:item")
 USER_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "recsys:retriever:user")
 
 MAX_ID_LENGTH = 256
+MAX_RECOMMENDATION_ID = 128
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -153,22 +155,44 @@ class SearchQuery:
 
 @dataclass(frozen=True, slots=True)
 class UserEvent:
-    """A user's interaction with an item; `weight` scales its pull on the profile (negative pushes away)."""
+    """A user's interaction with an item; `weight` scales its pull on the profile (negative pushes away).
+    `recommendation_id` names the recommendation it came from (empty: none), for attribution."""
 
     item_id: str
     event_type: str
     timestamp: float
     weight: float = 1.0
+    recommendation_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class UserProfile:
     """A user's history (oldest first, at most the store's `max_history` newest events) and the profile
-    vector computed from it (None when no event points anywhere)."""
+    vector computed from it (None when no event points anywhere). `shown_counts`: times each item was shown
+    to the user in impressions since the user's last event on it (the most recently shown items, oldest first).
+    A user with impressions but no events has a profile with no events and no vector."""
 
     user_id: str
     vector: tuple[float, ...] | None
     events: tuple[UserEvent, ...]
+    shown_counts: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Impression:
+    """One shown page of a recommendation, keyed by (recommendation_id, page). `user_id` is empty for an
+    anonymous caller. The store keeps `engaged_item_ids` (shown items with an attributed event of any type) and
+    `converted_item_ids` (with an attributed "purchase"); callers' values for them are ignored."""
+
+    recommendation_id: str
+    page: int
+    user_id: str
+    item_ids: tuple[str, ...]
+    experiment: str = ""
+    arm: str = ""
+    timestamp: float = 0.0
+    engaged_item_ids: tuple[str, ...] = ()
+    converted_item_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,6 +257,20 @@ class VectorStore(Protocol):
     def delete_user(self, user_id: str) -> None: ...
 
     def count_users(self) -> int: ...
+
+    def record_impression(self, impression: Impression) -> None:
+        """Stores one shown page durably, replacing the same (recommendation_id, page); with a user id, counts
+        the page's items as shown to that user (once per key: a retry counts nothing again)."""
+        ...
+
+    def get_impressions(self, recommendation_id: str) -> list[Impression]:
+        """Every page of the recommendation, by page; NotFoundError when there is none."""
+        ...
+
+    def list_impressions(self, experiment: str, limit: int, page_token: str) -> tuple[list[Impression], str]:
+        """A page of impressions (of one experiment when given) in a stable order, and the next page's token
+        ("" after the last)."""
+        ...
 
     def info(self) -> StoreInfo: ...
 
@@ -436,6 +474,12 @@ def validate_events(events: Sequence[UserEvent]) -> list[UserEvent]:
         for name, value in (("timestamp", event.timestamp), ("weight", event.weight)):
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
                 raise InvalidArgumentError(f"event on {event.item_id!r}: {name} must be a finite number, got {value!r}")
+        rid = event.recommendation_id
+        if not isinstance(rid, str) or len(rid) > MAX_RECOMMENDATION_ID:
+            raise InvalidArgumentError(
+                f"event on {event.item_id!r}: recommendation_id must be a string of at most "
+                f"{MAX_RECOMMENDATION_ID} characters (or empty)"
+            )
     return list(events)
 
 
@@ -482,9 +526,14 @@ def as_vector(raw: object) -> tuple[float, ...] | None:
 
 
 def events_to_payload(events: Sequence[UserEvent]) -> list[dict[str, Any]]:
-    return [
-        {"item_id": e.item_id, "event_type": e.event_type, "timestamp": e.timestamp, "weight": e.weight} for e in events
-    ]
+    out: list[dict[str, Any]] = []
+    for e in events:
+        entry: dict[str, Any] = {"item_id": e.item_id, "event_type": e.event_type, "timestamp": e.timestamp}
+        entry["weight"] = e.weight
+        if e.recommendation_id:
+            entry["recommendation_id"] = e.recommendation_id
+        out.append(entry)
+    return out
 
 
 def events_from_payload(raw: object) -> tuple[UserEvent, ...]:
@@ -496,6 +545,7 @@ def events_from_payload(raw: object) -> tuple[UserEvent, ...]:
             event_type=str(e["event_type"]),
             timestamp=float(e["timestamp"]),
             weight=float(e["weight"]),
+            recommendation_id=str(e.get("recommendation_id", "")),
         )
         for e in raw
         if isinstance(e, dict)

@@ -453,7 +453,7 @@ def test_edge_background_index_build(tmp_path: Path) -> None:
         assert reopened.count_items() == 2004
         assert reopened.index_ready
         folders = sorted(p.name for p in (tmp_path / "edge").iterdir())
-        assert folders == ["items", "items.2", "users"]
+        assert folders == ["feedback", "items", "items.2", "users"]
         assert (tmp_path / "edge" / "items").resolve().name == "items.2"
     finally:
         reopened.close()
