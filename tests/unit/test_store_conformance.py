@@ -15,12 +15,14 @@ import numpy as np
 import pytest
 from qdrant_client import QdrantClient
 
+from services.common.errors import InvalidArgumentError
 from services.retriever.client_store import ClientVectorStore
 from services.retriever.edge_store import EdgeVectorStore
 from services.retriever.store import (
     DEFAULT_SCHEMA,
     DimensionMismatchError,
     Filter,
+    Impression,
     InvalidFilterError,
     InvalidVectorError,
     Item,
@@ -100,7 +102,11 @@ def factory(backend: str, tmp_path: Path) -> Iterator[Factory]:
         elif backend == "client":
             store = ClientVectorStore.local(tmp_path / "client", dimension=DIM, **kwargs)
         else:
-            names = {"items_collection": f"{suffix}_items", "users_collection": f"{suffix}_users"}
+            names = {
+                "items_collection": f"{suffix}_items",
+                "users_collection": f"{suffix}_users",
+                "feedback_collection": f"{suffix}_feedback",
+            }
             store = ClientVectorStore.from_url(QDRANT_URL, dimension=DIM, **names, **kwargs)
         opened.append(store)
         return store
@@ -111,7 +117,7 @@ def factory(backend: str, tmp_path: Path) -> Iterator[Factory]:
         store.close()
     if backend == "server":
         client = QdrantClient(url=QDRANT_URL)
-        for kind in ("items", "users"):
+        for kind in ("items", "users", "feedback"):
             client.delete_collection(f"{suffix}_{kind}")
         client.close()
 
@@ -469,3 +475,117 @@ def test_client_rejects_other_dimension(tmp_path: Path) -> None:
     ClientVectorStore.local(tmp_path / "c", dimension=DIM).close()
     with pytest.raises(DimensionMismatchError):
         ClientVectorStore.local(tmp_path / "c", dimension=DIM * 2)
+
+
+# -- feedback log: impressions, attribution, shown counts --------------------------------------------------
+
+
+def _impression(rid: str, page: int, user: str, items: list[str], experiment: str = "", arm: str = "") -> Impression:
+    return Impression(rid, page, user, tuple(items), experiment=experiment, arm=arm, timestamp=100.0 + page)
+
+
+def test_impressions_record_get_and_replace(store: VectorStore, catalogue: list[Item]) -> None:
+    store.record_impression(_impression("r1", 2, "u1", ["item-3", "item-4"]))
+    store.record_impression(_impression("r1", 1, "u1", ["item-1", "item-2"], "exp", "a"))
+    got = store.get_impressions("r1")
+    assert [(i.page, i.item_ids) for i in got] == [(1, ("item-1", "item-2")), (2, ("item-3", "item-4"))]
+    assert (got[0].experiment, got[0].arm, got[0].user_id, got[0].timestamp) == ("exp", "a", "u1", 101.0)
+    # The same key again replaces it, and a retry counts nothing twice.
+    store.record_impression(_impression("r1", 1, "u1", ["item-1", "item-2"], "exp", "a"))
+    store.record_impression(_impression("r1", 1, "u1", ["item-1", "item-5"], "exp", "a"))
+    assert store.get_impressions("r1")[0].item_ids == ("item-1", "item-5")
+    assert dict(store.get_user("u1").shown_counts) == {"item-3": 1, "item-4": 1, "item-1": 1, "item-2": 1, "item-5": 1}
+    with pytest.raises(NotFoundError, match="ghost"):
+        store.get_impressions("ghost")
+
+
+def test_impressions_attribution_and_shown_counts(store: VectorStore, catalogue: list[Item]) -> None:
+    store.record_impression(_impression("r1", 1, "u1", ["item-1", "item-2", "item-3"]))
+    store.record_impression(_impression("r2", 1, "u1", ["item-1", "item-4"]))
+    profile = store.get_user("u1")  # a user known only from impressions: no events, no vector
+    assert profile.events == () and profile.vector is None
+    assert dict(profile.shown_counts) == {"item-2": 1, "item-3": 1, "item-1": 2, "item-4": 1}
+    events = [
+        UserEvent("item-2", "click", 1.0, 1.0, recommendation_id="r1"),
+        UserEvent("item-3", "purchase", 2.0, 4.0, recommendation_id="r1"),
+        UserEvent("item-4", "view", 3.0, 1.0, recommendation_id="r1"),  # not shown in r1: stored, not attributed
+        UserEvent("item-5", "view", 4.0, 1.0, recommendation_id="unknown"),
+    ]
+    profile = store.append_user_events("u1", events)
+    assert [e.recommendation_id for e in profile.events] == ["r1", "r1", "r1", "unknown"]
+    assert profile.vector is not None
+    assert dict(profile.shown_counts) == {"item-1": 2}  # an event on an item resets its count
+    assert store.get_user("u1").shown_counts == profile.shown_counts
+    (r1,) = store.get_impressions("r1")
+    assert (set(r1.engaged_item_ids), r1.converted_item_ids) == ({"item-2", "item-3"}, ("item-3",))
+    (r2,) = store.get_impressions("r2")
+    assert r2.engaged_item_ids == () and r2.converted_item_ids == ()
+    # A retry of r1 keeps its attribution; a replacement without an item drops that item's.
+    store.record_impression(_impression("r1", 1, "u1", ["item-1", "item-2", "item-3"]))
+    assert set(store.get_impressions("r1")[0].engaged_item_ids) == {"item-2", "item-3"}
+    store.record_impression(_impression("r1", 1, "u1", ["item-1", "item-2"]))
+    assert store.get_impressions("r1")[0].converted_item_ids == ()
+    assert dict(store.get_user("u1").shown_counts) == {"item-1": 2}  # nothing counted twice
+
+
+def test_list_impressions_pages_and_experiment(store: VectorStore) -> None:
+    for n in range(7):
+        store.record_impression(_impression(f"r{n}", 1, "", [f"item-{n}"], "exp" if n % 2 else "other"))
+    seen: list[str] = []
+    token = ""
+    while True:
+        page, token = store.list_impressions("", 3, token)
+        assert len(page) <= 3
+        seen.extend(i.recommendation_id for i in page)
+        if not token:
+            break
+    assert sorted(seen) == [f"r{n}" for n in range(7)]
+    page, token = store.list_impressions("exp", 10, "")
+    assert sorted(i.recommendation_id for i in page) == ["r1", "r3", "r5"] and token == ""
+    assert store.list_impressions("none", 10, "") == ([], "")
+    for bad in ((0, ""), (1001, ""), (10, "not-a-token")):
+        with pytest.raises(InvalidArgumentError):
+            store.list_impressions("", *bad)
+
+
+def test_delete_user_removes_impressions(store: VectorStore, catalogue: list[Item]) -> None:
+    store.record_impression(_impression("r1", 1, "u1", ["item-1"]))
+    store.record_impression(_impression("r1", 2, "u1", ["item-2"]))
+    store.record_impression(_impression("r2", 1, "u2", ["item-1"]))
+    store.append_user_events("u1", [UserEvent("item-1", "click", 1.0, recommendation_id="r1")])
+    store.delete_user("u1")
+    with pytest.raises(NotFoundError):
+        store.get_impressions("r1")
+    with pytest.raises(NotFoundError):
+        store.get_user("u1")
+    assert len(store.get_impressions("r2")) == 1
+    assert [i.recommendation_id for i in store.list_impressions("", 100, "")[0]] == ["r2"]
+    store.delete_user("u2")  # a user known only from impressions can be deleted too
+    assert store.list_impressions("", 100, "") == ([], "")
+
+
+@pytest.mark.parametrize(
+    ("impression", "message"),
+    [
+        (Impression("", 1, "u", ()), "recommendation_id"),
+        (Impression("x" * 129, 1, "u", ()), "recommendation_id"),
+        (Impression("r", 0, "u", ()), "page"),
+        (Impression("r", 1, "u", (), experiment="e" * 65), "experiment"),
+        (Impression("r", 1, "u", (), arm="a" * 65), "arm"),
+        (Impression("r", 1, "u", ("",)), "shown item id"),
+        (Impression("r", 1, "u", (), timestamp=float("nan")), "timestamp"),
+    ],
+)
+def test_rejects_bad_impressions(store: VectorStore, impression: Impression, message: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=message):
+        store.record_impression(impression)
+
+
+def test_impressions_survive_reopen(factory: Factory) -> None:
+    store = factory()
+    store.record_impression(_impression("r1", 1, "u1", ["a", "b"], "exp", "b"))
+    store.close()
+    reopened = factory()
+    (got,) = reopened.get_impressions("r1")
+    assert (got.item_ids, got.arm) == (("a", "b"), "b")
+    assert dict(reopened.get_user("u1").shown_counts) == {"a": 1, "b": 1}
