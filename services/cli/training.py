@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from services.common.catalogs import CATALOG_RULE, DEFAULT_CATALOG, check_catalog
 from services.datasets.loaders import CatalogItem, Dataset
 from services.embedding.app import load_encoder
 from services.embedding.config import EmbeddingSettings
@@ -19,7 +20,7 @@ from services.preprocessor.app import build_preprocessor
 from services.preprocessor.cleaning import ItemFields
 from services.preprocessor.config import PreprocessorSettings
 from services.ranker import distributed
-from services.ranker.checkpoints import CATALOG_RULE, DEFAULT_CATALOG, catalog_root, save_checkpoint, validate_catalog
+from services.ranker.checkpoints import catalog_root, save_checkpoint
 from services.ranker.training import TrainConfig, TrainResult, train_ranker
 
 
@@ -69,7 +70,7 @@ def embed_items(items: Sequence[CatalogItem], cache_dir: Path, batch_size: int =
 def catalog_argument(value: str) -> str:
     """argparse type of ``--catalog``: a valid catalog name (empty: the default catalog)."""
     try:
-        return validate_catalog(value)
+        return check_catalog(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid catalog name {value!r}: use {CATALOG_RULE}") from None
 

@@ -16,7 +16,6 @@ import hashlib
 import io
 import json
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import asdict, dataclass
@@ -26,7 +25,7 @@ from typing import Any
 
 import torch
 
-from services.common.errors import InvalidArgumentError
+from services.common.catalogs import DEFAULT_CATALOG, check_catalog
 from services.ranker.model import Fusion, ItemGraph, ModelConfig, RankerModel, RankerScorer
 from services.ranker.training import TrainResult
 
@@ -34,24 +33,12 @@ MODEL_FILE = "model.pt"
 METADATA_FILE = "metadata.json"
 FORMAT_VERSION = 2  # 2 added the item graph and the fusion weights; 1 (transformer only) still loads
 CATALOGS_DIR = "catalogs"
-DEFAULT_CATALOG = ""
-CATALOG_RULE = "1 to 64 characters of a-z, 0-9, '_' and '-', starting with a letter or digit"
-_CATALOG_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
-
-
-def validate_catalog(name: str) -> str:
-    """``name`` if it is the default catalog (empty) or a valid catalog name; else InvalidArgumentError."""
-    if name == DEFAULT_CATALOG or _CATALOG_NAME.fullmatch(name):
-        return name
-    raise InvalidArgumentError(
-        f"catalog {name[:80]!r} is not a valid catalog name: use {CATALOG_RULE} (empty: the default catalog)"
-    )
 
 
 def catalog_root(checkpoint_dir: Path, catalog: str) -> Path:
     """The folder of ``catalog``'s versions: ``checkpoint_dir`` for the default catalog, else
     ``checkpoint_dir/catalogs/<catalog>``."""
-    validate_catalog(catalog)
+    check_catalog(catalog)
     return Path(checkpoint_dir) if catalog == DEFAULT_CATALOG else Path(checkpoint_dir) / CATALOGS_DIR / catalog
 
 

@@ -21,15 +21,14 @@ from typing import Protocol
 import numpy as np
 import structlog
 
+from services.common.catalogs import DEFAULT_CATALOG, check_catalog
 from services.common.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError, ServiceError
 from services.ranker.checkpoints import (
-    DEFAULT_CATALOG,
     METADATA_FILE,
     CheckpointMetadata,
     catalog_root,
     list_checkpoints,
     load_scorer,
-    validate_catalog,
 )
 from services.ranker.model import RankerScorer, ScoreRequest
 
@@ -186,7 +185,7 @@ class RankingService:
         """The model that serves ``catalog`` at ``version`` (empty: the catalog's newest), loading it if needed.
         InvalidArgumentError for a malformed catalog name, FailedPreconditionError when the catalog has no
         checkpoint, NotFoundError for a version not on disk."""
-        validate_catalog(catalog)
+        check_catalog(catalog)
         held = self.held(catalog, version)
         if held is not None:
             self._models.move_to_end((catalog, held.path.name))
@@ -226,7 +225,7 @@ class RankingService:
         """The metadata of the model that would serve ``catalog`` at ``version`` (the held newest one when
         ``version`` is empty, so it matches what scores now) and the versions on disk, newest first. Reads
         metadata only: describing a model does not load it. Same errors as ``model``."""
-        validate_catalog(catalog)
+        check_catalog(catalog)
         paths = await self._versions(catalog)
         available = [p.name for p in paths]
         held = self.held(catalog, version)

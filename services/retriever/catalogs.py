@@ -15,13 +15,13 @@ existing ones are found on disk (or on the server) and open on first use.
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
 from qdrant_client import QdrantClient
 
+from services.common.catalogs import DEFAULT_CATALOG, check_catalog, is_catalog_name
 from services.common.errors import FailedPreconditionError, InvalidArgumentError
 from services.retriever import feedback
 from services.retriever.service import Retrieval, RetrievalObserver
@@ -45,22 +45,7 @@ from services.retriever.store import (
     validate_search_query,
 )
 
-DEFAULT_CATALOG = ""
-MAX_CATALOG_NAME = 64
-_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 COLLECTION_SEPARATOR = "__"
-
-
-def validate_catalog(name: str) -> str:
-    """The name, or InvalidArgumentError saying the rule. Empty is the default catalog."""
-    if name == DEFAULT_CATALOG:
-        return name
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise InvalidArgumentError(
-            f"catalog {name!r} is not a valid name: use 1 to {MAX_CATALOG_NAME} characters of a-z, 0-9, '_' and "
-            f"'-', starting with a letter or digit (or leave it empty for the default catalog)"
-        )
-    return name
 
 
 class CatalogStores(Protocol):
@@ -90,7 +75,7 @@ class FolderCatalogs:
     def names(self) -> list[str]:
         if not self._root.is_dir():
             return []
-        return sorted(p.name for p in self._root.iterdir() if p.is_dir() and _NAME.fullmatch(p.name))
+        return sorted(p.name for p in self._root.iterdir() if p.is_dir() and is_catalog_name(p.name))
 
     def open(self, name: str) -> VectorStore:
         return self._open_store(self._root / name)
@@ -114,7 +99,7 @@ class CollectionCatalogs:
     def names(self) -> list[str]:
         suffix = f"{COLLECTION_SEPARATOR}items"
         found = (c.name[: -len(suffix)] for c in self._client.get_collections().collections if c.name.endswith(suffix))
-        return sorted(n for n in found if _NAME.fullmatch(n))
+        return sorted(n for n in found if is_catalog_name(n))
 
     def open(self, name: str) -> VectorStore:
         return self._open_store(self.prefix(name))
@@ -160,7 +145,7 @@ class CatalogRegistry:
 
     async def for_read(self, name: str) -> Retrieval:
         """The catalog, or an empty read-only stand-in when it was never written (nothing is created)."""
-        name = validate_catalog(name)
+        name = check_catalog(name)
         if name == DEFAULT_CATALOG:
             return self.default
         found = self._open.get(name)
@@ -172,7 +157,7 @@ class CatalogRegistry:
 
     async def for_write(self, name: str) -> Retrieval:
         """The catalog, created when missing (FailedPreconditionError past the limit)."""
-        name = validate_catalog(name)
+        name = check_catalog(name)
         if name == DEFAULT_CATALOG:
             return self.default
         found = self._open.get(name)

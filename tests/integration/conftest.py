@@ -3,6 +3,7 @@ free ports, with a few hundred real Amazon-Scientific items, stopped with Ctrl-C
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -38,6 +39,19 @@ class RunningSuite:
 
     def metrics_url(self, service: str) -> str:
         return f"http://127.0.0.1:{self.base_port + PORT_OFFSETS[service] + METRICS_OFFSET}/metrics"
+
+
+# An A/B experiment on a catalog of its own, so the other tests see the default catalog unchanged.
+EXPERIMENT_CATALOG = "ab-test"
+EXPERIMENTS = {
+    "experiments": [
+        {
+            "name": "diversity-trial",
+            "catalog": EXPERIMENT_CATALOG,
+            "arms": [{"name": "control"}, {"name": "diverse", "settings": {"diversity": 0.5}}],
+        }
+    ]
+}
 
 
 def _free_base_port() -> int:
@@ -78,7 +92,10 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSuite]:
         "--port", str(base_port), "--epochs", "8", "--max-train-seconds", "60",
     ]  # fmt: skip
     stderr = (state_dir / "up.stderr").open("wb")
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    experiments = state_dir / "experiments.json"
+    experiments.write_text(json.dumps(EXPERIMENTS))
+    environment = {**os.environ, "GATEWAY_EXPERIMENTS_FILE": str(experiments)}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stderr, text=True, env=environment)
     output: list[str] = []
     deadline = time.monotonic() + 900
     assert process.stdout is not None

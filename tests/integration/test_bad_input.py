@@ -36,7 +36,16 @@ GATEWAY_CASES: list[tuple[str, str, Any, grpc.StatusCode, str]] = [
     ("10 MB query", "SearchItems", pb.SearchItemsRequest(query=TEN_MB, k=5), INVALID, "shorten it"),
     ("k = 0", "Recommend", pb.RecommendRequest(user_id="u", k=0), INVALID, "k is 0"),
     ("k = 100000", "Recommend", pb.RecommendRequest(user_id="u", k=100000), INVALID, "k is 100000"),
-    ("no user id", "Recommend", pb.RecommendRequest(k=5), INVALID, "user_id is empty"),
+    ("blank user id", "Recommend", pb.RecommendRequest(user_id="  ", k=5), INVALID, "user_id is empty"),
+    ("bad catalog", "Recommend", pb.RecommendRequest(k=5, catalog="A B"), INVALID, "catalog"),
+    ("diversity > 1", "Recommend", pb.RecommendRequest(k=5, diversity=1.5), INVALID, "diversity"),
+    (
+        "boost without target",
+        "Recommend",
+        pb.RecommendRequest(k=5, boosts=[pb.Boost(weight=1.0)]),
+        INVALID,
+        "boosts[0] needs either a category",
+    ),
     ("bad page token", "Recommend", pb.RecommendRequest(user_id="u", k=5, page_token="zzz"), INVALID, "page_token"),
     (
         "unknown filter field",

@@ -34,10 +34,19 @@ def test_delete_user_removes_every_trace_and_logs_hold_none(suite: RunningSuite,
         assert _popularity(retriever_channel) == {ITEMS[0]: before[ITEMS[0]] + 2, ITEMS[1]: before[ITEMS[1]] + 1}
         personal = gateway.Recommend(pb.RecommendRequest(user_id=USER, k=5, query=QUERY), timeout=30)
         assert personal.strategy == "personalised+query"
+        retriever = retriever_pb2_grpc.RetrieverServiceStub(retriever_channel)
+        shown = retriever.GetImpressions(
+            retriever_pb2.GetImpressionsRequest(recommendation_id=personal.recommendation_id), timeout=10
+        )
+        assert shown.impressions[0].user_id == USER
         gateway.SearchItems(pb.SearchItemsRequest(query=QUERY, k=3), timeout=30)
 
         gateway.DeleteUser(pb.DeleteUserRequest(user_id=USER), timeout=30)
-        retriever = retriever_pb2_grpc.RetrieverServiceStub(retriever_channel)
+        with pytest.raises(grpc.RpcError) as gone:  # what was shown to the user goes too
+            retriever.GetImpressions(
+                retriever_pb2.GetImpressionsRequest(recommendation_id=personal.recommendation_id), timeout=10
+            )
+        assert gone.value.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
         with pytest.raises(grpc.RpcError) as caught:
             retriever.GetUserProfile(retriever_pb2.GetUserProfileRequest(user_id=USER), timeout=10)
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND  # type: ignore[attr-defined]
