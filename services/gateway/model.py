@@ -140,6 +140,8 @@ class RecommendResult:
     page: int = 1
     experiment: str = ""
     arm: str = ""
+    # Wall time of each stage, milliseconds.
+    stage_ms: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

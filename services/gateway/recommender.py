@@ -7,8 +7,8 @@ import contextlib
 import math
 import time
 import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Awaitable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 import numpy as np
@@ -124,6 +124,35 @@ def _with_boost(evidence: Evidence, item: StoredItem, boosts: Sequence[Boost]) -
     if not evidence.source:
         return Evidence("boost", clause[0].upper() + clause[1:])
     return Evidence(evidence.source, f"{evidence.reason}; {clause}")
+
+
+class StageClock:
+    """Wall time per stage of one call, in milliseconds (stages that overlap each count their own time)."""
+
+    def __init__(self) -> None:
+        self._started = time.perf_counter()
+        self.ms: dict[str, float] = {}
+
+    async def time(self, stage: str, work: Awaitable[T]) -> T:
+        started = time.perf_counter()
+        try:
+            return await work
+        finally:
+            self._add(stage, started)
+
+    @contextlib.contextmanager
+    def measure(self, stage: str) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._add(stage, started)
+
+    def _add(self, stage: str, started: float) -> None:
+        self.ms[stage] = self.ms.get(stage, 0.0) + (time.perf_counter() - started) * 1000
+
+    def total(self) -> dict[str, float]:
+        return {**self.ms, "total": (time.perf_counter() - self._started) * 1000}
 
 
 @dataclass(frozen=True)
@@ -337,12 +366,14 @@ class Recommender:
         arm = experiment.assign(request.user_id or recommendation_id) if experiment is not None else None
         labels = _Labels(recommendation_id, page, experiment.name if experiment else "", arm.name if arm else "")
         degraded: list[str] = []
+        clock = StageClock()
         try:
-            return await self._recommend(request, labels, self._tuning(arm), degraded)
+            result = await self._recommend(request, labels, self._tuning(arm), degraded, clock)
         except BackendUnavailableError as error:
             if error.stage != "retriever":
                 raise
-            return self._from_cache(request, labels, degraded)
+            result = self._from_cache(request, labels, degraded)
+        return replace(result, stage_ms=clock.total())
 
     def _from_cache(self, request: RecommendQuery, labels: _Labels, degraded: list[str]) -> RecommendResult:
         """Popular items from the cache while the retriever is down; UNAVAILABLE at once when it is empty.
@@ -363,12 +394,12 @@ class Recommender:
         return Recommendation(item.item_id, item.score, reason, item.title, item.categories, evidence="popularity")
 
     async def _recommend(
-        self, request: RecommendQuery, labels: _Labels, tuning: Tuning, degraded: list[str]
+        self, request: RecommendQuery, labels: _Labels, tuning: Tuning, degraded: list[str], clock: StageClock
     ) -> RecommendResult:
         catalog, k, rules = request.catalog, request.k, request.rules
         shown_before: set[str] = set()
         if labels.page > 1:
-            impressions = await self.retrieval.get_impressions(catalog, labels.recommendation_id)
+            impressions = await clock.time("shown", self.retrieval.get_impressions(catalog, labels.recommendation_id))
             if not impressions:
                 raise NotFoundError(
                     f"recommendation {labels.recommendation_id} is unknown in this catalog: ask for the first "
@@ -379,11 +410,11 @@ class Recommender:
                 return labels.result((), False, "popular", "", _stages(degraded))
 
         profile, context, query_vector = await asyncio.gather(
-            self.retrieval.get_profile(catalog, request.user_id) if request.user_id else _none(),
-            self.retrieval.get_items(catalog, request.context_item_ids, skip_missing=False)
+            clock.time("profile", self.retrieval.get_profile(catalog, request.user_id)) if request.user_id else _none(),
+            clock.time("context", self.retrieval.get_items(catalog, request.context_item_ids, skip_missing=False))
             if request.context_item_ids
             else _empty(),
-            self._optional_query_vector(request.query, degraded),
+            clock.time("query", self._optional_query_vector(request.query, degraded)),
         )
         events = profile.events if profile else ()
         seen = list(dict.fromkeys(e.item_id for e in events))
@@ -413,7 +444,10 @@ class Recommender:
         if target is None:
             limit = min(max(k * DIVERSITY_WINDOW_PER_SLOT, MIN_DIVERSITY_WINDOW), self.limits.max_popular_pool)
             candidates, pinned = await asyncio.gather(
-                self.retrieval.popular(catalog, limit, 0, request.item_filter, exclude, with_vectors=diversity > 0),
+                clock.time(
+                    "retrieval",
+                    self.retrieval.popular(catalog, limit, 0, request.item_filter, exclude, with_vectors=diversity > 0),
+                ),
                 pinned_task,
             )
             history: list[StoredItem] = []
@@ -423,30 +457,33 @@ class Recommender:
         else:
             pool = max(tuning.candidate_pool, k + 1)
             candidates, history_found, pinned = await asyncio.gather(
-                self.retrieval.search(catalog, target, pool, request.item_filter, exclude),
-                self.retrieval.get_items(catalog, history_ids, skip_missing=True) if history_ids else _empty(),
+                clock.time("retrieval", self.retrieval.search(catalog, target, pool, request.item_filter, exclude)),
+                clock.time("history", self.retrieval.get_items(catalog, history_ids, skip_missing=True))
+                if history_ids
+                else _empty(),
                 pinned_task,
             )
             history = [*history_found, *context]  # the session's items are the most recent
             similarity = np.asarray([c.score for c in candidates], dtype=np.float64)
             stages["retrieval"] = similarity
-            base, ranker_scores, model_version = await self._rank(
-                request, tuning, history, candidates, similarity, degraded
+            base, ranker_scores, model_version = await clock.time(
+                "ranker", self._rank(request, tuning, history, candidates, similarity, degraded)
             )
             if ranker_scores is not None:
                 stages["ranker"] = ranker_scores
         pinned = [item for item in pinned if matches(item, request.item_filter)]
 
-        boosts = boost_scores(candidates, rules.boosts)
-        rotation = rotation_penalties(candidates, profile.shown_counts if profile else {}, tuning.rotation)
-        final = base + boosts - rotation
-        stages.update(base=base, boost=boosts, rotation=rotation, final=final)
-        selection = select_page(candidates, final, k, diversity, max_per_category)
-        redundancy = dict(zip(selection.order, selection.redundancy, strict=True))
-        by_id = {candidates[i].item_id: i for i in selection.order}
-        pinned_by_id = {item.item_id: item for item in pinned}
-        pins = [pin for pin in rules.pins if pin.item_id in pinned_by_id] if labels.page == 1 else []
-        placed = place_pins([candidates[i].item_id for i in selection.order], pins, k)
+        with clock.measure("rules"):
+            boosts = boost_scores(candidates, rules.boosts)
+            rotation = rotation_penalties(candidates, profile.shown_counts if profile else {}, tuning.rotation)
+            final = base + boosts - rotation
+            stages.update(base=base, boost=boosts, rotation=rotation, final=final)
+            selection = select_page(candidates, final, k, diversity, max_per_category)
+            redundancy = dict(zip(selection.order, selection.redundancy, strict=True))
+            by_id = {candidates[i].item_id: i for i in selection.order}
+            pinned_by_id = {item.item_id: item for item in pinned}
+            pins = [pin for pin in rules.pins if pin.item_id in pinned_by_id] if labels.page == 1 else []
+            placed = place_pins([candidates[i].item_id for i in selection.order], pins, k)
 
         events_by_item = {e.item_id: e for e in events}
         context_ids = set(request.context_item_ids)
@@ -481,7 +518,7 @@ class Recommender:
                     pinned=is_pin,
                 )
             )
-        await self._record_impression(request, labels, items, degraded)
+        await clock.time("record", self._record_impression(request, labels, items, degraded))
         strategy = strategy if target is not None else "popular"
         return labels.result(tuple(items), selection.has_more, strategy, model_version, _stages(degraded))
 

@@ -134,6 +134,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             experiment=result.experiment,
             arm=result.arm,
             page=result.page,
+            stage_ms=dict(result.stage_ms),
         )
 
     async def GetSimilarItems(

@@ -184,6 +184,7 @@ def test_explanations_name_the_evidence_and_the_stage_scores(
         assert item.reason.startswith(("Similar to “", "Matches your search “"))
     quiet = gateway.Recommend(pb.RecommendRequest(user_id=user, k=5))
     assert not quiet.items[0].HasField("explanation")
+    assert {"profile", "retrieval", "ranker", "record", "total"} <= set(quiet.stage_ms), dict(quiet.stage_ms)
     popular = gateway.Recommend(pb.RecommendRequest(k=3, explain=True))
     assert popular.items[0].explanation.evidence == "popularity" and popular.items[0].reason.startswith("Popular")
 

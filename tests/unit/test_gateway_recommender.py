@@ -305,6 +305,8 @@ async def test_explain_fills_stage_scores(parts: tuple[Recommender, FakeRetrieva
     assert result.items[0].evidence == "a"
     quiet = await recommender.recommend(rq("u"))
     assert quiet.items[0].stage_scores == {}
+    assert {"profile", "retrieval", "history", "ranker", "rules", "record", "total"} <= set(quiet.stage_ms)
+    assert all(ms >= 0 for ms in quiet.stage_ms.values())
 
 
 async def test_experiment_arm_changes_the_settings(parts: tuple[Recommender, FakeRetrieval, FakeRanking]) -> None:

@@ -26,7 +26,7 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1frecsys/gateway/v1/gateway.proto\x12\x11recsys.gateway.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"P\n\x0bRangeFilter\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x10\n\x03gte\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x03lte\x18\x03 \x01(\x01H\x01\x88\x01\x01\x42\x06\n\x04_gteB\x06\n\x04_lte\".\n\rKeywordFilter\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x0e\n\x06\x61ny_of\x18\x02 \x03(\t\"*\n\nFlagFilter\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x08\"\xb2\x01\n\x06\x46ilter\x12\x16\n\x0e\x63\x61tegories_any\x18\x01 \x03(\t\x12\x32\n\x08keywords\x18\x02 \x03(\x0b\x32 .recsys.gateway.v1.KeywordFilter\x12.\n\x06ranges\x18\x03 \x03(\x0b\x32\x1e.recsys.gateway.v1.RangeFilter\x12,\n\x05\x66lags\x18\x04 \x03(\x0b\x32\x1d.recsys.gateway.v1.FlagFilter\"\xa7\x01\n\x0b\x45xplanation\x12\x45\n\x0cstage_scores\x18\x01 \x03(\x0b\x32/.recsys.gateway.v1.Explanation.StageScoresEntry\x12\x10\n\x08\x65vidence\x18\x02 \x01(\t\x12\x0b\n\x03\x61rm\x18\x03 \x01(\t\x1a\x32\n\x10StageScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xa9\x01\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\r\n\x05title\x18\x04 \x01(\t\x12\x12\n\ncategories\x18\x05 \x03(\t\x12\x33\n\x0b\x65xplanation\x18\x06 \x01(\x0b\x32\x1e.recsys.gateway.v1.Explanation\x12\x0e\n\x06pinned\x18\x07 \x01(\x08\"G\n\x05\x42oost\x12\x10\n\x08\x63\x61tegory\x18\x01 \x01(\t\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\t\x12\x0e\n\x06weight\x18\x04 \x01(\x02\"(\n\x03Pin\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\x05\"\xfb\x02\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\t\n\x01k\x18\x03 \x01(\x05\x12)\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x19.recsys.gateway.v1.Filter\x12\x19\n\x0c\x65xclude_seen\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12\x12\n\npage_token\x18\x06 \x01(\t\x12\x0f\n\x07\x63\x61talog\x18\x07 \x01(\t\x12\x18\n\x10\x63ontext_item_ids\x18\x08 \x03(\t\x12\x11\n\tdiversity\x18\t \x01(\x02\x12\x18\n\x10max_per_category\x18\n \x01(\x05\x12(\n\x06\x62oosts\x18\x0b \x03(\x0b\x32\x18.recsys.gateway.v1.Boost\x12$\n\x04pins\x18\x0c \x03(\x0b\x32\x16.recsys.gateway.v1.Pin\x12\x18\n\x10\x62locked_item_ids\x18\r \x03(\t\x12\x0f\n\x07\x65xplain\x18\x0e \x01(\x08\x42\x0f\n\r_exclude_seen\"\xfd\x01\n\x11RecommendResponse\x12\x31\n\x05items\x18\x01 \x03(\x0b\x32\".recsys.gateway.v1.RecommendedItem\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x10\n\x08strategy\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x10\n\x08\x64\x65graded\x18\x05 \x01(\x08\x12\x17\n\x0f\x64\x65graded_stages\x18\x06 \x03(\t\x12\x19\n\x11recommendation_id\x18\x07 \x01(\t\x12\x12\n\nexperiment\x18\x08 \x01(\t\x12\x0b\n\x03\x61rm\x18\t \x01(\t\x12\x0c\n\x04page\x18\n \x01(\x05\"p\n\x16GetSimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12)\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x19.recsys.gateway.v1.Filter\x12\x0f\n\x07\x63\x61talog\x18\x04 \x01(\t\"L\n\x17GetSimilarItemsResponse\x12\x31\n\x05items\x18\x01 \x03(\x0b\x32\".recsys.gateway.v1.RecommendedItem\"j\n\x12SearchItemsRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12)\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x19.recsys.gateway.v1.Filter\x12\x0f\n\x07\x63\x61talog\x18\x04 \x01(\t\"s\n\x13SearchItemsResponse\x12\x31\n\x05items\x18\x01 \x03(\x0b\x32\".recsys.gateway.v1.RecommendedItem\x12\x10\n\x08\x64\x65graded\x18\x02 \x01(\x08\x12\x17\n\x0f\x64\x65graded_stages\x18\x03 \x03(\t\"\x83\x01\n\x0b\x43\x61talogItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x12\n\ncategories\x18\x04 \x03(\t\x12+\n\nattributes\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"T\n\x12UpsertItemsRequest\x12-\n\x05items\x18\x01 \x03(\x0b\x32\x1e.recsys.gateway.v1.CatalogItem\x12\x0f\n\x07\x63\x61talog\x18\x02 \x01(\t\":\n\x13UpsertItemsResponse\x12\x10\n\x08upserted\x18\x01 \x01(\x05\x12\x11\n\ttruncated\x18\x02 \x01(\x05\"\x9a\x01\n\x05\x45vent\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12*\n\x04type\x18\x03 \x01(\x0e\x32\x1c.recsys.gateway.v1.EventType\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11recommendation_id\x18\x05 \x01(\t\"P\n\x13RecordEventsRequest\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.recsys.gateway.v1.Event\x12\x0f\n\x07\x63\x61talog\x18\x02 \x01(\t\"(\n\x14RecordEventsResponse\x12\x10\n\x08recorded\x18\x01 \x01(\x05\"5\n\x11\x44\x65leteUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61talog\x18\x02 \x01(\t\"\x14\n\x12\x44\x65leteUserResponse*\x87\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x45VENT_TYPE_VIEW\x10\x01\x12\x14\n\x10\x45VENT_TYPE_CLICK\x10\x02\x12\x1a\n\x16\x45VENT_TYPE_ADD_TO_CART\x10\x03\x12\x17\n\x13\x45VENT_TYPE_PURCHASE\x10\x04\x32\xca\x04\n\x0eGatewayService\x12V\n\tRecommend\x12#.recsys.gateway.v1.RecommendRequest\x1a$.recsys.gateway.v1.RecommendResponse\x12h\n\x0fGetSimilarItems\x12).recsys.gateway.v1.GetSimilarItemsRequest\x1a*.recsys.gateway.v1.GetSimilarItemsResponse\x12\\\n\x0bSearchItems\x12%.recsys.gateway.v1.SearchItemsRequest\x1a&.recsys.gateway.v1.SearchItemsResponse\x12\\\n\x0bUpsertItems\x12%.recsys.gateway.v1.UpsertItemsRequest\x1a&.recsys.gateway.v1.UpsertItemsResponse\x12_\n\x0cRecordEvents\x12&.recsys.gateway.v1.RecordEventsRequest\x1a\'.recsys.gateway.v1.RecordEventsResponse\x12Y\n\nDeleteUser\x12$.recsys.gateway.v1.DeleteUserRequest\x1a%.recsys.gateway.v1.DeleteUserResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1frecsys/gateway/v1/gateway.proto\x12\x11recsys.gateway.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"P\n\x0bRangeFilter\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x10\n\x03gte\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x03lte\x18\x03 \x01(\x01H\x01\x88\x01\x01\x42\x06\n\x04_gteB\x06\n\x04_lte\".\n\rKeywordFilter\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x0e\n\x06\x61ny_of\x18\x02 \x03(\t\"*\n\nFlagFilter\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x08\"\xb2\x01\n\x06\x46ilter\x12\x16\n\x0e\x63\x61tegories_any\x18\x01 \x03(\t\x12\x32\n\x08keywords\x18\x02 \x03(\x0b\x32 .recsys.gateway.v1.KeywordFilter\x12.\n\x06ranges\x18\x03 \x03(\x0b\x32\x1e.recsys.gateway.v1.RangeFilter\x12,\n\x05\x66lags\x18\x04 \x03(\x0b\x32\x1d.recsys.gateway.v1.FlagFilter\"\xa7\x01\n\x0b\x45xplanation\x12\x45\n\x0cstage_scores\x18\x01 \x03(\x0b\x32/.recsys.gateway.v1.Explanation.StageScoresEntry\x12\x10\n\x08\x65vidence\x18\x02 \x01(\t\x12\x0b\n\x03\x61rm\x18\x03 \x01(\t\x1a\x32\n\x10StageScoresEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xa9\x01\n\x0fRecommendedItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\r\n\x05title\x18\x04 \x01(\t\x12\x12\n\ncategories\x18\x05 \x03(\t\x12\x33\n\x0b\x65xplanation\x18\x06 \x01(\x0b\x32\x1e.recsys.gateway.v1.Explanation\x12\x0e\n\x06pinned\x18\x07 \x01(\x08\"G\n\x05\x42oost\x12\x10\n\x08\x63\x61tegory\x18\x01 \x01(\t\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\t\x12\x0e\n\x06weight\x18\x04 \x01(\x02\"(\n\x03Pin\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\x05\"\xfb\x02\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05query\x18\x02 \x01(\t\x12\t\n\x01k\x18\x03 \x01(\x05\x12)\n\x06\x66ilter\x18\x04 \x01(\x0b\x32\x19.recsys.gateway.v1.Filter\x12\x19\n\x0c\x65xclude_seen\x18\x05 \x01(\x08H\x00\x88\x01\x01\x12\x12\n\npage_token\x18\x06 \x01(\t\x12\x0f\n\x07\x63\x61talog\x18\x07 \x01(\t\x12\x18\n\x10\x63ontext_item_ids\x18\x08 \x03(\t\x12\x11\n\tdiversity\x18\t \x01(\x02\x12\x18\n\x10max_per_category\x18\n \x01(\x05\x12(\n\x06\x62oosts\x18\x0b \x03(\x0b\x32\x18.recsys.gateway.v1.Boost\x12$\n\x04pins\x18\x0c \x03(\x0b\x32\x16.recsys.gateway.v1.Pin\x12\x18\n\x10\x62locked_item_ids\x18\r \x03(\t\x12\x0f\n\x07\x65xplain\x18\x0e \x01(\x08\x42\x0f\n\r_exclude_seen\"\xf2\x02\n\x11RecommendResponse\x12\x31\n\x05items\x18\x01 \x03(\x0b\x32\".recsys.gateway.v1.RecommendedItem\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x10\n\x08strategy\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x10\n\x08\x64\x65graded\x18\x05 \x01(\x08\x12\x17\n\x0f\x64\x65graded_stages\x18\x06 \x03(\t\x12\x19\n\x11recommendation_id\x18\x07 \x01(\t\x12\x12\n\nexperiment\x18\x08 \x01(\t\x12\x0b\n\x03\x61rm\x18\t \x01(\t\x12\x0c\n\x04page\x18\n \x01(\x05\x12\x43\n\x08stage_ms\x18\x0b \x03(\x0b\x32\x31.recsys.gateway.v1.RecommendResponse.StageMsEntry\x1a.\n\x0cStageMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"p\n\x16GetSimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12)\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x19.recsys.gateway.v1.Filter\x12\x0f\n\x07\x63\x61talog\x18\x04 \x01(\t\"L\n\x17GetSimilarItemsResponse\x12\x31\n\x05items\x18\x01 \x03(\x0b\x32\".recsys.gateway.v1.RecommendedItem\"j\n\x12SearchItemsRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\x05\x12)\n\x06\x66ilter\x18\x03 \x01(\x0b\x32\x19.recsys.gateway.v1.Filter\x12\x0f\n\x07\x63\x61talog\x18\x04 \x01(\t\"s\n\x13SearchItemsResponse\x12\x31\n\x05items\x18\x01 \x03(\x0b\x32\".recsys.gateway.v1.RecommendedItem\x12\x10\n\x08\x64\x65graded\x18\x02 \x01(\x08\x12\x17\n\x0f\x64\x65graded_stages\x18\x03 \x03(\t\"\x83\x01\n\x0b\x43\x61talogItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x12\n\ncategories\x18\x04 \x03(\t\x12+\n\nattributes\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\"T\n\x12UpsertItemsRequest\x12-\n\x05items\x18\x01 \x03(\x0b\x32\x1e.recsys.gateway.v1.CatalogItem\x12\x0f\n\x07\x63\x61talog\x18\x02 \x01(\t\":\n\x13UpsertItemsResponse\x12\x10\n\x08upserted\x18\x01 \x01(\x05\x12\x11\n\ttruncated\x18\x02 \x01(\x05\"\x9a\x01\n\x05\x45vent\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12*\n\x04type\x18\x03 \x01(\x0e\x32\x1c.recsys.gateway.v1.EventType\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11recommendation_id\x18\x05 \x01(\t\"P\n\x13RecordEventsRequest\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.recsys.gateway.v1.Event\x12\x0f\n\x07\x63\x61talog\x18\x02 \x01(\t\"(\n\x14RecordEventsResponse\x12\x10\n\x08recorded\x18\x01 \x01(\x05\"5\n\x11\x44\x65leteUserRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63\x61talog\x18\x02 \x01(\t\"\x14\n\x12\x44\x65leteUserResponse*\x87\x01\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x45VENT_TYPE_VIEW\x10\x01\x12\x14\n\x10\x45VENT_TYPE_CLICK\x10\x02\x12\x1a\n\x16\x45VENT_TYPE_ADD_TO_CART\x10\x03\x12\x17\n\x13\x45VENT_TYPE_PURCHASE\x10\x04\x32\xca\x04\n\x0eGatewayService\x12V\n\tRecommend\x12#.recsys.gateway.v1.RecommendRequest\x1a$.recsys.gateway.v1.RecommendResponse\x12h\n\x0fGetSimilarItems\x12).recsys.gateway.v1.GetSimilarItemsRequest\x1a*.recsys.gateway.v1.GetSimilarItemsResponse\x12\\\n\x0bSearchItems\x12%.recsys.gateway.v1.SearchItemsRequest\x1a&.recsys.gateway.v1.SearchItemsResponse\x12\\\n\x0bUpsertItems\x12%.recsys.gateway.v1.UpsertItemsRequest\x1a&.recsys.gateway.v1.UpsertItemsResponse\x12_\n\x0cRecordEvents\x12&.recsys.gateway.v1.RecordEventsRequest\x1a\'.recsys.gateway.v1.RecordEventsResponse\x12Y\n\nDeleteUser\x12$.recsys.gateway.v1.DeleteUserRequest\x1a%.recsys.gateway.v1.DeleteUserResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,8 +35,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EXPLANATION_STAGESCORESENTRY']._loaded_options = None
   _globals['_EXPLANATION_STAGESCORESENTRY']._serialized_options = b'8\001'
-  _globals['_EVENTTYPE']._serialized_start=2623
-  _globals['_EVENTTYPE']._serialized_end=2758
+  _globals['_RECOMMENDRESPONSE_STAGEMSENTRY']._loaded_options = None
+  _globals['_RECOMMENDRESPONSE_STAGEMSENTRY']._serialized_options = b'8\001'
+  _globals['_EVENTTYPE']._serialized_start=2740
+  _globals['_EVENTTYPE']._serialized_end=2875
   _globals['_RANGEFILTER']._serialized_start=117
   _globals['_RANGEFILTER']._serialized_end=197
   _globals['_KEYWORDFILTER']._serialized_start=199
@@ -58,31 +60,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECOMMENDREQUEST']._serialized_start=930
   _globals['_RECOMMENDREQUEST']._serialized_end=1309
   _globals['_RECOMMENDRESPONSE']._serialized_start=1312
-  _globals['_RECOMMENDRESPONSE']._serialized_end=1565
-  _globals['_GETSIMILARITEMSREQUEST']._serialized_start=1567
-  _globals['_GETSIMILARITEMSREQUEST']._serialized_end=1679
-  _globals['_GETSIMILARITEMSRESPONSE']._serialized_start=1681
-  _globals['_GETSIMILARITEMSRESPONSE']._serialized_end=1757
-  _globals['_SEARCHITEMSREQUEST']._serialized_start=1759
-  _globals['_SEARCHITEMSREQUEST']._serialized_end=1865
-  _globals['_SEARCHITEMSRESPONSE']._serialized_start=1867
-  _globals['_SEARCHITEMSRESPONSE']._serialized_end=1982
-  _globals['_CATALOGITEM']._serialized_start=1985
-  _globals['_CATALOGITEM']._serialized_end=2116
-  _globals['_UPSERTITEMSREQUEST']._serialized_start=2118
-  _globals['_UPSERTITEMSREQUEST']._serialized_end=2202
-  _globals['_UPSERTITEMSRESPONSE']._serialized_start=2204
-  _globals['_UPSERTITEMSRESPONSE']._serialized_end=2262
-  _globals['_EVENT']._serialized_start=2265
-  _globals['_EVENT']._serialized_end=2419
-  _globals['_RECORDEVENTSREQUEST']._serialized_start=2421
-  _globals['_RECORDEVENTSREQUEST']._serialized_end=2501
-  _globals['_RECORDEVENTSRESPONSE']._serialized_start=2503
-  _globals['_RECORDEVENTSRESPONSE']._serialized_end=2543
-  _globals['_DELETEUSERREQUEST']._serialized_start=2545
-  _globals['_DELETEUSERREQUEST']._serialized_end=2598
-  _globals['_DELETEUSERRESPONSE']._serialized_start=2600
-  _globals['_DELETEUSERRESPONSE']._serialized_end=2620
-  _globals['_GATEWAYSERVICE']._serialized_start=2761
-  _globals['_GATEWAYSERVICE']._serialized_end=3347
+  _globals['_RECOMMENDRESPONSE']._serialized_end=1682
+  _globals['_RECOMMENDRESPONSE_STAGEMSENTRY']._serialized_start=1636
+  _globals['_RECOMMENDRESPONSE_STAGEMSENTRY']._serialized_end=1682
+  _globals['_GETSIMILARITEMSREQUEST']._serialized_start=1684
+  _globals['_GETSIMILARITEMSREQUEST']._serialized_end=1796
+  _globals['_GETSIMILARITEMSRESPONSE']._serialized_start=1798
+  _globals['_GETSIMILARITEMSRESPONSE']._serialized_end=1874
+  _globals['_SEARCHITEMSREQUEST']._serialized_start=1876
+  _globals['_SEARCHITEMSREQUEST']._serialized_end=1982
+  _globals['_SEARCHITEMSRESPONSE']._serialized_start=1984
+  _globals['_SEARCHITEMSRESPONSE']._serialized_end=2099
+  _globals['_CATALOGITEM']._serialized_start=2102
+  _globals['_CATALOGITEM']._serialized_end=2233
+  _globals['_UPSERTITEMSREQUEST']._serialized_start=2235
+  _globals['_UPSERTITEMSREQUEST']._serialized_end=2319
+  _globals['_UPSERTITEMSRESPONSE']._serialized_start=2321
+  _globals['_UPSERTITEMSRESPONSE']._serialized_end=2379
+  _globals['_EVENT']._serialized_start=2382
+  _globals['_EVENT']._serialized_end=2536
+  _globals['_RECORDEVENTSREQUEST']._serialized_start=2538
+  _globals['_RECORDEVENTSREQUEST']._serialized_end=2618
+  _globals['_RECORDEVENTSRESPONSE']._serialized_start=2620
+  _globals['_RECORDEVENTSRESPONSE']._serialized_end=2660
+  _globals['_DELETEUSERREQUEST']._serialized_start=2662
+  _globals['_DELETEUSERREQUEST']._serialized_end=2715
+  _globals['_DELETEUSERRESPONSE']._serialized_start=2717
+  _globals['_DELETEUSERRESPONSE']._serialized_end=2737
+  _globals['_GATEWAYSERVICE']._serialized_start=2878
+  _globals['_GATEWAYSERVICE']._serialized_end=3464
 # @@protoc_insertion_point(module_scope)

@@ -150,7 +150,14 @@ class RecommendRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., query: _Optional[str] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., exclude_seen: _Optional[bool] = ..., page_token: _Optional[str] = ..., catalog: _Optional[str] = ..., context_item_ids: _Optional[_Iterable[str]] = ..., diversity: _Optional[float] = ..., max_per_category: _Optional[int] = ..., boosts: _Optional[_Iterable[_Union[Boost, _Mapping]]] = ..., pins: _Optional[_Iterable[_Union[Pin, _Mapping]]] = ..., blocked_item_ids: _Optional[_Iterable[str]] = ..., explain: _Optional[bool] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("items", "next_page_token", "strategy", "model_version", "degraded", "degraded_stages", "recommendation_id", "experiment", "arm", "page")
+    __slots__ = ("items", "next_page_token", "strategy", "model_version", "degraded", "degraded_stages", "recommendation_id", "experiment", "arm", "page", "stage_ms")
+    class StageMsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
@@ -161,6 +168,7 @@ class RecommendResponse(_message.Message):
     EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
     ARM_FIELD_NUMBER: _ClassVar[int]
     PAGE_FIELD_NUMBER: _ClassVar[int]
+    STAGE_MS_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
     next_page_token: str
     strategy: str
@@ -171,7 +179,8 @@ class RecommendResponse(_message.Message):
     experiment: str
     arm: str
     page: int
-    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., strategy: _Optional[str] = ..., model_version: _Optional[str] = ..., degraded: _Optional[bool] = ..., degraded_stages: _Optional[_Iterable[str]] = ..., recommendation_id: _Optional[str] = ..., experiment: _Optional[str] = ..., arm: _Optional[str] = ..., page: _Optional[int] = ...) -> None: ...
+    stage_ms: _containers.ScalarMap[str, float]
+    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., strategy: _Optional[str] = ..., model_version: _Optional[str] = ..., degraded: _Optional[bool] = ..., degraded_stages: _Optional[_Iterable[str]] = ..., recommendation_id: _Optional[str] = ..., experiment: _Optional[str] = ..., arm: _Optional[str] = ..., page: _Optional[int] = ..., stage_ms: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class GetSimilarItemsRequest(_message.Message):
     __slots__ = ("item_id", "k", "filter", "catalog")
