@@ -1,0 +1,324 @@
+"""Recommend end to end: the five services as separate processes on this machine, over a catalog of N items
+(real Amazon-Scientific texts and their real vectors, repeated with small variations past the 4,385 originals),
+at several concurrencies, with the gateway's own stage timings; the same pipeline in one process as the
+reference for what the RPC hops cost; each service's resident memory; and p50 as the catalog grows.
+
+    .venv/bin/python bench/recommend.py --sizes 10000 100000 --concurrency 1 8 32 --calls 300 --pools 100 1000
+
+Items go straight into the retriever (UpsertItems with their vectors): ingestion through the embedding model is
+bench/ingestion.py's subject, and embedding 100k texts on two cores would take this benchmark's whole budget.
+Users have five real interactions each (their first five in the data set) recorded through the gateway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import shutil
+import socket
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from google.protobuf import struct_pb2
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import (
+    REPO,
+    SCIENTIFIC,
+    machine,
+    machine_line,
+    median,
+    percentile,
+    rss_mb,
+    table,
+    write_json,
+)
+from bench.inprocess import local_recommender
+from recsys.gateway.v1 import gateway_pb2 as pb
+from recsys.gateway.v1 import gateway_pb2_grpc
+from recsys.retriever.v1 import retriever_pb2, retriever_pb2_grpc
+from services.cli.suite import Suite
+from services.cli.training import embed_items, train_and_publish
+from services.datasets.loaders import Dataset, load_dataset
+from services.gateway.recommender import RecommendQuery
+from services.ranker.checkpoints import latest_checkpoint
+from services.ranker.training import TrainConfig
+
+WORK = REPO / "var" / "bench" / "recommend"
+VARIATION = 0.15  # noise added to a copy's vector before normalising: copies stay near, never identical
+BATCH = 512
+STAGES = ("profile", "retrieval", "history", "ranker", "rules", "record")
+
+
+def catalog_batches(dataset: Dataset, vectors: np.ndarray, size: int, seed: int = 0) -> Any:
+    """Batches of retriever Items: the originals first, then copies with a perturbed vector and a numbered
+    title, cycling through the originals."""
+    rng = np.random.default_rng(seed)
+    originals = dataset.items
+    batch: list[retriever_pb2.Item] = []
+    for n in range(size):
+        base = originals[n % len(originals)]
+        vector = vectors[n % len(originals)].astype(np.float64)
+        copy = n // len(originals)
+        if copy:
+            vector = vector + rng.normal(0.0, VARIATION / np.sqrt(len(vector)), len(vector))
+            vector /= np.linalg.norm(vector)
+        payload = struct_pb2.Struct()
+        payload.update(
+            {
+                "title": base.title if not copy else f"{base.title} (variant {copy})",
+                "categories": list(base.categories),
+                "brand": base.brand,
+                "price": float(rng.uniform(2, 200)),
+                "in_stock": bool(rng.random() < 0.9),
+            }
+        )
+        item_id = base.item_id if not copy else f"{base.item_id}~{copy}"
+        batch.append(retriever_pb2.Item(item_id=item_id, vector=vector.astype(np.float32).tolist(), payload=payload))
+        if len(batch) == BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def load_catalog(address: str, dataset: Dataset, vectors: np.ndarray, size: int, index_timeout_s: float) -> float:
+    """Writes the catalog and waits for the HNSW index; returns the seconds the index took after the writes."""
+    with grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
+        stub = retriever_pb2_grpc.RetrieverServiceStub(channel)
+        written, started = 0, time.monotonic()
+        for batch in catalog_batches(dataset, vectors, size):
+            stub.UpsertItems(retriever_pb2.UpsertItemsRequest(items=batch), timeout=120)
+            written += len(batch)
+            if written % 20_000 < BATCH:
+                print(f"  {written:,}/{size:,} items written ({written / (time.monotonic() - started):,.0f}/s)")
+        index_started = time.monotonic()
+        while time.monotonic() - index_started < index_timeout_s:
+            info = stub.GetCollectionInfo(retriever_pb2.GetCollectionInfoRequest(), timeout=30)
+            if info.indexed_vectors >= info.items or info.items < 20_000:
+                break
+            time.sleep(2)
+        else:
+            print(f"  the index was not ready after {index_timeout_s:.0f} s; measuring with part of it exact")
+        return time.monotonic() - index_started
+
+
+def user_histories(dataset: Dataset, users: int) -> dict[str, list[str]]:
+    by_user: dict[str, list[str]] = {}
+    for interaction in sorted(dataset.interactions, key=lambda i: i.timestamp):
+        history = by_user.setdefault(interaction.user_id, [])
+        if len(history) < 5 and interaction.item_id not in history:
+            history.append(interaction.item_id)
+    full = [(u, h) for u, h in by_user.items() if len(h) == 5]
+    return {f"bench-{u}": h for u, h in random.Random(0).sample(full, min(users, len(full)))}
+
+
+async def load(
+    stub: gateway_pb2_grpc.GatewayServiceStub, users: Sequence[str], concurrency: int, calls: int
+) -> dict[str, Any]:
+    latencies: list[float] = []
+    stages: dict[str, list[float]] = {}
+    errors = 0
+    issued = 0
+    rng = random.Random(concurrency)
+
+    async def worker() -> None:
+        nonlocal issued, errors
+        while issued < calls:
+            issued += 1
+            started = time.perf_counter()
+            try:
+                response = await stub.Recommend(pb.RecommendRequest(user_id=rng.choice(users), k=10), timeout=10)
+            except grpc.aio.AioRpcError:
+                errors += 1
+                continue
+            latencies.append((time.perf_counter() - started) * 1000)
+            for stage, ms in response.stage_ms.items():
+                stages.setdefault(stage, []).append(ms)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    return {
+        "concurrency": concurrency,
+        "calls": len(latencies),
+        "errors": errors,
+        "per_s": len(latencies) / elapsed,
+        "p50_ms": percentile(latencies, 50),
+        "p99_ms": percentile(latencies, 99),
+        "stages_p50_ms": {stage: median(values) for stage, values in sorted(stages.items())},
+    }
+
+
+async def load_in_process(state: Path, users: Sequence[str], calls: int, pool: int) -> dict[str, Any]:
+    recommender, retrieval, _ = await local_recommender(state / "qdrant", state / "checkpoints", pool, 1.0)
+    rng = random.Random(1)
+    latencies: list[float] = []
+    try:
+        for _ in range(20):  # warm-up
+            await recommender.recommend(RecommendQuery(user_id=rng.choice(users), k=10))
+        for _ in range(calls):
+            started = time.perf_counter()
+            await recommender.recommend(RecommendQuery(user_id=rng.choice(users), k=10))
+            latencies.append((time.perf_counter() - started) * 1000)
+    finally:
+        await retrieval.close()
+    return {"calls": len(latencies), "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99)}
+
+
+def free_base_port() -> int:
+    """A port P with P..P+4 free (the suite's five services)."""
+    rng = random.Random()
+    while True:
+        base = rng.randrange(20_000, 60_000, 10)
+        sockets = []
+        try:
+            for offset in range(5):
+                listener = socket.socket()
+                sockets.append(listener)
+                listener.bind(("127.0.0.1", base + offset))
+            return base
+        except OSError:
+            continue
+        finally:
+            for listener in sockets:
+                listener.close()
+
+
+def checkpoint_for(dataset: Dataset) -> Path:
+    """A ranker trained on the data set (once; reused by later runs)."""
+    root = WORK / "checkpoints"
+    if latest_checkpoint(root) is None:
+        print("training a ranker for the benchmark (a few minutes, once)")
+        train_and_publish(dataset, root, WORK / "cache", TrainConfig(max_seconds=240))
+    return root
+
+
+async def measure_size(
+    args: argparse.Namespace,
+    dataset: Dataset,
+    vectors: np.ndarray,
+    size: int,
+    pool: int,
+    *,
+    reuse: bool,
+    in_process: bool,
+) -> dict[str, Any]:
+    state = WORK / f"suite-{size}"
+    if state.exists() and not reuse:
+        shutil.rmtree(state)
+    fresh = not (state / "qdrant").exists()
+    shutil.copytree(checkpoint_for(dataset), state / "checkpoints", dirs_exist_ok=True)
+    no_metrics = {
+        f"{name}_METRICS_PORT": "0" for name in ("GATEWAY", "PREPROCESSOR", "EMBEDDING", "RETRIEVER", "RANKER")
+    }
+    suite = Suite(free_base_port(), state, {"GATEWAY_CANDIDATE_POOL": str(pool), **no_metrics})
+    histories = user_histories(dataset, args.users)
+    users = list(histories)
+    result: dict[str, Any] = {"items": size, "candidate_pool": pool}
+    suite.start()
+    try:
+        suite.wait_until_serving(600)
+        if fresh:
+            print(f"loading {size:,} items")
+            result["index_build_s"] = load_catalog(
+                suite.address("retriever"), dataset, vectors, size, args.index_timeout
+            )
+        async with grpc.aio.insecure_channel(suite.address("gateway")) as channel:
+            stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+            if fresh:
+                events = [pb.Event(user_id=u, item_id=i) for u, items in histories.items() for i in items]
+                for start in range(0, len(events), 1000):
+                    await stub.RecordEvents(pb.RecordEventsRequest(events=events[start : start + 1000]), timeout=60)
+            await load(stub, users, 2, 30)  # warm-up
+            result["levels"] = [await load(stub, users, c, args.calls) for c in args.concurrency]
+        result["rss_mb"] = {name: rss_mb(process.pid) for name, process in suite.processes.items()}
+    finally:
+        suite.stop()
+    if in_process:
+        result["in_process"] = await load_in_process(state, users, args.calls, pool)
+    return result
+
+
+def report(runs: list[dict[str, Any]], info: dict[str, Any], args: argparse.Namespace) -> None:
+    print(machine_line(info))
+    print(f"Recommend k=10, personalised (5-event histories), {args.users} users, {args.calls} calls per level\n")
+    rows = []
+    for run in runs:
+        for level in run["levels"]:
+            stages = level["stages_p50_ms"]
+            breakdown = " ".join(f"{s} {stages[s]:.1f}" for s in STAGES if s in stages)
+            rows.append(
+                [
+                    run["items"],
+                    run["candidate_pool"],
+                    level["concurrency"],
+                    level["calls"],
+                    level["errors"],
+                    level["per_s"],
+                    level["p50_ms"],
+                    level["p99_ms"],
+                    breakdown,
+                ]
+            )
+    print(
+        table(["items", "pool", "concurrency", "calls", "errors", "calls/s", "p50 ms", "p99 ms", "stage p50 ms"], rows)
+    )
+    hops = [r for r in runs if "in_process" in r]
+    if hops:
+        print("\nRPC hops against the same pipeline in one process (concurrency 1):")
+        rows = []
+        for run in hops:
+            served = next(level for level in run["levels"] if level["concurrency"] == 1)
+            local = run["in_process"]
+            cost = 100 * (served["p50_ms"] / local["p50_ms"] - 1)
+            rows.append([run["items"], run["candidate_pool"], served["p50_ms"], local["p50_ms"], cost])
+        print(table(["items", "pool", "five services p50 ms", "one process p50 ms", "hops cost %"], rows))
+    print("\nResident memory (MB) after the load:")
+    print(
+        table(
+            ["items", "pool", *runs[0]["rss_mb"]],
+            [[r["items"], r["candidate_pool"], *r["rss_mb"].values()] for r in runs],
+        )
+    )
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=SCIENTIFIC)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--pools", type=int, nargs="+", default=[100, 1000], help="GATEWAY_CANDIDATE_POOL values")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--calls", type=int, default=300, help="calls per concurrency level")
+    parser.add_argument("--users", type=int, default=200)
+    parser.add_argument("--index-timeout", type=float, default=1800, help="seconds to wait for the HNSW index")
+    parser.add_argument("--reuse", action="store_true", help="keep a size's loaded catalog from an earlier run")
+    parser.add_argument("--no-in-process", action="store_true", help="skip the one-process reference")
+    args = parser.parse_args()
+
+    dataset = load_dataset(args.data)
+    vectors, _ = embed_items(dataset.items, WORK / "cache")
+    info = machine()
+    runs = []
+    for size in args.sizes:
+        for number, pool in enumerate(args.pools):
+            # Later pools reuse the catalog the first one loaded.
+            reuse = args.reuse or number > 0
+            in_process = not args.no_in_process and size == max(args.sizes)
+            runs.append(
+                await measure_size(args, dataset, np.asarray(vectors), size, pool, reuse=reuse, in_process=in_process)
+            )
+    report(runs, info, args)
+    path = write_json("recommend", {"machine": info, "settings": vars(args) | {"data": str(args.data)}, "runs": runs})
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
