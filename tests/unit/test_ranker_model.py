@@ -11,7 +11,7 @@ import torch
 from services.datasets.loaders import CatalogItem, Dataset, Interaction, load_dataset
 from services.evaluation.splits import loo_split
 from services.ranker.checkpoints import latest_checkpoint, load_scorer, save_checkpoint
-from services.ranker.model import ModelConfig, RankerModel, RankerScorer, ScoreRequest
+from services.ranker.model import ItemGraph, ModelConfig, RankerModel, RankerScorer, ScoreRequest, recency_weights
 from services.ranker.training import TrainConfig, TrainResult, train_ranker
 
 SCIENTIFIC = Path(os.environ.get("RECSYS_DATA_DIR", Path(__file__).resolve().parents[3] / "shared" / "data")) / (
@@ -163,3 +163,22 @@ def test_served_scores_equal_the_full_catalog_scores(result: TrainResult, datase
         [ids[i] for i in case.history], matrix[list(case.history)], [ids[i] for i in chosen], matrix[chosen]
     )
     np.testing.assert_allclose(served, catalog[chosen], rtol=1e-4, atol=1e-4)
+
+
+def test_graph_scores_read_only_the_history_rows_and_match_the_full_product() -> None:
+    generator = torch.Generator().manual_seed(0)
+    weights = torch.randn(41, 41, generator=generator)
+    graph = ItemGraph.from_dense(weights, keep=7)
+    histories = [np.asarray([3, 5, 3, 0, 40]), np.asarray([1]), np.asarray([0])]
+    decay = 0.8
+    # The reference: a dense history-weight matrix (an item seen twice counts once, at its latest position)
+    # times the whole graph.
+    dense = graph.transposed.to_dense().T  # (source, target)
+    expected = np.zeros((len(histories), 41), dtype=np.float32)
+    for row, history in enumerate(histories):
+        np.maximum.at(expected[row], history, recency_weights(len(history), decay))
+    expected[:, 0] = 0.0
+    reference = torch.from_numpy(expected) @ dense
+    assert torch.allclose(graph.scores(histories, decay), reference, atol=1e-5)
+    restored = ItemGraph.from_tensors(graph.to_tensors())
+    assert torch.equal(restored.scores(histories, decay), graph.scores(histories, decay))
