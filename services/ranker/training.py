@@ -58,6 +58,9 @@ class TrainConfig:
     device: str = "cpu"
     max_seconds: float | None = None  # wall-clock budget; runs that hit it are no longer exactly repeatable
     graph_keep: int = 256  # graph weights kept per item: the checkpoint stays sparse as the catalog grows
+    # Up to this many items the graph keeps every weight (at most 4M entries): small, dense catalogs such as
+    # MovieLens lose accuracy to pruning.
+    graph_dense_up_to: int = 2000
     tune_users: int = 4000  # validation users the fusion weights are tuned on (a seeded sample)
 
     def to_dict(self) -> dict[str, Any]:
@@ -146,7 +149,9 @@ def fit_ranker(
         g = gram(split.train, split.n_items)
         lam, _ = tune(EASE_LAMBDAS, lambda lam: ItemItemScorer(ease(g, lam)), split.val, mask=True)
         ease_weights = ease(g, lam)
-    graph = item_graph(ease_weights, split, sequence.item_ids, config.graph_keep)
+    vocabulary = len(sequence.item_ids)
+    keep = vocabulary if vocabulary <= config.graph_dense_up_to else config.graph_keep
+    graph = item_graph(ease_weights, split, sequence.item_ids, keep)
     base = sequence.scorer(config.device, graph=graph)
     fusion = tune_fusion(base, split, text, mask=True, max_users=config.tune_users, seed=config.seed)
     scorer = replace_fusion(base, fusion)
