@@ -37,9 +37,9 @@ def suite_environment(base_port: int, state_dir: Path) -> dict[str, str]:
     env["RANKER_CHECKPOINT_DIR"] = str(state_dir / "checkpoints")
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_PROGRESS_BARS="1")
     env["TOKENIZERS_PARALLELISM"] = "false"
-    # Two cores shared by five processes: one torch thread each keeps them from fighting.
+    # Two cores shared by five processes: one torch thread each keeps them from fighting (the embedding service
+    # defaults to cores - 1 threads; EMBEDDING_TORCH_THREADS in the caller's environment still passes through).
     env.setdefault("OMP_NUM_THREADS", "1")
-    env["EMBEDDING_TORCH_THREADS"] = os.environ.get("EMBEDDING_TORCH_THREADS", str(os.cpu_count() or 1))
     return env
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import grpc
 import torch
 
@@ -13,6 +15,14 @@ from services.embedding.encoder import DEFAULT_MODEL_ID, TextEncoder, default_mo
 from services.embedding.servicer import EmbeddingServicer
 
 SERVICE_NAME = embedding_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
+
+
+def default_torch_threads() -> int:
+    """One fewer than the cores this process may use, at least 1. torch's default (all cores) lets its OpenMP
+    threads wait on each other whenever any core is busy with something else (the tokeniser, gRPC, another
+    service): measured here on 2 cores, 2 threads ran 7x slower than 1 under such load (docs/performance.md)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores - 1)
 
 
 def load_encoder(settings: EmbeddingSettings) -> TextEncoder:
@@ -58,4 +68,6 @@ class EmbeddingApp:
 
 
 def build_app(settings: EmbeddingSettings) -> EmbeddingApp:
+    # The service's process only: a caller of load_encoder (training) keeps its own thread count.
+    torch.set_num_threads(settings.torch_threads or default_torch_threads())
     return EmbeddingApp(settings, load_encoder(settings))

@@ -24,7 +24,12 @@ class EmbeddingSettings(ServiceSettings):
         description="auto (float16 on CUDA; on a CPU with AVX512-BF16/AMX bfloat16 autocast, else float32), "
         "float32, float16, bfloat16.",
     )
-    torch_threads: int = Field(0, ge=0, description="CPU threads for torch; 0 keeps torch's default.")
+    torch_threads: int = Field(
+        0,
+        ge=0,
+        description="CPU threads for torch; 0: one fewer than the usable cores (at least 1), leaving one to "
+        "tokenisation and gRPC (docs/performance.md).",
+    )
     max_batch_size: int = Field(32, ge=1, le=4096, description="Most texts in one forward pass.")
     max_batch_tokens: int = Field(
         8192,
