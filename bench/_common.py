@@ -51,11 +51,15 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "shared_machine_note": "shared machine; medians of repeated runs, compare rows from the same run only",
+        "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
     }
 
 
 def machine_line(info: Mapping[str, Any]) -> str:
-    return f"machine: {info['cpu']}, {info['cores']} cores ({', '.join(info['cpu_flags'])}), Python {info['python']}"
+    return (
+        f"machine: {info['cpu']}, {info['cores']} cores ({', '.join(info['cpu_flags'])}), Python {info['python']}; "
+        f"load average at start {info['load_average_at_start']} (shared machine)"
+    )
 
 
 def percentile(values: Sequence[float], q: float) -> float:
