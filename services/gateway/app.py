@@ -94,6 +94,7 @@ class GatewayApp:
                 max_parallel_writes=settings.max_parallel_writes,
                 popular_cache_size=settings.popular_cache_size,
                 max_context_items=settings.max_context_items,
+                retriever_batch=settings.retriever_batch,
             ),
             blend=Blend(ranker_weight=settings.ranker_weight, query_weight=settings.query_weight),
             event_weights={

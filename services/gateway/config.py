@@ -51,6 +51,9 @@ class GatewaySettings(ServiceSettings):
     max_items_per_upsert: int = Field(512, ge=1, description="Most items in one UpsertItems call.")
     max_events_per_call: int = Field(1000, ge=1, description="Most events in one RecordEvents call.")
     max_parallel_writes: int = Field(8, ge=1, description="Users written to the retriever at once per call.")
+    retriever_batch: int = Field(
+        512, ge=1, description="Most ids the gateway sends the retriever in one call (keep <= RETRIEVER_MAX_BATCH)."
+    )
     history_for_ranking: int = Field(50, ge=1, description="Most recent history items the ranker sees.")
     # 1.0: the ranker's score already holds a text-similarity term whose weight was tuned on validation.
     ranker_weight: float = Field(1.0, ge=0, le=1, description="Share of the ranker's score against similarity.")

@@ -74,6 +74,7 @@ class RecommenderLimits:
     max_recommendation_id_chars: int = 128
     max_popular_pool: int = 1000
     max_cached_catalogs: int = 64
+    retriever_batch: int = 512  # most ids the retriever takes in one call (RETRIEVER_MAX_BATCH)
 
 
 @dataclass(frozen=True)
@@ -699,7 +700,14 @@ class Recommender:
                     "recommendation_id a Recommend response gave"
                 )
         # Check every item first, so a bad event stores nothing.
-        await self.retrieval.get_items(catalog, list(dict.fromkeys(e.item_id for e in events)), skip_missing=False)
+        items = list(dict.fromkeys(e.item_id for e in events))
+        step = self.limits.retriever_batch
+        await asyncio.gather(
+            *(
+                self.retrieval.get_items(catalog, items[i : i + step], skip_missing=False)
+                for i in range(0, len(items), step)
+            )
+        )
         by_user: dict[str, list[HistoryEvent]] = {}
         for event in sorted(events, key=lambda e: e.timestamp):
             weight = self.event_weights[event.event_type]

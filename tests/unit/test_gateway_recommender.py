@@ -359,6 +359,22 @@ async def test_validation(parts: tuple[Recommender, FakeRetrieval, FakeRanking])
     assert not retrieval.upserted and not retrieval.profiles
 
 
+async def test_events_over_many_items_are_checked_in_retriever_sized_batches() -> None:
+    retrieval = FakeRetrieval()
+    asked: list[int] = []
+    original = retrieval.get_items
+
+    async def counting(catalog: str, item_ids: Sequence[str], skip_missing: bool) -> list[StoredItem]:
+        asked.append(len(item_ids))
+        return await original(catalog, item_ids, skip_missing)
+
+    retrieval.get_items = counting  # type: ignore[method-assign]
+    limits = RecommenderLimits(retriever_batch=2)
+    recommender = Recommender(FakeText(), FakeEmbedding(), retrieval, FakeRanking(), limits, Blend(), {"view": 1.0})
+    assert await recommender.record_events([EventRecord("u", i, "view", 1.0) for i in "abcde"]) == 5
+    assert asked == [2, 2, 1]
+
+
 def test_page_tokens_round_trip_and_reject_forgeries() -> None:
     page = PageRef("0123abcd", 3)
     assert decode_page_token(encode_page_token(page)) == page
