@@ -719,7 +719,9 @@ class Recommender:
 
         async def append(user_id: str, user_events: list[HistoryEvent]) -> None:
             async with parallel:
-                await self.retrieval.append_events(catalog, user_id, user_events)
+                # In time order, in batches the retriever accepts.
+                for start in range(0, len(user_events), step):
+                    await self.retrieval.append_events(catalog, user_id, user_events[start : start + step])
 
         await asyncio.gather(*(append(u, evs) for u, evs in by_user.items()))
         return len(events)

@@ -371,8 +371,9 @@ async def test_events_over_many_items_are_checked_in_retriever_sized_batches() -
     retrieval.get_items = counting  # type: ignore[method-assign]
     limits = RecommenderLimits(retriever_batch=2)
     recommender = Recommender(FakeText(), FakeEmbedding(), retrieval, FakeRanking(), limits, Blend(), {"view": 1.0})
-    assert await recommender.record_events([EventRecord("u", i, "view", 1.0) for i in "abcde"]) == 5
+    assert await recommender.record_events([EventRecord("u", i, "view", float(n)) for n, i in enumerate("abcde")]) == 5
     assert asked == [2, 2, 1]
+    assert [e.item_id for e in retrieval.profiles[("", "u")].events] == list("abcde")
 
 
 def test_page_tokens_round_trip_and_reject_forgeries() -> None:
