@@ -184,7 +184,7 @@ class EdgeVectorStore:
         schema: PayloadSchema = DEFAULT_SCHEMA,
         *,
         hnsw_m: int = 16,
-        hnsw_ef_construct: int = 100,
+        hnsw_ef_construct: int = 200,
         full_scan_threshold_kb: int = 10_000,
         max_history: int = 200,
         half_life_events: float = 50.0,
