@@ -102,9 +102,9 @@ def load_catalog(address: str, dataset: Dataset, vectors: np.ndarray, size: int,
         index_started = time.monotonic()
         while time.monotonic() - index_started < index_timeout_s:
             info = stub.GetCollectionInfo(retriever_pb2.GetCollectionInfoRequest(), timeout=30)
-            # The background build indexes what was there when it started; a small tail stays exact (searched
-            # by brute force) until enough new items arrive to start another build.
-            if info.indexed_vectors >= 0.95 * info.items or info.items < 20_000:
+            # The background build indexes what was there when it started; a tail below the build threshold
+            # (RETRIEVER_INDEX_MIN_UNINDEXED) stays exact, searched by brute force, as it would in service.
+            if info.items < 20_000 or (info.index_ready and info.items - info.indexed_vectors < 20_000):
                 break
             time.sleep(2)
         else:
