@@ -100,11 +100,13 @@ def load_catalog(address: str, dataset: Dataset, vectors: np.ndarray, size: int,
             if written % 20_000 < BATCH:
                 print(f"  {written:,}/{size:,} items written ({written / (time.monotonic() - started):,.0f}/s)")
         index_started = time.monotonic()
+        seen: list[int] = []
         while time.monotonic() - index_started < index_timeout_s:
             info = stub.GetCollectionInfo(retriever_pb2.GetCollectionInfoRequest(), timeout=30)
-            # The background build indexes what was there when it started; a tail below the build threshold
-            # (RETRIEVER_INDEX_MIN_UNINDEXED) stays exact, searched by brute force, as it would in service.
-            if info.items < 20_000 or (info.index_ready and info.items - info.indexed_vectors < 20_000):
+            seen.append(info.indexed_vectors)
+            # Settled: the background builds index what was there when they started and stop; the tail written
+            # during the last one stays exact (brute force), as it would in service.
+            if info.items < 20_000 or (info.index_ready and len(seen) >= 5 and len(set(seen[-5:])) == 1):
                 break
             time.sleep(2)
         else:
@@ -214,12 +216,10 @@ async def measure_size(
     in_process: bool,
 ) -> dict[str, Any]:
     state = WORK / f"suite-{size}"
-    if state.exists() and not reuse:
-        shutil.rmtree(state)
     loaded, recorded = state / "catalog-loaded", state / "events-recorded"
-    fresh = not loaded.exists()
-    if fresh and state.exists():
+    if state.exists() and not (reuse and loaded.exists()):
         shutil.rmtree(state)
+    fresh = not loaded.exists()
     shutil.copytree(checkpoint_for(dataset), state / "checkpoints", dirs_exist_ok=True)
     no_metrics = {
         f"{name}_METRICS_PORT": "0" for name in ("GATEWAY", "PREPROCESSOR", "EMBEDDING", "RETRIEVER", "RANKER")
