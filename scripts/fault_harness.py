@@ -40,6 +40,7 @@ from recsys.retriever.v1 import retriever_pb2, retriever_pb2_grpc
 from services.cli.ingest import ingest
 from services.cli.suite import Suite
 from services.cli.training import train_and_publish
+from services.common.clients import MAX_RECONNECT_BACKOFF_S
 from services.datasets.loaders import Dataset, load_dataset
 from services.ranker.checkpoints import latest_checkpoint
 from services.ranker.training import TrainConfig
@@ -74,9 +75,12 @@ class Ledger:
 
 
 class Outages:
-    """Which backends are down now, and which were down at any time since a given moment."""
+    """Which backends are down now, and which were down at any time since a given moment. A backend counts as
+    down until the gateway can reach it again: SERVING, plus the channels' reconnect backoff cap (their next
+    attempt may be that far off; calls meanwhile fail fast with UNAVAILABLE)."""
 
-    def __init__(self) -> None:
+    def __init__(self, reconnect_s: float = MAX_RECONNECT_BACKOFF_S) -> None:
+        self._reconnect_s = reconnect_s
         self._log: list[tuple[float, float, str]] = []  # start, end (inf while down), backend
 
     def begin(self, name: str) -> None:
@@ -86,7 +90,7 @@ class Outages:
         self._log = [(s, time.monotonic() if n == name and e == float("inf") else e, n) for s, e, n in self._log]
 
     def during(self, start: float, end: float) -> tuple[str, ...]:
-        return tuple(sorted({n for s, e, n in self._log if s <= end and e >= start}))
+        return tuple(sorted({n for s, e, n in self._log if s <= end and e + self._reconnect_s >= start}))
 
 
 def _free_base_port() -> int:

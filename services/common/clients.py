@@ -17,6 +17,10 @@ from services.common.telemetry import TracingClientInterceptor
 # Leave the caller this much of its own deadline to turn a backend's answer into a response.
 DEADLINE_MARGIN_S = 0.02
 
+# The longest a channel waits before it tries a backend again: how long after a restarted backend serves again
+# the callers' channels may still fail fast.
+MAX_RECONNECT_BACKOFF_S = 2.0
+
 
 def service_config(service_name: str, idempotent_methods: Sequence[str]) -> str:
     """Round robin over every address the name resolves to (a headless Service's pods); retries with
@@ -83,7 +87,7 @@ def open_channel(
         # up to two minutes.
         ("grpc.initial_reconnect_backoff_ms", 100),
         ("grpc.min_reconnect_backoff_ms", 100),
-        ("grpc.max_reconnect_backoff_ms", 2_000),
+        ("grpc.max_reconnect_backoff_ms", int(MAX_RECONNECT_BACKOFF_S * 1000)),
     ]
     interceptors = [RequestIdClientInterceptor(), TracingClientInterceptor()]
     if credentials is None:
