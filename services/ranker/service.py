@@ -145,10 +145,17 @@ class RankingService:
         return await asyncio.shield(task)
 
     def _load_finished(self, key: ModelKey, task: asyncio.Task[LoadedModel]) -> None:
-        if self._loading.get(key) is task:
+        """A failed load is forgotten (the next call tries again). A finished one stays until a caller holds its
+        model (`_settle`): callers that resume later must find it here, not start a second load."""
+        failed = task.cancelled() or task.exception() is not None
+        if failed and self._loading.get(key) is task:
             del self._loading[key]
-        if not task.cancelled():
-            task.exception()  # retrieved here, so a load nobody waits for any more logs no warning
+
+    def _settle(self, key: ModelKey) -> None:
+        """The model of ``key`` is held (or deliberately not): its finished load is no longer needed."""
+        task = self._loading.get(key)
+        if task is not None and task.done():
+            del self._loading[key]
 
     async def _load_and_log(self, key: ModelKey, path: Path) -> LoadedModel:
         loaded = await asyncio.get_running_loop().run_in_executor(self._executor, self._load, path)
@@ -219,6 +226,7 @@ class RankingService:
             # The watcher swapped in a different newest while this call listed or loaded: serve what was asked
             # for, without moving the catalog's newest back.
             self._hold(key, loaded)
+        self._settle(key)
         return loaded
 
     async def describe(self, catalog: str = DEFAULT_CATALOG, version: str = "") -> tuple[CheckpointMetadata, list[str]]:
@@ -255,6 +263,7 @@ class RankingService:
         if self._newest.get(catalog) == path.name and (catalog, path.name) in self._models:
             return False
         loaded = await self._load_once((catalog, path.name), path)
+        self._settle((catalog, path.name))
         if catalog != DEFAULT_CATALOG and catalog not in self._newest:
             return False  # dropped (least recently used) while this loaded: do not bring it back
         self._set_newest(catalog, loaded)
