@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,9 +109,6 @@ class Experiments:
 
     def for_catalog(self, catalog: str) -> Experiment | None:
         return self._by_catalog.get(catalog)
-
-    def __iter__(self) -> Iterator[Experiment]:
-        return iter(self._by_catalog.values())
 
 
 # ---- report ---------------------------------------------------------------------------------------------

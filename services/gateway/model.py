@@ -11,6 +11,9 @@ import numpy as np
 from services.common.attributes import AttributeValue
 from services.common.errors import UnavailableError
 
+# The longest recommendation id the retriever stores; ids the gateway issues are 32 hex characters.
+MAX_RECOMMENDATION_ID_CHARS = 128
+
 
 class BackendUnavailableError(UnavailableError):
     """A backend did not answer (down, overloaded past its deadline); `stage` names it, so the domain can

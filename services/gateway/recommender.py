@@ -19,6 +19,7 @@ from services.common.errors import InvalidArgumentError, NotFoundError, ServiceE
 from services.gateway.experiments import Arm, ArmSettings, Experiments
 from services.gateway.fallbacks import PopularCache, matches, raw_query
 from services.gateway.model import (
+    MAX_RECOMMENDATION_ID_CHARS,
     BackendUnavailableError,
     CatalogRecord,
     EmbeddingPort,
@@ -71,7 +72,6 @@ class RecommenderLimits:
     max_parallel_writes: int = 8
     popular_cache_size: int = 200
     max_context_items: int = 50
-    max_recommendation_id_chars: int = 128
     max_popular_pool: int = 1000
     max_cached_catalogs: int = 64
     retriever_batch: int = 512  # most ids the retriever takes in one call (RETRIEVER_MAX_BATCH)
@@ -96,6 +96,10 @@ def _unit(vector: np.ndarray) -> np.ndarray:
 
 def _quote(title: str, limit: int = 60) -> str:
     return f"“{title if len(title) <= limit else title[: limit - 1].rstrip() + '…'}”"
+
+
+def _popularity_reason(events: float) -> str:
+    return f"Popular: {int(events)} interactions" if events > 0 else "New in the catalog"
 
 
 def _pick(override: T | None, default: T) -> T:
@@ -391,7 +395,7 @@ class Recommender:
 
     @staticmethod
     def _popular_item(item: StoredItem) -> Recommendation:
-        reason = f"Popular: {int(item.score)} interactions" if item.score > 0 else "New in the catalog"
+        reason = _popularity_reason(item.score)
         return Recommendation(item.item_id, item.score, reason, item.title, item.categories, evidence="popularity")
 
     async def _recommend(
@@ -438,7 +442,8 @@ class Recommender:
 
         diversity = rules.diversity or tuning.diversity
         max_per_category = rules.max_per_category or tuning.max_per_category
-        history_ids = [i for i in seen if i not in set(request.context_item_ids)][-self.limits.history_for_ranking :]
+        context_ids = set(request.context_item_ids)
+        history_ids = [i for i in seen if i not in context_ids][-self.limits.history_for_ranking :]
         pinned_task = self.retrieval.get_items(catalog, pinned_ids, skip_missing=False) if pinned_ids else _empty()
         stages: dict[str, np.ndarray] = {}
         model_version = ""
@@ -487,7 +492,6 @@ class Recommender:
             placed = place_pins([candidates[i].item_id for i in selection.order], pins, k)
 
         events_by_item = {e.item_id: e for e in events}
-        context_ids = set(request.context_item_ids)
         items: list[Recommendation] = []
         for position, (item_id, is_pin) in enumerate(placed, start=1):
             if is_pin:
@@ -501,7 +505,7 @@ class Recommender:
                 evidence = (
                     self._evidence(item, history, events_by_item, context_ids, request.query, query_vector)
                     if target is not None
-                    else Evidence("popularity", self._popular_item(item).reason)
+                    else Evidence("popularity", _popularity_reason(item.score))
                 )
                 scores = {name: float(values[index]) for name, values in stages.items()}
                 scores["redundancy"] = redundancy[index]
@@ -694,7 +698,7 @@ class Recommender:
                 raise InvalidArgumentError(f"events[{index}] has unknown type {event.event_type!r}")
             if not (math.isfinite(event.timestamp) and 0 <= event.timestamp <= now + 86_400):
                 raise InvalidArgumentError(f"events[{index}] time is not a valid time up to now")
-            if len(event.recommendation_id) > self.limits.max_recommendation_id_chars:
+            if len(event.recommendation_id) > MAX_RECOMMENDATION_ID_CHARS:
                 raise InvalidArgumentError(
                     f"events[{index}].recommendation_id has {len(event.recommendation_id)} characters; pass the "
                     "recommendation_id a Recommend response gave"

@@ -15,7 +15,14 @@ from recsys.gateway.v1 import gateway_pb2 as pb
 from recsys.gateway.v1 import gateway_pb2_grpc
 from services.common.attributes import AttributeValue
 from services.common.errors import InvalidArgumentError
-from services.gateway.model import CatalogRecord, EventRecord, ItemFilter, Recommendation, RecommendResult
+from services.gateway.model import (
+    MAX_RECOMMENDATION_ID_CHARS,
+    CatalogRecord,
+    EventRecord,
+    ItemFilter,
+    Recommendation,
+    RecommendResult,
+)
 from services.gateway.recommender import PageRef, Recommender, RecommendQuery
 from services.gateway.rules import Boost, Pin, Rules
 
@@ -27,7 +34,6 @@ EVENT_TYPES = {
     pb.EVENT_TYPE_PURCHASE: "purchase",
 }
 _PAGE_PREFIX = "rec:"
-_MAX_RECOMMENDATION_ID = 128
 
 
 def encode_page_token(page: PageRef) -> str:
@@ -43,7 +49,7 @@ def decode_page_token(token: str) -> PageRef | None:
         if text.startswith(_PAGE_PREFIX):
             recommendation_id, page = text.removeprefix(_PAGE_PREFIX).rsplit(":", 1)
             number = int(page)
-            if recommendation_id and len(recommendation_id) <= _MAX_RECOMMENDATION_ID and 2 <= number <= 10_000:
+            if recommendation_id and len(recommendation_id) <= MAX_RECOMMENDATION_ID_CHARS and 2 <= number <= 10_000:
                 return PageRef(recommendation_id, number)
     except (binascii.Error, UnicodeDecodeError, ValueError):
         pass
