@@ -5,6 +5,7 @@ that shows what the RPC hops cost."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -82,13 +83,26 @@ class LocalRetrieval:
         self.retrieval = Retrieval(EdgeVectorStore(data_dir, 384), 1000, 512, 10**9, 4)
 
     async def search(
-        self, catalog: str, vector: np.ndarray, limit: int, item_filter: ItemFilter, exclude_ids: Sequence[str]
+        self,
+        catalog: str,
+        vector: np.ndarray,
+        limit: int,
+        item_filter: ItemFilter,
+        exclude_ids: Sequence[str],
+        include_ids: Sequence[str] = (),
     ) -> list[StoredItem]:
         query = domain.SearchQuery(
             vector=vector.tolist(), limit=limit, filter=_filter(item_filter), exclude_ids=exclude_ids, with_vectors=True
         )
-        (found,) = await self.retrieval.search([query])
-        return [_stored(i, i.score) for i in found]
+        queries = [query]
+        if include_ids:
+            queries.append(replace(query, limit=len(include_ids), only_ids=tuple(include_ids)))
+        results = await self.retrieval.search(queries)
+        found = [_stored(i, i.score) for i in results[0]]
+        if include_ids:
+            ids = {item.item_id for item in found}
+            found += [_stored(i, i.score) for i in results[1] if i.item_id not in ids]
+        return found
 
     async def similar(
         self, catalog: str, item_id: str, limit: int, item_filter: ItemFilter, exclude_ids: Sequence[str]
@@ -185,9 +199,13 @@ class LocalRanking:
         scores, version = await self.service.score([request])
         return Ranking(scores[0], version)
 
+    async def suggest(self, catalog: str, model_version: str, history_ids: Sequence[str], limit: int) -> list[str]:
+        suggested, _ = await self.service.suggest(history_ids, limit, catalog, model_version)
+        return [item_id for item_id, _ in suggested]
+
 
 async def local_recommender(
-    data_dir: Path, checkpoint_dir: Path, candidate_pool: int, ranker_weight: float
+    data_dir: Path, checkpoint_dir: Path, candidate_pool: int, ranker_weight: float, graph_candidates: int
 ) -> tuple[Recommender, LocalRetrieval, LocalRanking]:
     retrieval, ranking = LocalRetrieval(data_dir), LocalRanking(checkpoint_dir)
     await ranking.service.reload_if_newer()
@@ -196,7 +214,7 @@ async def local_recommender(
         LocalEmbedding(),
         retrieval,
         ranking,
-        RecommenderLimits(candidate_pool=candidate_pool),
+        RecommenderLimits(candidate_pool=candidate_pool, graph_candidates=graph_candidates),
         Blend(ranker_weight=ranker_weight),
         EVENT_WEIGHTS,
     )

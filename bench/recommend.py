@@ -47,6 +47,7 @@ from recsys.retriever.v1 import retriever_pb2, retriever_pb2_grpc
 from services.cli.suite import Suite
 from services.cli.training import embed_items, train_and_publish
 from services.datasets.loaders import Dataset, load_dataset
+from services.gateway.config import GatewaySettings
 from services.gateway.recommender import RecommendQuery
 from services.ranker.checkpoints import latest_checkpoint
 from services.ranker.training import TrainConfig
@@ -162,7 +163,11 @@ async def load(
 
 
 async def load_in_process(state: Path, users: Sequence[str], calls: int, pool: int) -> dict[str, Any]:
-    recommender, retrieval, _ = await local_recommender(state / "qdrant", state / "checkpoints", pool, 1.0)
+    # The served gateway's default number of item-graph candidates, so both pipelines do the same work.
+    graph_candidates = GatewaySettings().graph_candidates
+    recommender, retrieval, _ = await local_recommender(
+        state / "qdrant", state / "checkpoints", pool, 1.0, graph_candidates
+    )
     rng = random.Random(1)
     latencies: list[float] = []
     try:

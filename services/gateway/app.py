@@ -85,6 +85,7 @@ class GatewayApp:
                 max_k=settings.max_k,
                 max_offset=settings.max_offset,
                 candidate_pool=settings.candidate_pool,
+                graph_candidates=settings.graph_candidates,
                 max_filter_conditions=settings.max_filter_conditions,
                 max_query_chars=settings.max_query_chars,
                 max_text_chars=settings.max_text_chars,

@@ -143,18 +143,36 @@ class RetrieverClient:
         self._timeout_s = timeout_s
 
     async def search(
-        self, catalog: str, vector: np.ndarray, limit: int, item_filter: ItemFilter, exclude_ids: Sequence[str]
+        self,
+        catalog: str,
+        vector: np.ndarray,
+        limit: int,
+        item_filter: ItemFilter,
+        exclude_ids: Sequence[str],
+        include_ids: Sequence[str] = (),
     ) -> list[StoredItem]:
-        query = retriever_pb2.SearchQuery(
+        nearest = retriever_pb2.SearchQuery(
             vector=vector.tolist(),
             limit=limit,
             filter=_retriever_filter(item_filter),
             exclude_ids=list(exclude_ids),
             with_vectors=True,
         )
-        request = retriever_pb2.SearchItemsRequest(queries=[query], catalog=catalog)
+        queries = [nearest]
+        if include_ids:
+            # The proposed items in the same call: a second query of the batch, restricted to them.
+            included = retriever_pb2.SearchQuery()
+            included.CopyFrom(nearest)
+            included.limit = len(include_ids)
+            included.only_ids.extend(include_ids)
+            queries.append(included)
+        request = retriever_pb2.SearchItemsRequest(queries=queries, catalog=catalog)
         response = await _call("retriever", self._stub.SearchItems, request, self._timeout_s)
-        return [_stored(i, i.score) for i in response.results[0].items]
+        found = [_stored(i, i.score) for i in response.results[0].items]
+        if include_ids:
+            ids = {item.item_id for item in found}
+            found += [_stored(i, i.score) for i in response.results[1].items if i.item_id not in ids]
+        return found
 
     async def similar(
         self, catalog: str, item_id: str, limit: int, item_filter: ItemFilter, exclude_ids: Sequence[str]
@@ -297,3 +315,18 @@ class RankerClient:
                 return None
             raise BackendUnavailableError("ranker", f"the ranker failed: {error.code().name}") from error
         return Ranking(np.asarray(response.results[0].scores, dtype=np.float32), response.model_version)
+
+    async def suggest(self, catalog: str, model_version: str, history_ids: Sequence[str], limit: int) -> list[str]:
+        request = ranker_pb2.SuggestCandidatesRequest(
+            history_item_ids=list(history_ids), limit=limit, catalog=catalog, model_version=model_version
+        )
+        try:
+            response = await _call("ranker", self._stub.SuggestCandidates, request, self._timeout_s, OPTIONAL_SHARE)
+        except grpc.aio.AioRpcError as error:
+            # No model for the catalog, or a ranker older than this RPC (a rolling upgrade): no suggestions.
+            if (error.code() == grpc.StatusCode.FAILED_PRECONDITION and catalog) or (
+                error.code() == grpc.StatusCode.UNIMPLEMENTED
+            ):
+                return []
+            raise BackendUnavailableError("ranker", f"the ranker failed: {error.code().name}") from error
+        return list(response.item_ids)

@@ -45,6 +45,12 @@ class GatewaySettings(ServiceSettings):
     # 1000: the ranker scores the catalog almost as offline (measured on Amazon-Scientific: served Recall@10
     # within ~3% of full ranking; 100 candidates lost ~15%).
     candidate_pool: int = Field(1000, ge=1, description="Candidates retrieved for the ranker per request.")
+    graph_candidates: int = Field(
+        100,
+        ge=0,
+        le=1000,
+        description="Candidates the ranker's item graph adds to the pool (items text similarity misses); 0: none.",
+    )
     max_filter_conditions: int = Field(64, ge=1, description="Most conditions in one filter.")
     max_query_chars: int = Field(2048, ge=1, description="Longest free-text query.")
     max_text_chars: int = Field(100_000, ge=1, description="Longest item title or description.")

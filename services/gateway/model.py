@@ -177,8 +177,17 @@ class RetrievalPort(Protocol):
     """The retriever, one catalog per call ("" is the default catalog)."""
 
     async def search(
-        self, catalog: str, vector: np.ndarray, limit: int, item_filter: ItemFilter, exclude_ids: Sequence[str]
-    ) -> list[StoredItem]: ...
+        self,
+        catalog: str,
+        vector: np.ndarray,
+        limit: int,
+        item_filter: ItemFilter,
+        exclude_ids: Sequence[str],
+        include_ids: Sequence[str] = (),
+    ) -> list[StoredItem]:
+        """The ``limit`` nearest items, then those of ``include_ids`` not among them (when they meet the filter
+        and are not excluded), all with their cosine to ``vector``."""
+        ...
 
     async def similar(
         self, catalog: str, item_id: str, limit: int, item_filter: ItemFilter, exclude_ids: Sequence[str]
@@ -221,4 +230,8 @@ class RankingPort(Protocol):
         candidates: Sequence[StoredItem],
     ) -> Ranking | None:
         """None when the ranker has no model for the catalog."""
+        ...
+
+    async def suggest(self, catalog: str, model_version: str, history_ids: Sequence[str], limit: int) -> list[str]:
+        """Candidates from the model's item graph, best first; empty when the catalog has no model or graph."""
         ...

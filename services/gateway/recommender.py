@@ -62,6 +62,7 @@ class RecommenderLimits:
     max_k: int = 100
     max_offset: int = 1000
     candidate_pool: int = 100
+    graph_candidates: int = 0  # items the ranker's item graph adds to the pool
     max_filter_conditions: int = 64
     max_query_chars: int = 2048
     max_text_chars: int = 100_000
@@ -462,8 +463,14 @@ class Recommender:
             base = zscores(np.log1p(np.maximum(popularity, 0.0)))
         else:
             pool = max(tuning.candidate_pool, k + 1)
+            suggested = await clock.time(
+                "suggest", self._suggest(request, tuning, [*history_ids, *request.context_item_ids], degraded)
+            )
             candidates, history_found, pinned = await asyncio.gather(
-                clock.time("retrieval", self.retrieval.search(catalog, target, pool, request.item_filter, exclude)),
+                clock.time(
+                    "retrieval",
+                    self.retrieval.search(catalog, target, pool, request.item_filter, exclude, suggested),
+                ),
                 clock.time("history", self.retrieval.get_items(catalog, history_ids, skip_missing=True))
                 if history_ids
                 else _empty(),
@@ -549,6 +556,23 @@ class Recommender:
             log.warning("could not record the impression", error=str(error))
             degraded.append("impressions")
 
+    async def _suggest(
+        self, request: RecommendQuery, tuning: Tuning, history_ids: Sequence[str], degraded: list[str]
+    ) -> list[str]:
+        """Candidates from the ranker's item graph for the retriever to add to its pool: items that people with
+        this history went on to, which the text profile's nearest neighbours miss. A ranker outage leaves the
+        pool to retrieval alone."""
+        limit = self.limits.graph_candidates
+        if limit <= 0 or not history_ids or tuning.ranker_weight <= 0:
+            return []
+        recent = history_ids[-self.limits.history_for_ranking :]
+        try:
+            return await self.ranking.suggest(request.catalog, tuning.model_version, recent, limit)
+        except ServiceError as error:
+            log.warning("ranker could not suggest candidates; retrieval alone", error=str(error))
+            degraded.append("ranker")
+            return []
+
     async def _rank(
         self,
         request: RecommendQuery,
@@ -559,7 +583,7 @@ class Recommender:
         degraded: list[str],
     ) -> tuple[np.ndarray, np.ndarray | None, str]:
         """(blended score in standard deviations, the ranker's raw scores or None, model version)."""
-        if not history or not candidates or tuning.ranker_weight <= 0:
+        if not history or not candidates or tuning.ranker_weight <= 0 or "ranker" in degraded:
             return zscores(similarity), None, ""
         try:
             ranking = await self.ranking.score(

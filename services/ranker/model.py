@@ -14,6 +14,7 @@ which other candidates are scored with it: the full-catalog evaluation and the g
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -270,6 +271,23 @@ class RankerScorer:
                 results[n] = scores[0].float().cpu().numpy()
         return results
 
+    def suggest(self, history_item_ids: Sequence[str], limit: int) -> list[tuple[str, float]]:
+        """Up to ``limit`` (item id, graph score) of the known items the item graph links to the history most
+        strongly, best first; history items and items without a positive link are left out. Empty when the
+        score has no graph term. The same term :meth:`score_many` adds, so the graph's best are proposed."""
+        if self.graph is None or self.fusion.graph <= 0 or not len(history_item_ids) or limit < 1:
+            return []
+        history = self._lookup(history_item_ids)
+        scores = self.graph.scores([history], self.fusion.graph_decay)[0]
+        scores[UNKNOWN_ID] = -math.inf
+        scores[torch.from_numpy(history)] = -math.inf
+        top = torch.topk(scores, min(limit, len(scores)))
+        return [
+            (self.item_ids[index - 1], score)
+            for score, index in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+            if score > 0
+        ]
+
     def score_catalog(
         self, histories: Sequence[Sequence[int]], catalog_ids: Sequence[str], catalog_vectors: np.ndarray
     ) -> Tensor:
@@ -299,7 +317,11 @@ class RankerScorer:
         history = self.model.item_repr(self._tensor(text), self._tensor(ids_matrix))
         sequence = self.model.user_repr(history, lengths)
         fusion = self.fusion
-        graph = self.graph.scores(histories).to(self.device) if self.graph is not None and fusion.graph else None
+        graph = (
+            self.graph.scores(histories, fusion.graph_decay).to(self.device)
+            if self.graph is not None and fusion.graph
+            else None
+        )
         text_users = None
         if fusion.text:
             # The most recent item weighs 1, the one before text_decay, and so on.

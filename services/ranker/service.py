@@ -342,6 +342,25 @@ class RankingService:
         scores = await asyncio.get_running_loop().run_in_executor(self._executor, run)
         return scores, model.metadata.version
 
+    async def suggest(
+        self, history_item_ids: Sequence[str], limit: int, catalog: str = DEFAULT_CATALOG, version: str = ""
+    ) -> tuple[list[tuple[str, float]], str]:
+        """Candidates from ``catalog``'s item graph for a history (see :meth:`RankerScorer.suggest`) and the
+        version that proposed them."""
+        if not history_item_ids:
+            raise InvalidArgumentError("history_item_ids is empty: send the user's history, oldest first")
+        if len(history_item_ids) > self.limits.max_history:
+            raise InvalidArgumentError(
+                f"{len(history_item_ids)} history items; the limit is {self.limits.max_history}: send the newest"
+            )
+        if not 1 <= limit <= self.limits.max_candidates:
+            raise InvalidArgumentError(f"limit is {limit}; ask for 1 to {self.limits.max_candidates} candidates")
+        model = await self.model(catalog, version)
+        suggested = await asyncio.get_running_loop().run_in_executor(
+            self._executor, model.scorer.suggest, list(history_item_ids), limit
+        )
+        return suggested, model.metadata.version
+
     async def close(self) -> None:
         if self._watcher is not None:
             self._watcher.cancel()

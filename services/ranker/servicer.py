@@ -43,6 +43,18 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
             results=[ranker_pb2.TaskScores(scores=s.tolist()) for s in scores], model_version=version
         )
 
+    async def SuggestCandidates(
+        self, request: ranker_pb2.SuggestCandidatesRequest, context: grpc.aio.ServicerContext
+    ) -> ranker_pb2.SuggestCandidatesResponse:
+        suggested, version = await self._ranking.suggest(
+            list(request.history_item_ids), request.limit, request.catalog, request.model_version
+        )
+        return ranker_pb2.SuggestCandidatesResponse(
+            item_ids=[item_id for item_id, _ in suggested],
+            scores=[score for _, score in suggested],
+            model_version=version,
+        )
+
     async def GetModelInfo(
         self, request: ranker_pb2.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> ranker_pb2.GetModelInfoResponse:

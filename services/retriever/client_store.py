@@ -75,9 +75,13 @@ _SCHEMA_TYPES: Mapping[FieldType, models.PayloadSchemaType] = {
 }
 
 
-def to_client_filter(filter: Filter | None, exclude: Iterable[uuid.UUID] = ()) -> models.Filter | None:
-    """Our (validated) filter as qdrant-client's: every condition in `must`, excluded ids in `must_not`."""
-    must: list[models.Condition] = []
+def to_client_filter(
+    filter: Filter | None, exclude: Iterable[uuid.UUID] = (), only: Iterable[uuid.UUID] = ()
+) -> models.Filter | None:
+    """Our (validated) filter as qdrant-client's: every condition and the allowed ids (when any) in `must`,
+    excluded ids in `must_not`."""
+    allowed: list[models.ExtendedPointId] = [str(i) for i in only]
+    must: list[models.Condition] = [models.HasIdCondition(has_id=allowed)] if allowed else []
     if filter is not None:
         if filter.categories_any:
             must.append(
@@ -334,7 +338,9 @@ class ClientVectorStore:
         requests = [
             models.QueryRequest(
                 query=[float(v) for v in q.vector],
-                filter=to_client_filter(q.filter, (item_point_id(i) for i in q.exclude_ids)),
+                filter=to_client_filter(
+                    q.filter, (item_point_id(i) for i in q.exclude_ids), (item_point_id(i) for i in q.only_ids)
+                ),
                 limit=q.limit,
                 offset=q.offset,
                 with_payload=True,

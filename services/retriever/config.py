@@ -34,7 +34,7 @@ class RetrieverSettings(ServiceSettings):
     max_limit: int = Field(1000, ge=1, description="Most results of one query.")
     max_batch: int = Field(512, ge=1, description="Most items, ids or queries in one call.")
     workers: int = Field(4, ge=1, description="Threads that run engine calls off the event loop.")
-    max_exclude_ids: int = Field(10_000, ge=0, description="Most excluded ids in one query.")
+    max_exclude_ids: int = Field(10_000, ge=0, description="Most excluded ids (and most only_ids) in one query.")
     max_filter_values: int = Field(1_000, ge=1, description="Most conditions and values in one filter.")
     max_catalogs: int = Field(
         32,

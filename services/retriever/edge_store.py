@@ -113,9 +113,12 @@ _SCHEMA_TYPES: Mapping[FieldType, Any] = {
 }
 
 
-def to_edge_filter(filter: Filter | None, exclude: Sequence[uuid.UUID] = ()) -> EdgeFilter | None:
-    """Our (validated) filter as the engine's: every condition in `must`, excluded ids in `must_not`."""
-    must: list[Any] = []
+def to_edge_filter(
+    filter: Filter | None, exclude: Sequence[uuid.UUID] = (), only: Sequence[uuid.UUID] = ()
+) -> EdgeFilter | None:
+    """Our (validated) filter as the engine's: every condition and the allowed ids (when any) in `must`,
+    excluded ids in `must_not`."""
+    must: list[Any] = [HasIdCondition(set(only))] if only else []
     if filter is not None:
         if filter.categories_any:
             must.append(FieldCondition(key=CATEGORIES_FIELD, match=MatchAny(list(filter.categories_any))))
@@ -402,7 +405,9 @@ class EdgeVectorStore:
                 limit=q.limit,
                 offset=q.offset,
                 query=Query.Nearest([float(v) for v in q.vector]),
-                filter=to_edge_filter(q.filter, [item_point_id(i) for i in q.exclude_ids]),
+                filter=to_edge_filter(
+                    q.filter, [item_point_id(i) for i in q.exclude_ids], [item_point_id(i) for i in q.only_ids]
+                ),
                 with_payload=True,
                 with_vector=q.with_vectors,
             )

@@ -151,6 +151,10 @@ class Retrieval:
         for query in queries:
             self._check_limit(query.limit)
             self._check_query_size(query.filter, query.exclude_ids)
+            if len(query.only_ids) > self.max_exclude_ids:
+                raise InvalidArgumentError(
+                    f"{len(query.only_ids)} only_ids; the limit is {self.max_exclude_ids} (RETRIEVER_MAX_EXCLUDE_IDS)"
+                )
         return await self._query("search", self.store.search, queries)
 
     async def recommend(

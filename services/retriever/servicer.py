@@ -128,6 +128,7 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
                 exclude_ids=tuple(q.exclude_ids),
                 offset=q.offset,
                 with_vectors=q.with_vectors,
+                only_ids=tuple(q.only_ids),
             )
             for q in request.queries
         ]

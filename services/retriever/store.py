@@ -151,6 +151,7 @@ class SearchQuery:
     exclude_ids: Sequence[str] = ()
     offset: int = 0
     with_vectors: bool = False
+    only_ids: Sequence[str] = ()  # not empty: results come only from these items
 
 
 @dataclass(frozen=True, slots=True)
@@ -488,6 +489,7 @@ def validate_search_query(query: SearchQuery, dimension: int, schema: PayloadSch
     validate_limit(query.limit, query.offset)
     validate_filter(query.filter, schema)
     validate_ids(query.exclude_ids, "excluded item id")
+    validate_ids(query.only_ids, "only_ids item id")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -521,7 +523,7 @@ def as_vector(raw: object) -> tuple[float, ...] | None:
     if isinstance(raw, list | tuple):
         if not raw:
             return None
-        return tuple(float(v) for v in raw)
+        return tuple(map(float, raw))
     return None
 
 

@@ -84,10 +84,16 @@ class SwitchableRetrieval(FakeRetrieval):
         return await super().popular(catalog, limit, offset, item_filter, exclude_ids, with_vectors)
 
     async def search(
-        self, catalog: str, vector: np.ndarray, limit: int, item_filter: ItemFilter, exclude_ids: Sequence[str]
+        self,
+        catalog: str,
+        vector: np.ndarray,
+        limit: int,
+        item_filter: ItemFilter,
+        exclude_ids: Sequence[str],
+        include_ids: Sequence[str] = (),
     ) -> list[StoredItem]:
         self._check()
-        return await super().search(catalog, vector, limit, item_filter, exclude_ids)
+        return await super().search(catalog, vector, limit, item_filter, exclude_ids, include_ids)
 
     async def append_events(self, catalog: str, user_id: str, events: Sequence[HistoryEvent]) -> None:
         self._check()

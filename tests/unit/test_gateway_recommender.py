@@ -75,14 +75,22 @@ class FakeRetrieval:
         return self.items.get(catalog, {})
 
     async def search(
-        self, catalog: str, vector: np.ndarray, limit: int, item_filter: ItemFilter, exclude_ids: Sequence[str]
+        self,
+        catalog: str,
+        vector: np.ndarray,
+        limit: int,
+        item_filter: ItemFilter,
+        exclude_ids: Sequence[str],
+        include_ids: Sequence[str] = (),
     ) -> list[StoredItem]:
         found = [
             StoredItem(i.item_id, float(i.vector @ vector), i.payload, i.vector)
             for i in self._catalog(catalog).values()
             if i.item_id not in exclude_ids and i.vector is not None and matches(i, item_filter)
         ]
-        return sorted(found, key=lambda i: -i.score)[:limit]
+        ranked = sorted(found, key=lambda i: -i.score)
+        nearest = ranked[:limit]
+        return nearest + [i for i in ranked[limit:] if i.item_id in include_ids]
 
     async def similar(
         self, catalog: str, item_id: str, limit: int, item_filter: ItemFilter, exclude_ids: Sequence[str]
@@ -153,6 +161,14 @@ class FakeRanking:
     def __init__(self) -> None:
         self.down = False
         self.calls: list[tuple[str, str]] = []
+        self.suggestions: list[str] = []  # what the item graph proposes
+        self.suggested_for: list[list[str]] = []
+
+    async def suggest(self, catalog: str, model_version: str, history_ids: Sequence[str], limit: int) -> list[str]:
+        if self.down:
+            raise UnavailableError("ranker down")
+        self.suggested_for.append(list(history_ids))
+        return self.suggestions[:limit]
 
     async def score(
         self,
@@ -242,6 +258,25 @@ async def test_ranker_outage_falls_back_to_retrieval_order(
     ranking.down = True
     result = await recommender.recommend(rq("u", k=3))
     assert result.model_version == "" and result.items[0].item_id == "b" and result.degraded == ("ranker",)
+
+
+async def test_item_graph_candidates_join_the_pool() -> None:
+    """The caliper is far from the sanding disc in text, so the profile's two nearest items leave it out; the
+    ranker's item graph proposes it, it joins the pool and the ranker (which likes the last candidate) picks it."""
+    retrieval, ranking = FakeRetrieval(), FakeRanking()
+    limits = RecommenderLimits(max_k=10, candidate_pool=2, graph_candidates=5)
+    recommender = Recommender(
+        FakeText(), FakeEmbedding(), retrieval, ranking, limits, Blend(ranker_weight=1.0), {"view": 1.0}
+    )
+    await recommender.record_events([EventRecord("u", "a", "view", 1.0)])
+    without = await recommender.recommend(rq("u", k=1))
+    assert [i.item_id for i in without.items] != ["e"] and ranking.suggested_for == [["a"]]
+    ranking.suggestions = ["e", "a"]  # a history item is excluded by the retriever like any seen item
+    found = await recommender.recommend(rq("u", k=1))
+    assert [i.item_id for i in found.items] == ["e"] and found.stage_ms["suggest"] >= 0
+    ranking.down = True
+    degraded = await recommender.recommend(rq("u", k=1))
+    assert degraded.degraded == ("ranker",) and degraded.items and degraded.model_version == ""
 
 
 async def test_pages_never_repeat_even_when_the_profile_moves(

@@ -11,7 +11,15 @@ import torch
 from services.datasets.loaders import CatalogItem, Dataset, Interaction, load_dataset
 from services.evaluation.splits import loo_split
 from services.ranker.checkpoints import latest_checkpoint, load_scorer, save_checkpoint
-from services.ranker.model import ItemGraph, ModelConfig, RankerModel, RankerScorer, ScoreRequest, recency_weights
+from services.ranker.model import (
+    Fusion,
+    ItemGraph,
+    ModelConfig,
+    RankerModel,
+    RankerScorer,
+    ScoreRequest,
+    recency_weights,
+)
 from services.ranker.training import TrainConfig, TrainResult, train_ranker
 
 SCIENTIFIC = Path(os.environ.get("RECSYS_DATA_DIR", Path(__file__).resolve().parents[3] / "shared" / "data")) / (
@@ -182,3 +190,38 @@ def test_graph_scores_read_only_the_history_rows_and_match_the_full_product() ->
     assert torch.allclose(graph.scores(histories, decay), reference, atol=1e-5)
     restored = ItemGraph.from_tensors(graph.to_tensors())
     assert torch.equal(restored.scores(histories, decay), graph.scores(histories, decay))
+
+
+def _graph_scorer(decay: float) -> RankerScorer:
+    """Five known items, the graph alone in the score: i1 -> i3 (2.0), i1 -> i4 (0.5), i2 -> i4 (1.0),
+    i2 -> i5 (-1.0), i2 -> i1 (3.0)."""
+    weights = torch.zeros(6, 6)  # (source, target), row and column 0 = unknown
+    weights[1, 3], weights[1, 4], weights[2, 4], weights[2, 5], weights[2, 1] = 2.0, 0.5, 1.0, -1.0, 3.0
+    model = RankerModel(ModelConfig(n_items=5, dim=8, layers=1, heads=1, max_len=10))
+    return RankerScorer(
+        model=model,
+        item_ids=("i1", "i2", "i3", "i4", "i5"),
+        graph=ItemGraph.from_dense(weights, keep=5),
+        fusion=Fusion(sequence=0.0, graph=1.0, graph_decay=decay),
+    )
+
+
+def test_suggest_proposes_what_the_graph_links_to_the_history_best_first() -> None:
+    scorer = _graph_scorer(decay=0.5)
+    # History i1 then i2: i1 weighs 0.5, i2 1.0. i3 = 0.5 * 2.0 = 1.0, i4 = 0.5 * 0.5 + 1.0 = 1.25, i5 < 0;
+    # i1 is in the history, so never proposed however strong its link.
+    assert scorer.suggest(["i1", "i2"], 10) == [("i4", 1.25), ("i3", 1.0)]
+    assert scorer.suggest(["i1", "i2"], 1) == [("i4", 1.25)]
+    assert scorer.suggest(["unknown"], 10) == [] and scorer.suggest([], 10) == []
+    assert RankerScorer(model=scorer.model, item_ids=scorer.item_ids).suggest(["i1"], 10) == []  # no graph
+    unused = RankerScorer(model=scorer.model, item_ids=scorer.item_ids, graph=scorer.graph, fusion=Fusion(graph=0.0))
+    assert unused.suggest(["i1"], 10) == []
+
+
+def test_the_served_graph_term_uses_the_tuned_decay() -> None:
+    """The decay tuned on validation is the one that scores: i1 then i2 with decay 0.5 gives i3 1.0, i4 1.25."""
+    scorer = _graph_scorer(decay=0.5)
+    history = np.zeros((2, 384), dtype=np.float32)
+    candidates = np.zeros((2, 384), dtype=np.float32)
+    scores = scorer.score(["i1", "i2"], history, ["i3", "i4"], candidates)
+    np.testing.assert_allclose(scores, [1.0, 1.25], atol=1e-6)

@@ -103,6 +103,34 @@ async def test_bad_input(
     assert message in (caught.value.details() or "")
 
 
+async def test_suggests_what_the_item_graph_links_to_the_history(
+    stub: ranker_pb2_grpc.RankerServiceStub, trained: TrainResult
+) -> None:
+    request = pb.SuggestCandidatesRequest(history_item_ids=["i3", "i4", "unknown"], limit=5)
+    response = await stub.SuggestCandidates(request)
+    assert response.model_version.startswith("20260101T000000Z-")
+    assert list(response.item_ids) == [i for i, _ in trained.scorer().suggest(["i3", "i4", "unknown"], 5)]
+    assert response.item_ids and {"i3", "i4"}.isdisjoint(response.item_ids)
+    assert list(response.scores) == sorted(response.scores, reverse=True)
+
+
+@pytest.mark.parametrize(
+    ("request_", "message"),
+    [
+        (pb.SuggestCandidatesRequest(limit=5), "history_item_ids is empty"),
+        (pb.SuggestCandidatesRequest(history_item_ids=["i1"], limit=0), "limit is 0"),
+        (pb.SuggestCandidatesRequest(history_item_ids=["i1"], limit=51), "limit is 51"),
+    ],
+)
+async def test_bad_suggest_requests(
+    stub: ranker_pb2_grpc.RankerServiceStub, request_: pb.SuggestCandidatesRequest, message: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.SuggestCandidates(request_)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in (caught.value.details() or "")
+
+
 async def test_nan_vector_is_rejected(stub: ranker_pb2_grpc.RankerServiceStub) -> None:
     task = _task(1, 2)
     task.candidates[0].vector[0] = float("nan")

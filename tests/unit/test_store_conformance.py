@@ -269,6 +269,21 @@ def test_exclude_ids_and_offset_paging(store: VectorStore, catalogue: list[Item]
     assert seen == ranking
 
 
+def test_only_ids_restricts_results_within_filter_and_exclusions(store: VectorStore, catalogue: list[Item]) -> None:
+    query = [0.3] * DIM
+    ranking = exact_ranking(catalogue, query)
+    allowed = [ranking[-1], ranking[-5], ranking[-9], "item-999"]  # far items, and one that does not exist
+    hits = store.search([SearchQuery(vector=query, limit=10, only_ids=allowed)])[0]
+    assert [h.item_id for h in hits] == [ranking[-9], ranking[-5], ranking[-1]]  # nearest first, unknown skipped
+    shirts = [i for i in allowed[:3] if "shirts" in store.get_items([i])[0].payload["categories"]]
+    filtered = store.search(
+        [SearchQuery(vector=query, limit=10, only_ids=allowed, filter=Filter(categories_any=("shirts",)))]
+    )[0]
+    assert sorted(h.item_id for h in filtered) == sorted(shirts)
+    excluded = store.search([SearchQuery(vector=query, limit=10, only_ids=allowed, exclude_ids=[ranking[-5]])])[0]
+    assert [h.item_id for h in excluded] == [ranking[-9], ranking[-1]]
+
+
 # -- recommend, popular ------------------------------------------------------------------------------------
 
 

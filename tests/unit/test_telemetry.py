@@ -62,6 +62,9 @@ class FakeRanker(ranker_pb2_grpc.RankerServiceServicer):
         results = [ranker_pb2.TaskScores(scores=[0.5] * len(task.candidates)) for task in request.tasks]
         return ranker_pb2.ScoreCandidatesResponse(results=results, model_version="fake-1")
 
+    async def SuggestCandidates(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        return ranker_pb2.SuggestCandidatesResponse(model_version="fake-1")
+
 
 class FakeRankerApp:
     service_name = "recsys.ranker.v1.RankerService"

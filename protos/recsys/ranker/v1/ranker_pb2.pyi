@@ -48,6 +48,28 @@ class ScoreCandidatesResponse(_message.Message):
     model_version: str
     def __init__(self, results: _Optional[_Iterable[_Union[TaskScores, _Mapping]]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
+class SuggestCandidatesRequest(_message.Message):
+    __slots__ = ("history_item_ids", "limit", "catalog", "model_version")
+    HISTORY_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    history_item_ids: _containers.RepeatedScalarFieldContainer[str]
+    limit: int
+    catalog: str
+    model_version: str
+    def __init__(self, history_item_ids: _Optional[_Iterable[str]] = ..., limit: _Optional[int] = ..., catalog: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class SuggestCandidatesResponse(_message.Message):
+    __slots__ = ("item_ids", "scores", "model_version")
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    item_ids: _containers.RepeatedScalarFieldContainer[str]
+    scores: _containers.RepeatedScalarFieldContainer[float]
+    model_version: str
+    def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., scores: _Optional[_Iterable[float]] = ..., model_version: _Optional[str] = ...) -> None: ...
+
 class GetModelInfoRequest(_message.Message):
     __slots__ = ("catalog", "model_version")
     CATALOG_FIELD_NUMBER: _ClassVar[int]

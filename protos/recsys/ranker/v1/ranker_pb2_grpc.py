@@ -43,6 +43,11 @@ class RankerServiceStub:
                 request_serializer=recsys_dot_ranker_dot_v1_dot_ranker__pb2.ScoreCandidatesRequest.SerializeToString,
                 response_deserializer=recsys_dot_ranker_dot_v1_dot_ranker__pb2.ScoreCandidatesResponse.FromString,
                 _registered_method=True)
+        self.SuggestCandidates = channel.unary_unary(
+                '/recsys.ranker.v1.RankerService/SuggestCandidates',
+                request_serializer=recsys_dot_ranker_dot_v1_dot_ranker__pb2.SuggestCandidatesRequest.SerializeToString,
+                response_deserializer=recsys_dot_ranker_dot_v1_dot_ranker__pb2.SuggestCandidatesResponse.FromString,
+                _registered_method=True)
         self.GetModelInfo = channel.unary_unary(
                 '/recsys.ranker.v1.RankerService/GetModelInfo',
                 request_serializer=recsys_dot_ranker_dot_v1_dot_ranker__pb2.GetModelInfoRequest.SerializeToString,
@@ -64,6 +69,15 @@ class RankerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SuggestCandidates(self, request, context):
+        """Proposes candidates from the model's item graph: the known items that users who had the history's items
+        went on to, best first. They reach what text similarity alone misses (the gateway adds them to the
+        retriever's pool). Empty when the model's score has no item-graph term.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetModelInfo(self, request, context):
         """Describes a catalog's model (the newest, or a pinned version) and lists the versions on disk.
         """
@@ -78,6 +92,11 @@ def add_RankerServiceServicer_to_server(servicer, server):
                     servicer.ScoreCandidates,
                     request_deserializer=recsys_dot_ranker_dot_v1_dot_ranker__pb2.ScoreCandidatesRequest.FromString,
                     response_serializer=recsys_dot_ranker_dot_v1_dot_ranker__pb2.ScoreCandidatesResponse.SerializeToString,
+            ),
+            'SuggestCandidates': grpc.unary_unary_rpc_method_handler(
+                    servicer.SuggestCandidates,
+                    request_deserializer=recsys_dot_ranker_dot_v1_dot_ranker__pb2.SuggestCandidatesRequest.FromString,
+                    response_serializer=recsys_dot_ranker_dot_v1_dot_ranker__pb2.SuggestCandidatesResponse.SerializeToString,
             ),
             'GetModelInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelInfo,
@@ -116,6 +135,33 @@ class RankerService:
             '/recsys.ranker.v1.RankerService/ScoreCandidates',
             recsys_dot_ranker_dot_v1_dot_ranker__pb2.ScoreCandidatesRequest.SerializeToString,
             recsys_dot_ranker_dot_v1_dot_ranker__pb2.ScoreCandidatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SuggestCandidates(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.ranker.v1.RankerService/SuggestCandidates',
+            recsys_dot_ranker_dot_v1_dot_ranker__pb2.SuggestCandidatesRequest.SerializeToString,
+            recsys_dot_ranker_dot_v1_dot_ranker__pb2.SuggestCandidatesResponse.FromString,
             options,
             channel_credentials,
             insecure,

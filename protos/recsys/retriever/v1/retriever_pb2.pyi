@@ -114,20 +114,22 @@ class GetItemsResponse(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ...) -> None: ...
 
 class SearchQuery(_message.Message):
-    __slots__ = ("vector", "limit", "filter", "exclude_ids", "offset", "with_vectors")
+    __slots__ = ("vector", "limit", "filter", "exclude_ids", "offset", "with_vectors", "only_ids")
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_IDS_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     WITH_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    ONLY_IDS_FIELD_NUMBER: _ClassVar[int]
     vector: _containers.RepeatedScalarFieldContainer[float]
     limit: int
     filter: Filter
     exclude_ids: _containers.RepeatedScalarFieldContainer[str]
     offset: int
     with_vectors: bool
-    def __init__(self, vector: _Optional[_Iterable[float]] = ..., limit: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., exclude_ids: _Optional[_Iterable[str]] = ..., offset: _Optional[int] = ..., with_vectors: _Optional[bool] = ...) -> None: ...
+    only_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, vector: _Optional[_Iterable[float]] = ..., limit: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., exclude_ids: _Optional[_Iterable[str]] = ..., offset: _Optional[int] = ..., with_vectors: _Optional[bool] = ..., only_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SearchItemsRequest(_message.Message):
     __slots__ = ("queries", "catalog")
