@@ -100,7 +100,7 @@ def _served(args: argparse.Namespace, split: Split, text: np.ndarray, data_hash:
     gateway_address: str = args.through_gateway
     host, _, port = gateway_address.rpartition(":")
     retriever_address = args.retriever or f"{host}:{int(port) + 3}"
-    pool = GatewaySettings().candidate_pool
+    gateway_settings = GatewaySettings()  # the served gateway's settings, from the same environment
     with grpc.insecure_channel(gateway_address) as gateway, grpc.insecure_channel(retriever_address) as retriever:
         result = served_evaluation(
             gateway,
@@ -110,7 +110,9 @@ def _served(args: argparse.Namespace, split: Split, text: np.ndarray, data_hash:
             scorer,
             users=args.users,
             seed=args.seed,
-            candidate_pool=pool,
+            candidate_pool=gateway_settings.candidate_pool,
+            graph_candidates=gateway_settings.graph_candidates,
+            history_for_ranking=gateway_settings.history_for_ranking,
         )
     print(f"served model {result.model_version}, checkpoint {metadata.version}, {result.users} users, seen masked")
     print("| metric | served | offline (same users, full ranking) | relative gap |")
@@ -120,7 +122,10 @@ def _served(args: argparse.Namespace, split: Split, text: np.ndarray, data_hash:
             f"| {metric} | {result.served[metric]:.4f} | {result.offline[metric]:.4f} | "
             f"{100 * result.relative_gap(metric):+.1f}% |"
         )
-    print(f"candidate recall at the retriever's k = {result.candidate_pool}: {result.candidate_recall:.4f}")
+    print(
+        f"candidate recall: {result.candidate_recall:.4f} with the {result.candidate_pool} nearest items and "
+        f"{result.graph_candidates} item-graph candidates; {result.candidate_recall_nearest:.4f} nearest alone"
+    )
     within = all(abs(result.relative_gap(m)) <= 0.05 for m in ("ndcg@10", "recall@10"))
     print("served agrees with offline within 5%" if within else "served and offline differ by more than 5%")
     if args.json is not None:
@@ -132,6 +137,8 @@ def _served(args: argparse.Namespace, split: Split, text: np.ndarray, data_hash:
             "data_hash": data_hash,
             "candidate_pool": result.candidate_pool,
             "candidate_recall": result.candidate_recall,
+            "candidate_recall_nearest": result.candidate_recall_nearest,
+            "graph_candidates": result.graph_candidates,
             "served": result.served,
             "offline": result.offline,
         }

@@ -3,9 +3,10 @@
 Each sampled test user becomes a fresh user (``eval-<user id>``, deleted before and after) whose test history is
 sent through the gateway's RecordEvents; Recommend (seen items excluded, the gateway's default) then answers with
 the served ranking. The same users are scored offline by the checkpoint the ranker serves, over the full catalog
-with seen items masked; the two must agree. Candidate recall is the share of test targets inside the retriever's
-candidate pool (the user's profile vector, top ``candidate_pool``, seen items excluded): the one place where
-serving can lose what full ranking finds.
+with seen items masked; the two must agree. Candidate recall is the share of test targets inside the pool the
+ranker scores: the retriever's ``candidate_pool`` nearest items to the user's profile vector (seen items excluded)
+plus the ``graph_candidates`` items the checkpoint's item graph proposes for the history, as the gateway builds it.
+It is the one place where serving can lose what full ranking finds.
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ class ServedResult:
     users: int
     served: dict[str, float]
     offline: dict[str, float]
-    candidate_recall: float
+    candidate_recall: float  # targets in the pool the ranker scores: nearest items plus item-graph candidates
+    candidate_recall_nearest: float  # targets among the nearest items alone
     candidate_pool: int
+    graph_candidates: int
     model_version: str
 
     def relative_gap(self, metric: str) -> float:
@@ -71,6 +74,8 @@ def served_evaluation(
     users: int,
     seed: int,
     candidate_pool: int,
+    graph_candidates: int,
+    history_for_ranking: int,
     k: int = max(KS),
     workers: int = 8,
     timeout_s: float = 30.0,
@@ -87,7 +92,7 @@ def served_evaluation(
             if error.code() != grpc.StatusCode.NOT_FOUND:
                 raise
 
-    def replay(n: int) -> tuple[list[str], str, bool]:
+    def replay(n: int) -> tuple[list[str], str, tuple[bool, bool]]:
         case, name = cases[n], names[n]
         delete(name)
         history = [split.item_ids[i] for i in case.history]
@@ -100,8 +105,10 @@ def served_evaluation(
             vector=profile.profile.vector, limit=candidate_pool, exclude_ids=list(dict.fromkeys(history))
         )
         pool = retriever_stub.SearchItems(retriever_pb2.SearchItemsRequest(queries=[query]), timeout=timeout_s)
-        pool_ids = {item.item_id for item in pool.results[0].items}
-        in_pool = any(split.item_ids[t] in pool_ids for t in case.targets)
+        nearest = {item.item_id for item in pool.results[0].items}
+        suggested = {item_id for item_id, _ in scorer.suggest(history[-history_for_ranking:], graph_candidates)}
+        targets = [split.item_ids[t] for t in case.targets]
+        in_pool = (any(t in nearest | suggested for t in targets), any(t in nearest for t in targets))
         delete(name)
         return [item.item_id for item in response.items], response.model_version, in_pool
 
@@ -123,7 +130,9 @@ def served_evaluation(
         users=len(cases),
         served=served,
         offline=offline,
-        candidate_recall=sum(in_pool for _, _, in_pool in answers) / len(cases),
+        candidate_recall=sum(both for _, _, (both, _) in answers) / len(cases),
+        candidate_recall_nearest=sum(nearest for _, _, (_, nearest) in answers) / len(cases),
         candidate_pool=candidate_pool,
+        graph_candidates=graph_candidates,
         model_version=",".join(sorted(versions)),
     )

@@ -21,8 +21,8 @@ def test_served_evaluation_agrees_with_offline(suite: RunningSuite, tmp_path: Pa
     )  # fmt: skip
     result = json.loads(out.read_text())
     assert result["users"] == 60
-    # The candidate pool holds the whole small catalog (all but a repeat purchase, which is seen and excluded).
-    assert result["candidate_recall"] >= 0.95
+    # The item graph's candidates reach targets the nearest items miss.
+    assert result["candidate_recall"] > result["candidate_recall_nearest"]
     for metric in ("ndcg@10", "recall@10"):
         offline = result["offline"][metric]
         assert abs(result["served"][metric] - offline) <= 0.05 * offline + 1e-9, metric
