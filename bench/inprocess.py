@@ -83,26 +83,43 @@ class LocalRetrieval:
         self.retrieval = Retrieval(EdgeVectorStore(data_dir, 384), 1000, 512, 10**9, 4)
 
     async def search(
+        self, catalog: str, vector: np.ndarray, limit: int, item_filter: ItemFilter, exclude_ids: Sequence[str]
+    ) -> list[StoredItem]:
+        query = domain.SearchQuery(
+            vector=vector.tolist(), limit=limit, filter=_filter(item_filter), exclude_ids=exclude_ids, with_vectors=True
+        )
+        (found,) = await self.retrieval.search([query])
+        return [_stored(i, i.score) for i in found]
+
+    async def candidates(
         self,
         catalog: str,
         vector: np.ndarray,
         limit: int,
         item_filter: ItemFilter,
         exclude_ids: Sequence[str],
-        include_ids: Sequence[str] = (),
-    ) -> list[StoredItem]:
-        query = domain.SearchQuery(
+        include_ids: Sequence[str],
+        history_ids: Sequence[str],
+    ) -> tuple[list[StoredItem], list[StoredItem]]:
+        nearest = domain.SearchQuery(
             vector=vector.tolist(), limit=limit, filter=_filter(item_filter), exclude_ids=exclude_ids, with_vectors=True
         )
-        queries = [query]
+        queries = [nearest]
         if include_ids:
-            queries.append(replace(query, limit=len(include_ids), only_ids=tuple(include_ids)))
+            queries.append(replace(nearest, limit=len(include_ids), only_ids=tuple(include_ids)))
+        if history_ids:
+            queries.append(
+                domain.SearchQuery(
+                    vector=nearest.vector, limit=len(history_ids), only_ids=tuple(history_ids), with_vectors=True
+                )
+            )
         results = await self.retrieval.search(queries)
-        found = [_stored(i, i.score) for i in results[0]]
+        pool = [_stored(i, i.score) for i in results[0]]
         if include_ids:
-            ids = {item.item_id for item in found}
-            found += [_stored(i, i.score) for i in results[1] if i.item_id not in ids]
-        return found
+            ids = {item.item_id for item in pool}
+            pool += [_stored(i, i.score) for i in results[1] if i.item_id not in ids]
+        found = {i.item_id: i for i in results[-1]} if history_ids else {}
+        return pool, [_stored(found[i]) for i in history_ids if i in found]
 
     async def similar(
         self, catalog: str, item_id: str, limit: int, item_filter: ItemFilter, exclude_ids: Sequence[str]

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import (
     REPO,
     SCIENTIFIC,
+    cpu_seconds,
     machine,
     machine_line,
     median,
@@ -55,7 +56,7 @@ from services.ranker.training import TrainConfig
 WORK = REPO / "var" / "bench" / "recommend"
 VARIATION = 0.15  # noise added to a copy's vector before normalising: copies stay near, never identical
 BATCH = 512
-STAGES = ("profile", "retrieval", "history", "ranker", "rules", "record")
+STAGES = ("profile", "suggest", "retrieval", "history", "ranker", "rules", "record")
 
 
 def catalog_batches(dataset: Dataset, vectors: np.ndarray, size: int, seed: int = 0) -> Any:
@@ -250,7 +251,16 @@ async def measure_size(
                     await stub.RecordEvents(pb.RecordEventsRequest(events=events[start : start + 1000]), timeout=60)
                 recorded.touch()
             await load(stub, users, 2, 30)  # warm-up
-            result["levels"] = [await load(stub, users, c, args.calls) for c in args.concurrency]
+            result["levels"] = []
+            for concurrency in args.concurrency:
+                # CPU each service spent per call: where the two cores go at each load level.
+                before = {name: cpu_seconds(process.pid) for name, process in suite.processes.items()}
+                level = await load(stub, users, concurrency, args.calls)
+                level["cpu_ms_per_call"] = {
+                    name: 1000 * (cpu_seconds(process.pid) - before[name]) / max(level["calls"], 1)
+                    for name, process in suite.processes.items()
+                }
+                result["levels"].append(level)
         result["rss_mb"] = {name: rss_mb(process.pid) for name, process in suite.processes.items()}
     finally:
         suite.stop()
@@ -293,6 +303,14 @@ def report(runs: list[dict[str, Any]], info: dict[str, Any], args: argparse.Name
             cost = 100 * (served["p50_ms"] / local["p50_ms"] - 1)
             rows.append([run["items"], run["candidate_pool"], served["p50_ms"], local["p50_ms"], cost])
         print(table(["items", "pool", "five services p50 ms", "one process p50 ms", "hops cost %"], rows))
+    print("\nCPU milliseconds per Recommend, by service (user + system time over the level / calls):")
+    cpu_rows = []
+    for run in runs:
+        for level in run["levels"]:
+            spent = level["cpu_ms_per_call"]
+            row = [run["items"], run["candidate_pool"], level["concurrency"], *spent.values(), sum(spent.values())]
+            cpu_rows.append(row)
+    print(table(["items", "pool", "concurrency", *runs[0]["levels"][0]["cpu_ms_per_call"], "all"], cpu_rows))
     print("\nResident memory (MB) after the load:")
     print(
         table(

@@ -143,16 +143,34 @@ class RetrieverClient:
         self._timeout_s = timeout_s
 
     async def search(
+        self, catalog: str, vector: np.ndarray, limit: int, item_filter: ItemFilter, exclude_ids: Sequence[str]
+    ) -> list[StoredItem]:
+        query = retriever_pb2.SearchQuery(
+            vector=vector.tolist(),
+            limit=limit,
+            filter=_retriever_filter(item_filter),
+            exclude_ids=list(exclude_ids),
+            with_vectors=True,
+        )
+        request = retriever_pb2.SearchItemsRequest(queries=[query], catalog=catalog)
+        response = await _call("retriever", self._stub.SearchItems, request, self._timeout_s)
+        return [_stored(i, i.score) for i in response.results[0].items]
+
+    async def candidates(
         self,
         catalog: str,
         vector: np.ndarray,
         limit: int,
         item_filter: ItemFilter,
         exclude_ids: Sequence[str],
-        include_ids: Sequence[str] = (),
-    ) -> list[StoredItem]:
+        include_ids: Sequence[str],
+        history_ids: Sequence[str],
+    ) -> tuple[list[StoredItem], list[StoredItem]]:
+        # One call, up to three queries of a batch: the nearest items, the proposed items among them that the
+        # filter and exclusions allow, and the history items (restricted to their ids, nothing else applies).
+        values = vector.tolist()
         nearest = retriever_pb2.SearchQuery(
-            vector=vector.tolist(),
+            vector=values,
             limit=limit,
             filter=_retriever_filter(item_filter),
             exclude_ids=list(exclude_ids),
@@ -160,19 +178,28 @@ class RetrieverClient:
         )
         queries = [nearest]
         if include_ids:
-            # The proposed items in the same call: a second query of the batch, restricted to them.
             included = retriever_pb2.SearchQuery()
             included.CopyFrom(nearest)
             included.limit = len(include_ids)
             included.only_ids.extend(include_ids)
             queries.append(included)
+        if history_ids:
+            queries.append(
+                retriever_pb2.SearchQuery(
+                    vector=values, limit=len(history_ids), only_ids=list(history_ids), with_vectors=True
+                )
+            )
         request = retriever_pb2.SearchItemsRequest(queries=queries, catalog=catalog)
         response = await _call("retriever", self._stub.SearchItems, request, self._timeout_s)
-        found = [_stored(i, i.score) for i in response.results[0].items]
+        pool = [_stored(i, i.score) for i in response.results[0].items]
         if include_ids:
-            ids = {item.item_id for item in found}
-            found += [_stored(i, i.score) for i in response.results[1].items if i.item_id not in ids]
-        return found
+            ids = {item.item_id for item in pool}
+            pool += [_stored(i, i.score) for i in response.results[1].items if i.item_id not in ids]
+        history: list[StoredItem] = []
+        if history_ids:
+            found = {i.item_id: i for i in response.results[-1].items}
+            history = [_stored(found[item_id]) for item_id in history_ids if item_id in found]
+        return pool, history
 
     async def similar(
         self, catalog: str, item_id: str, limit: int, item_filter: ItemFilter, exclude_ids: Sequence[str]

@@ -177,16 +177,22 @@ class RetrievalPort(Protocol):
     """The retriever, one catalog per call ("" is the default catalog)."""
 
     async def search(
+        self, catalog: str, vector: np.ndarray, limit: int, item_filter: ItemFilter, exclude_ids: Sequence[str]
+    ) -> list[StoredItem]: ...
+
+    async def candidates(
         self,
         catalog: str,
         vector: np.ndarray,
         limit: int,
         item_filter: ItemFilter,
         exclude_ids: Sequence[str],
-        include_ids: Sequence[str] = (),
-    ) -> list[StoredItem]:
-        """The ``limit`` nearest items, then those of ``include_ids`` not among them (when they meet the filter
-        and are not excluded), all with their cosine to ``vector``."""
+        include_ids: Sequence[str],
+        history_ids: Sequence[str],
+    ) -> tuple[list[StoredItem], list[StoredItem]]:
+        """What ranking needs, in one call: the pool (the ``limit`` nearest items, then those of ``include_ids``
+        not among them that meet the filter and are not excluded, each with its cosine to ``vector``) and the
+        stored items of ``history_ids`` in that order (unknown ones skipped), all with vectors."""
         ...
 
     async def similar(

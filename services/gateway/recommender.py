@@ -466,14 +466,13 @@ class Recommender:
             suggested = await clock.time(
                 "suggest", self._suggest(request, tuning, [*history_ids, *request.context_item_ids], degraded)
             )
-            candidates, history_found, pinned = await asyncio.gather(
+            (candidates, history_found), pinned = await asyncio.gather(
                 clock.time(
                     "retrieval",
-                    self.retrieval.search(catalog, target, pool, request.item_filter, exclude, suggested),
+                    self.retrieval.candidates(
+                        catalog, target, pool, request.item_filter, exclude, suggested, history_ids
+                    ),
                 ),
-                clock.time("history", self.retrieval.get_items(catalog, history_ids, skip_missing=True))
-                if history_ids
-                else _empty(),
                 pinned_task,
             )
             history = [*history_found, *context]  # the session's items are the most recent

@@ -84,16 +84,23 @@ class SwitchableRetrieval(FakeRetrieval):
         return await super().popular(catalog, limit, offset, item_filter, exclude_ids, with_vectors)
 
     async def search(
+        self, catalog: str, vector: np.ndarray, limit: int, item_filter: ItemFilter, exclude_ids: Sequence[str]
+    ) -> list[StoredItem]:
+        self._check()
+        return await super().search(catalog, vector, limit, item_filter, exclude_ids)
+
+    async def candidates(
         self,
         catalog: str,
         vector: np.ndarray,
         limit: int,
         item_filter: ItemFilter,
         exclude_ids: Sequence[str],
-        include_ids: Sequence[str] = (),
-    ) -> list[StoredItem]:
+        include_ids: Sequence[str],
+        history_ids: Sequence[str],
+    ) -> tuple[list[StoredItem], list[StoredItem]]:
         self._check()
-        return await super().search(catalog, vector, limit, item_filter, exclude_ids, include_ids)
+        return await super().candidates(catalog, vector, limit, item_filter, exclude_ids, include_ids, history_ids)
 
     async def append_events(self, catalog: str, user_id: str, events: Sequence[HistoryEvent]) -> None:
         self._check()

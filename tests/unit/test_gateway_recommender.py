@@ -75,22 +75,33 @@ class FakeRetrieval:
         return self.items.get(catalog, {})
 
     async def search(
-        self,
-        catalog: str,
-        vector: np.ndarray,
-        limit: int,
-        item_filter: ItemFilter,
-        exclude_ids: Sequence[str],
-        include_ids: Sequence[str] = (),
+        self, catalog: str, vector: np.ndarray, limit: int, item_filter: ItemFilter, exclude_ids: Sequence[str]
+    ) -> list[StoredItem]:
+        return (await self._ranked(catalog, vector, item_filter, exclude_ids))[:limit]
+
+    async def _ranked(
+        self, catalog: str, vector: np.ndarray, item_filter: ItemFilter, exclude_ids: Sequence[str]
     ) -> list[StoredItem]:
         found = [
             StoredItem(i.item_id, float(i.vector @ vector), i.payload, i.vector)
             for i in self._catalog(catalog).values()
             if i.item_id not in exclude_ids and i.vector is not None and matches(i, item_filter)
         ]
-        ranked = sorted(found, key=lambda i: -i.score)
-        nearest = ranked[:limit]
-        return nearest + [i for i in ranked[limit:] if i.item_id in include_ids]
+        return sorted(found, key=lambda i: -i.score)
+
+    async def candidates(
+        self,
+        catalog: str,
+        vector: np.ndarray,
+        limit: int,
+        item_filter: ItemFilter,
+        exclude_ids: Sequence[str],
+        include_ids: Sequence[str],
+        history_ids: Sequence[str],
+    ) -> tuple[list[StoredItem], list[StoredItem]]:
+        ranked = await self._ranked(catalog, vector, item_filter, exclude_ids)
+        pool = ranked[:limit] + [i for i in ranked[limit:] if i.item_id in include_ids]
+        return pool, await self.get_items(catalog, history_ids, skip_missing=True)
 
     async def similar(
         self, catalog: str, item_id: str, limit: int, item_filter: ItemFilter, exclude_ids: Sequence[str]
@@ -340,7 +351,7 @@ async def test_explain_fills_stage_scores(parts: tuple[Recommender, FakeRetrieva
     assert result.items[0].evidence == "a"
     quiet = await recommender.recommend(rq("u"))
     assert quiet.items[0].stage_scores == {}
-    assert {"profile", "retrieval", "history", "ranker", "rules", "record", "total"} <= set(quiet.stage_ms)
+    assert {"profile", "suggest", "retrieval", "ranker", "rules", "record", "total"} <= set(quiet.stage_ms)
     assert all(ms >= 0 for ms in quiet.stage_ms.values())
 
 
