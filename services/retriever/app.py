@@ -50,6 +50,7 @@ def open_edge_store(settings: RetrieverSettings, folder: Path) -> EdgeVectorStor
         max_history=settings.max_history,
         half_life_events=settings.half_life_events,
         sync_writes=settings.sync_writes,
+        rebuild_unindexed=settings.index_min_unindexed,
     )
 
 
@@ -89,7 +90,7 @@ class RetrieverApp:
         retriever_pb2_grpc.add_RetrieverServiceServicer_to_server(RetrieverServicer(self.catalogs), server)
 
     async def warm_up(self) -> None:
-        await self.retrieval.info()
+        await self.retrieval.check_index()
 
     async def close(self) -> None:
         await self.catalogs.close()

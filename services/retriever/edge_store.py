@@ -193,6 +193,7 @@ class EdgeVectorStore:
         half_life_events: float = 50.0,
         index_build_timeout_s: float = 3600.0,
         sync_writes: bool = False,
+        rebuild_unindexed: int | None = None,
     ) -> None:
         validate_store_settings(dimension, max_history, half_life_events)
         if schema.get(POPULARITY_FIELD, FieldType.INTEGER) is not FieldType.INTEGER:
@@ -229,7 +230,8 @@ class EdgeVectorStore:
             self._items.close()
             raise
         self._index_built = self._items.info().indexed_vectors_count > 0
-        self._indexer = BackgroundIndexer(self, timeout_s=index_build_timeout_s)
+        # rebuild_unindexed: after a build, build again when this many items written during it are unindexed.
+        self._indexer = BackgroundIndexer(self, timeout_s=index_build_timeout_s, rebuild_at=rebuild_unindexed)
         self._commit = GroupCommit(self._flush_shards) if sync_writes else None
 
     # -- setup ---------------------------------------------------------------------------------------------
@@ -333,6 +335,10 @@ class EdgeVectorStore:
     def index_build_phase(self) -> str:
         """idle | copying | optimizing | installing."""
         return self._indexer.phase
+
+    @property
+    def index_builds_completed(self) -> int:
+        return self._indexer.builds_completed
 
     @property
     def last_index_error(self) -> str | None:
@@ -744,7 +750,7 @@ class EdgeVectorStore:
             if staging.resolve() != self._items_dir.resolve():
                 shutil.rmtree(staging, ignore_errors=True)
 
-    def install_index(self, staging: Path) -> None:
+    def install_index(self, staging: Path) -> int:
         with self._write_lock:
             self._check_open()
             dirty = sorted(self._dirty or ())
@@ -792,6 +798,7 @@ class EdgeVectorStore:
         logger.info(
             "swapped in the indexed items shard (%d writes replayed); searches paused %.1f ms", len(dirty), paused_ms
         )
+        return len(dirty)
 
     def _mark_dirty(self, ids: Iterable[str]) -> None:
         if self._dirty is not None:

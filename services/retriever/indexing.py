@@ -11,7 +11,9 @@ reach, and searches on it stay exact); instead `BackgroundIndexer`:
 3. asks the store to install the copy: the store opens it, replays the logged writes onto it, points the
    `items` link at it and swaps the shard object (searches wait only for that pointer swap).
 
-Searches keep using the old shard throughout steps 1 and 2.
+Searches keep using the old shard throughout steps 1 and 2. Items written during a build land unindexed in
+the installed shard; when they are at least ``rebuild_at``, the indexer builds again at once, so the tail of a
+burst of writes does not stay on exact search until the next burst.
 """
 
 from __future__ import annotations
@@ -58,8 +60,9 @@ class IndexTarget(Protocol):
     def snapshot_for_index(self) -> Path:
         """Flush and copy the items shard to a new folder (returned); start logging item writes."""
 
-    def install_index(self, staging: Path) -> None:
-        """Replay the logged writes onto `staging` and swap it in as the items shard."""
+    def install_index(self, staging: Path) -> int:
+        """Replay the logged writes onto `staging`, swap it in as the items shard; return how many were replayed
+        (items written during the build, unindexed in the new shard)."""
 
     def discard_index(self, staging: Path) -> None:
         """Stop logging writes and remove `staging`."""
@@ -71,9 +74,10 @@ class IndexTarget(Protocol):
 class BackgroundIndexer:
     """Runs one index build at a time on a daemon thread; the optimisation itself runs in a child process."""
 
-    def __init__(self, target: IndexTarget, timeout_s: float = 3600.0) -> None:
+    def __init__(self, target: IndexTarget, timeout_s: float = 3600.0, rebuild_at: int | None = None) -> None:
         self._target = target
         self._timeout_s = timeout_s
+        self._rebuild_at = rebuild_at
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._process: subprocess.Popen[bytes] | None = None
@@ -118,6 +122,13 @@ class BackgroundIndexer:
             thread.join(timeout_s)
 
     def _run(self) -> None:
+        while (replayed := self._build()) is not None and self._rebuild_at is not None and not self._closed:
+            if replayed < self._rebuild_at:
+                break
+            logger.info("%d items were written during the build and are unindexed: building again", replayed)
+
+    def _build(self) -> int | None:
+        """One build; the writes replayed onto the installed shard, or None when the build failed."""
         started = time.monotonic()
         staging: Path | None = None
         try:
@@ -129,7 +140,7 @@ class BackgroundIndexer:
                 if self._closed:
                     raise IndexBuildError("store closed during the index build")
             self.phase = "installing"
-            self._target.install_index(staging)
+            replayed = self._target.install_index(staging)
             staging = None
             self.last_result = result
             self.last_error = None
@@ -141,6 +152,7 @@ class BackgroundIndexer:
                 result.optimize_s,
                 time.monotonic() - started,
             )
+            return replayed
         except Exception as exc:
             self.last_error = f"{type(exc).__name__}: {exc}"
             logger.warning("index build failed, serving from the old shard: %s", self.last_error)
@@ -149,6 +161,7 @@ class BackgroundIndexer:
                     self._target.discard_index(staging)
                 except Exception:
                     logger.exception("could not discard the staging shard")
+            return None
         finally:
             self.phase = "idle"
 

@@ -121,11 +121,12 @@ class Retrieval:
     async def upsert_items(self, items: Sequence[Item]) -> int:
         self._check_batch(len(items), "items")
         written = await self._run(self.store.upsert_items, items)
-        await self._after_write()
+        await self.check_index()
         return written
 
-    async def _after_write(self) -> None:
-        """Reports the new size, and starts a background HNSW build once enough items are unindexed."""
+    async def check_index(self) -> None:
+        """Reports the size, and starts a background HNSW build once enough items are unindexed (after writes,
+        and at start-up: a restart during a build, or before a burst's tail was indexed, builds then)."""
         if self.observer is None and not isinstance(self.store, BuildsIndexInBackground):
             return
         info = await self.info()
@@ -139,7 +140,7 @@ class Retrieval:
     async def delete_items(self, ids: Sequence[str]) -> int:
         self._check_batch(len(ids), "item_ids")
         deleted = await self._run(self.store.delete_items, ids)
-        await self._after_write()
+        await self.check_index()
         return deleted
 
     async def get_items(self, ids: Sequence[str], with_vectors: bool, skip_missing: bool) -> list[Item]:

@@ -480,6 +480,23 @@ def test_edge_background_index_build(tmp_path: Path) -> None:
         reopened.close()
 
 
+def test_edge_builds_again_when_writes_during_a_build_stay_unindexed(tmp_path: Path) -> None:
+    store = EdgeVectorStore(tmp_path / "edge", 16, full_scan_threshold_kb=10, rebuild_unindexed=3)
+    try:
+        rng = np.random.default_rng(8)
+        store.upsert_items([Item(f"i{i}", tuple(map(float, rng.normal(size=16))), {}) for i in range(2000)])
+        assert store.start_index_build()
+        deadline = time.monotonic() + 30
+        while store.index_build_phase in ("idle", "copying") and time.monotonic() < deadline:
+            time.sleep(0.005)
+        store.upsert_items([Item(f"new{i}", tuple(map(float, rng.normal(size=16))), {}) for i in range(5)])
+        assert store.wait_for_index(240), store.last_index_error
+        # The five written during the first build were indexed by a second one, which nothing else started.
+        assert store.index_ready and store.index_builds_completed == 2
+    finally:
+        store.close()
+
+
 def test_edge_rejects_other_dimension_on_reopen(tmp_path: Path) -> None:
     EdgeVectorStore(tmp_path / "edge", DIM).close()
     with pytest.raises(DimensionMismatchError):
