@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import grpc
 import numpy as np
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 
 from recsys.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 from recsys.preprocessor.v1 import preprocessor_pb2, preprocessor_pb2_grpc
@@ -16,6 +16,7 @@ from recsys.ranker.v1 import ranker_pb2, ranker_pb2_grpc
 from recsys.retriever.v1 import retriever_pb2, retriever_pb2_grpc
 from services.common.attributes import format_attribute_value
 from services.common.clients import call_timeout
+from services.common.structs import struct_to_dict
 from services.gateway.model import (
     BackendUnavailableError,
     CatalogRecord,
@@ -54,8 +55,7 @@ def _vector(values: Sequence[float]) -> np.ndarray | None:
 
 
 def _payload(struct: struct_pb2.Struct) -> dict[str, Any]:
-    payload: dict[str, Any] = json_format.MessageToDict(struct)
-    return payload
+    return struct_to_dict(struct)
 
 
 def _struct(payload: dict[str, Any]) -> struct_pb2.Struct:

@@ -6,15 +6,14 @@ import base64
 import binascii
 import math
 import time
-from typing import Any
 
 import grpc
-from google.protobuf import json_format
 
 from recsys.gateway.v1 import gateway_pb2 as pb
 from recsys.gateway.v1 import gateway_pb2_grpc
 from services.common.attributes import AttributeValue
 from services.common.errors import InvalidArgumentError
+from services.common.structs import struct_to_dict
 from services.gateway.model import (
     MAX_RECOMMENDATION_ID_CHARS,
     CatalogRecord,
@@ -80,7 +79,7 @@ def to_filter(message: pb.Filter) -> ItemFilter:
 
 def _attributes(item: pb.CatalogItem, index: int) -> dict[str, AttributeValue]:
     attributes: dict[str, AttributeValue] = {}
-    raw: dict[str, Any] = json_format.MessageToDict(item.attributes)
+    raw = struct_to_dict(item.attributes)
     for key, value in raw.items():
         if isinstance(value, bool | str):
             attributes[key] = value

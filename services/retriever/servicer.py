@@ -6,10 +6,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
-from google.protobuf import json_format, struct_pb2
+from google.protobuf import struct_pb2
 
 from recsys.retriever.v1 import retriever_pb2 as pb
 from recsys.retriever.v1 import retriever_pb2_grpc
+from services.common.structs import struct_to_dict
 from services.retriever.catalogs import CatalogRegistry
 from services.retriever.store import Filter, Impression, Item, ScoredItem, SearchQuery, UserEvent, UserProfile
 
@@ -21,8 +22,7 @@ def _struct(payload: Mapping[str, Any]) -> struct_pb2.Struct:
 
 
 def _payload(struct: struct_pb2.Struct) -> dict[str, Any]:
-    payload: dict[str, Any] = json_format.MessageToDict(struct)
-    return payload
+    return struct_to_dict(struct)
 
 
 def _vector(values: Sequence[float]) -> tuple[float, ...] | None:

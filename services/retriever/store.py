@@ -7,6 +7,7 @@ their engine's, and the servicer translates protos into these.
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 import uuid
@@ -283,7 +284,10 @@ class VectorStore(Protocol):
 # ---------------------------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=65_536)
 def item_point_id(item_id: str) -> uuid.UUID:
+    # Cached: the same ids come back in every query (history, exclusions, candidates), and the SHA-1 of
+    # uuid5 showed in the retriever's profile.
     return uuid.uuid5(ITEM_NAMESPACE, item_id)
 
 
@@ -523,7 +527,8 @@ def as_vector(raw: object) -> tuple[float, ...] | None:
     if isinstance(raw, list | tuple):
         if not raw:
             return None
-        return tuple(map(float, raw))
+        # The engines give Python floats; anything else is converted.
+        return tuple(raw) if type(raw[0]) is float else tuple(map(float, raw))
     return None
 
 

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 import pytest
+from google.protobuf import json_format, struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recsys.embedding.v1 import embedding_pb2, embedding_pb2_grpc
@@ -19,6 +20,7 @@ from services.common.errors import OverloadedError
 from services.common.logging import deadline_var
 from services.common.server import REQUEST_ID_KEY, RunningServer
 from services.common.settings import ServiceSettings
+from services.common.structs import struct_to_dict
 from services.embedding.app import EmbeddingApp
 from services.embedding.config import EmbeddingSettings
 from services.embedding.encoder import EncodedText
@@ -191,3 +193,12 @@ async def test_micro_batcher_closes_batches_by_cost() -> None:
     assert all(sum(batch) <= 50 or len(batch) == 1 for batch in batches), batches
     assert [70] in batches
     await batcher.close()
+
+
+def test_struct_to_dict_reads_like_message_to_dict() -> None:
+    struct = struct_pb2.Struct()
+    struct.update(
+        {"title": "Glue", "price": 12.5, "count": 3, "in_stock": True, "none": None, "tags": ["a", 1, {"b": [None]}]}
+    )
+    assert struct_to_dict(struct) == json_format.MessageToDict(struct)
+    assert struct_to_dict(struct_pb2.Struct()) == {}
