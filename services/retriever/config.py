@@ -27,7 +27,9 @@ class RetrieverSettings(ServiceSettings):
         200, ge=4, description="HNSW candidates while building (and searching: the engine's default ef)."
     )
     index_min_unindexed: int = Field(
-        20_000, ge=1, description="Unindexed items that start a background HNSW build (embedded engine), also right after a build."
+        20_000,
+        ge=1,
+        description="Unindexed items that start a background HNSW build (embedded engine), also right after a build.",
     )
     max_history: int = Field(200, ge=1, description="Events kept per user (newest).")
     half_life_events: float = Field(20.0, gt=0, description="Events after which an event's pull on the profile halves.")
