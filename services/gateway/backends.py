@@ -327,8 +327,9 @@ class RankerClient:
         """The ranker's scores; None when it has no model for the catalog (a state, not an outage)."""
 
         def vectors(items: Sequence[StoredItem]) -> list[ranker_pb2.ItemVector]:
+            # Packed float32: copying ~200 vectors float by float was a fifth of the gateway's CPU under load.
             return [
-                ranker_pb2.ItemVector(item_id=i.item_id, vector=i.vector.tolist())
+                ranker_pb2.ItemVector(item_id=i.item_id, vector_f32=i.vector.astype("<f4", copy=False).tobytes())
                 for i in items
                 if i.vector is not None
             ]

@@ -16,6 +16,18 @@ from services.ranker.service import RankingService
 def _matrix(items: Sequence[ranker_pb2.ItemVector], where: str) -> np.ndarray:
     if not items:
         return np.zeros((0, 0), dtype=np.float32)
+    packed = {bool(item.vector_f32) for item in items}
+    if len(packed) != 1 or any(item.vector_f32 and item.vector for item in items):
+        raise InvalidArgumentError(f"{where}: send every vector as `vector` or every one as `vector_f32`, not both")
+    if packed == {True}:
+        sizes = {len(item.vector_f32) for item in items}
+        if len(sizes) != 1 or next(iter(sizes)) % 4:
+            raise InvalidArgumentError(
+                f"{where} vector_f32 sizes {sorted(sizes)[:5]} bytes: each must hold the same number of float32s"
+            )
+        width = next(iter(sizes)) // 4
+        joined = b"".join(item.vector_f32 for item in items)
+        return np.frombuffer(joined, dtype="<f4").reshape(len(items), width).astype(np.float32)
     sizes = {len(item.vector) for item in items}
     if len(sizes) != 1:
         raise InvalidArgumentError(f"{where} vectors differ in length ({sorted(sizes)}): send one model's vectors")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -129,6 +129,35 @@ async def test_bad_suggest_requests(
         await stub.SuggestCandidates(request_)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert message in (caught.value.details() or "")
+
+
+def _packed(task: pb.ScoringTask) -> pb.ScoringTask:
+    def pack(items: Sequence[pb.ItemVector]) -> list[pb.ItemVector]:
+        return [pb.ItemVector(item_id=i.item_id, vector_f32=np.asarray(i.vector, dtype="<f4").tobytes()) for i in items]
+
+    return pb.ScoringTask(user_id=task.user_id, history=pack(task.history), candidates=pack(task.candidates))
+
+
+async def test_packed_vectors_score_like_repeated_floats(stub: ranker_pb2_grpc.RankerServiceStub) -> None:
+    task = _task(3, 5)
+    plain = await stub.ScoreCandidates(pb.ScoreCandidatesRequest(tasks=[task]))
+    packed = await stub.ScoreCandidates(pb.ScoreCandidatesRequest(tasks=[_packed(task)]))
+    assert list(packed.results[0].scores) == list(plain.results[0].scores)
+
+
+async def test_bad_packed_vectors_are_invalid_argument(stub: ranker_pb2_grpc.RankerServiceStub) -> None:
+    task = _task(2, 2)
+    mixed = _packed(task)
+    mixed.candidates[0].vector.extend(task.candidates[0].vector)  # both encodings on one item
+    odd = _packed(task)
+    odd.candidates[1].vector_f32 = odd.candidates[1].vector_f32[:-2]
+    half = _packed(task)
+    half.candidates[1].CopyFrom(task.candidates[1])  # one list with both encodings
+    for bad, message in ((mixed, "not both"), (odd, "float32s"), (half, "not both")):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.ScoreCandidates(pb.ScoreCandidatesRequest(tasks=[bad]))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert message in (caught.value.details() or "")
 
 
 async def test_nan_vector_is_rejected(stub: ranker_pb2_grpc.RankerServiceStub) -> None:

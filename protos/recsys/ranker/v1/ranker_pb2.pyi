@@ -7,12 +7,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ItemVector(_message.Message):
-    __slots__ = ("item_id", "vector")
+    __slots__ = ("item_id", "vector", "vector_f32")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_F32_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     vector: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, item_id: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ...) -> None: ...
+    vector_f32: bytes
+    def __init__(self, item_id: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., vector_f32: _Optional[bytes] = ...) -> None: ...
 
 class ScoringTask(_message.Message):
     __slots__ = ("user_id", "history", "candidates")
