@@ -12,6 +12,7 @@ import numpy as np
 
 from services.embedding.encoder import TextEncoder, default_model_path
 from services.gateway.model import (
+    Candidates,
     CatalogRecord,
     HistoryEvent,
     Impression,
@@ -100,26 +101,27 @@ class LocalRetrieval:
         exclude_ids: Sequence[str],
         include_ids: Sequence[str],
         history_ids: Sequence[str],
-    ) -> tuple[list[StoredItem], list[StoredItem]]:
-        nearest = domain.SearchQuery(
+    ) -> Candidates:
+        nearest_query = domain.SearchQuery(
             vector=vector.tolist(), limit=limit, filter=_filter(item_filter), exclude_ids=exclude_ids, with_vectors=True
         )
-        queries = [nearest]
+        queries = [nearest_query]
         if include_ids:
-            queries.append(replace(nearest, limit=len(include_ids), only_ids=tuple(include_ids)))
+            queries.append(replace(nearest_query, limit=len(include_ids), only_ids=tuple(include_ids)))
         if history_ids:
             queries.append(
                 domain.SearchQuery(
-                    vector=nearest.vector, limit=len(history_ids), only_ids=tuple(history_ids), with_vectors=True
+                    vector=nearest_query.vector, limit=len(history_ids), only_ids=tuple(history_ids), with_vectors=True
                 )
             )
         results = await self.retrieval.search(queries)
-        pool = [_stored(i, i.score) for i in results[0]]
+        nearest = [_stored(i, i.score) for i in results[0]]
+        proposed: list[StoredItem] = []
         if include_ids:
-            ids = {item.item_id for item in pool}
-            pool += [_stored(i, i.score) for i in results[1] if i.item_id not in ids]
+            ids = {item.item_id for item in nearest}
+            proposed = [_stored(i, i.score) for i in results[1] if i.item_id not in ids]
         found = {i.item_id: i for i in results[-1]} if history_ids else {}
-        return pool, [_stored(found[i]) for i in history_ids if i in found]
+        return Candidates(nearest, proposed, [_stored(found[i]) for i in history_ids if i in found])
 
     async def similar(
         self, catalog: str, item_id: str, limit: int, item_filter: ItemFilter, exclude_ids: Sequence[str]

@@ -19,6 +19,7 @@ from services.common.clients import call_timeout
 from services.common.structs import struct_to_dict
 from services.gateway.model import (
     BackendUnavailableError,
+    Candidates,
     CatalogRecord,
     HistoryEvent,
     Impression,
@@ -165,21 +166,21 @@ class RetrieverClient:
         exclude_ids: Sequence[str],
         include_ids: Sequence[str],
         history_ids: Sequence[str],
-    ) -> tuple[list[StoredItem], list[StoredItem]]:
+    ) -> Candidates:
         # One call, up to three queries of a batch: the nearest items, the proposed items among them that the
         # filter and exclusions allow, and the history items (restricted to their ids, nothing else applies).
         values = vector.tolist()
-        nearest = retriever_pb2.SearchQuery(
+        nearest_query = retriever_pb2.SearchQuery(
             vector=values,
             limit=limit,
             filter=_retriever_filter(item_filter),
             exclude_ids=list(exclude_ids),
             with_vectors=True,
         )
-        queries = [nearest]
+        queries = [nearest_query]
         if include_ids:
             included = retriever_pb2.SearchQuery()
-            included.CopyFrom(nearest)
+            included.CopyFrom(nearest_query)
             included.limit = len(include_ids)
             included.only_ids.extend(include_ids)
             queries.append(included)
@@ -191,15 +192,16 @@ class RetrieverClient:
             )
         request = retriever_pb2.SearchItemsRequest(queries=queries, catalog=catalog)
         response = await _call("retriever", self._stub.SearchItems, request, self._timeout_s)
-        pool = [_stored(i, i.score) for i in response.results[0].items]
+        nearest = [_stored(i, i.score) for i in response.results[0].items]
+        proposed: list[StoredItem] = []
         if include_ids:
-            ids = {item.item_id for item in pool}
-            pool += [_stored(i, i.score) for i in response.results[1].items if i.item_id not in ids]
+            ids = {item.item_id for item in nearest}
+            proposed = [_stored(i, i.score) for i in response.results[1].items if i.item_id not in ids]
         history: list[StoredItem] = []
         if history_ids:
             found = {i.item_id: i for i in response.results[-1].items}
             history = [_stored(found[item_id]) for item_id in history_ids if item_id in found]
-        return pool, history
+        return Candidates(nearest, proposed, history)
 
     async def similar(
         self, catalog: str, item_id: str, limit: int, item_filter: ItemFilter, exclude_ids: Sequence[str]

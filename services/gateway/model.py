@@ -154,6 +154,20 @@ class SearchResult:
 
 
 @dataclass(frozen=True)
+class Candidates:
+    """The pool for ranking: the items nearest the target, the proposed items the nearest did not hold, and the
+    history's items with their vectors."""
+
+    nearest: list[StoredItem]
+    proposed: list[StoredItem]
+    history: list[StoredItem]
+
+    @property
+    def pool(self) -> list[StoredItem]:
+        return [*self.nearest, *self.proposed]
+
+
+@dataclass(frozen=True)
 class Ranking:
     scores: np.ndarray
     model_version: str
@@ -189,10 +203,10 @@ class RetrievalPort(Protocol):
         exclude_ids: Sequence[str],
         include_ids: Sequence[str],
         history_ids: Sequence[str],
-    ) -> tuple[list[StoredItem], list[StoredItem]]:
-        """What ranking needs, in one call: the pool (the ``limit`` nearest items, then those of ``include_ids``
-        not among them that meet the filter and are not excluded, each with its cosine to ``vector``) and the
-        stored items of ``history_ids`` in that order (unknown ones skipped), all with vectors."""
+    ) -> Candidates:
+        """What ranking needs, in one call: the ``limit`` nearest items, those of ``include_ids`` not among them
+        that meet the filter and are not excluded (each with its cosine to ``vector``), and the stored items of
+        ``history_ids`` in that order (unknown ones skipped), all with vectors."""
         ...
 
     async def similar(

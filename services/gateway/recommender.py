@@ -103,6 +103,13 @@ def _popularity_reason(events: float) -> str:
     return f"Popular: {int(events)} interactions" if events > 0 else "New in the catalog"
 
 
+def _graph_reason(has_history: bool) -> str:
+    """Why an item the item graph proposed is shown: people's choices, not its text, brought it."""
+    if has_history:
+        return "Often chosen by people with a history like yours"
+    return "Often chosen with the items in this session"
+
+
 def _pick(override: T | None, default: T) -> T:
     return default if override is None else override
 
@@ -448,6 +455,7 @@ class Recommender:
         pinned_task = self.retrieval.get_items(catalog, pinned_ids, skip_missing=False) if pinned_ids else _empty()
         stages: dict[str, np.ndarray] = {}
         model_version = ""
+        proposed_ids: set[str] = set()  # candidates only the ranker's item graph brought
         if target is None:
             limit = min(max(k * DIVERSITY_WINDOW_PER_SLOT, MIN_DIVERSITY_WINDOW), self.limits.max_popular_pool)
             candidates, pinned = await asyncio.gather(
@@ -466,7 +474,7 @@ class Recommender:
             suggested = await clock.time(
                 "suggest", self._suggest(request, tuning, [*history_ids, *request.context_item_ids], degraded)
             )
-            (candidates, history_found), pinned = await asyncio.gather(
+            found, pinned = await asyncio.gather(
                 clock.time(
                     "retrieval",
                     self.retrieval.candidates(
@@ -475,7 +483,9 @@ class Recommender:
                 ),
                 pinned_task,
             )
-            history = [*history_found, *context]  # the session's items are the most recent
+            candidates = found.pool
+            proposed_ids = {item.item_id for item in found.proposed}
+            history = [*found.history, *context]  # the session's items are the most recent
             similarity = np.asarray([c.score for c in candidates], dtype=np.float64)
             stages["retrieval"] = similarity
             base, ranker_scores, model_version = await clock.time(
@@ -508,11 +518,12 @@ class Recommender:
             else:
                 index = by_id[item_id]
                 item = candidates[index]
-                evidence = (
-                    self._evidence(item, history, events_by_item, context_ids, request.query, query_vector)
-                    if target is not None
-                    else Evidence("popularity", _popularity_reason(item.score))
-                )
+                if target is None:
+                    evidence = Evidence("popularity", _popularity_reason(item.score))
+                elif item_id in proposed_ids:
+                    evidence = Evidence("graph", _graph_reason(bool(history_ids)))
+                else:
+                    evidence = self._evidence(item, history, events_by_item, context_ids, request.query, query_vector)
                 scores = {name: float(values[index]) for name, values in stages.items()}
                 scores["redundancy"] = redundancy[index]
                 score = float(final[index])

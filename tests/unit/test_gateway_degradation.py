@@ -12,6 +12,7 @@ from services.common.errors import UnavailableError
 from services.gateway.fallbacks import matches, raw_query
 from services.gateway.model import (
     BackendUnavailableError,
+    Candidates,
     CatalogRecord,
     EventRecord,
     HistoryEvent,
@@ -98,7 +99,7 @@ class SwitchableRetrieval(FakeRetrieval):
         exclude_ids: Sequence[str],
         include_ids: Sequence[str],
         history_ids: Sequence[str],
-    ) -> tuple[list[StoredItem], list[StoredItem]]:
+    ) -> Candidates:
         self._check()
         return await super().candidates(catalog, vector, limit, item_filter, exclude_ids, include_ids, history_ids)
 

@@ -12,6 +12,7 @@ from services.common.errors import InvalidArgumentError, NotFoundError, Unavaila
 from services.gateway.experiments import Arm, ArmSettings, Experiment, Experiments
 from services.gateway.fallbacks import matches
 from services.gateway.model import (
+    Candidates,
     CatalogRecord,
     EventRecord,
     HistoryEvent,
@@ -98,10 +99,10 @@ class FakeRetrieval:
         exclude_ids: Sequence[str],
         include_ids: Sequence[str],
         history_ids: Sequence[str],
-    ) -> tuple[list[StoredItem], list[StoredItem]]:
+    ) -> Candidates:
         ranked = await self._ranked(catalog, vector, item_filter, exclude_ids)
-        pool = ranked[:limit] + [i for i in ranked[limit:] if i.item_id in include_ids]
-        return pool, await self.get_items(catalog, history_ids, skip_missing=True)
+        proposed = [i for i in ranked[limit:] if i.item_id in include_ids]
+        return Candidates(ranked[:limit], proposed, await self.get_items(catalog, history_ids, skip_missing=True))
 
     async def similar(
         self, catalog: str, item_id: str, limit: int, item_filter: ItemFilter, exclude_ids: Sequence[str]
@@ -285,6 +286,8 @@ async def test_item_graph_candidates_join_the_pool() -> None:
     ranking.suggestions = ["e", "a"]  # a history item is excluded by the retriever like any seen item
     found = await recommender.recommend(rq("u", k=1))
     assert [i.item_id for i in found.items] == ["e"] and found.stage_ms["suggest"] >= 0
+    assert found.items[0].evidence == "graph"
+    assert found.items[0].reason == "Often chosen by people with a history like yours"
     ranking.down = True
     degraded = await recommender.recommend(rq("u", k=1))
     assert degraded.degraded == ("ranker",) and degraded.items and degraded.model_version == ""
