@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import grpc
 import numpy as np
 import pytest
 
+from recsys.ranker.v1 import ranker_pb2
 from services.common.errors import UnavailableError
+from services.gateway.backends import RankerClient
 from services.gateway.fallbacks import matches, raw_query
 from services.gateway.model import (
     BackendUnavailableError,
@@ -24,6 +27,7 @@ from services.gateway.model import (
     StoredItem,
 )
 from services.gateway.recommender import Blend, PageRef, Recommender, RecommenderLimits, RecommendQuery
+from tests.conftest import serving
 from tests.unit.test_gateway_recommender import FakeEmbedding, FakeRanking, FakeRetrieval, FakeText
 
 
@@ -221,3 +225,42 @@ def test_cached_items_are_filtered_like_the_retriever_does() -> None:
     assert not matches(item, ItemFilter(flags={"in_stock": False}))
     assert not matches(item, ItemFilter(ranges={"rating": (1.0, None)}))
     assert raw_query("a\tb\u200b\x07c") == "a b c"
+
+
+class OlderRankerApp:
+    """A ranker from before SuggestCandidates: only ScoreCandidates is registered, so grpc answers the new RPC
+    with UNIMPLEMENTED, as a pod not yet upgraded would during a rolling upgrade."""
+
+    service_name = "recsys.ranker.v1.RankerService"
+
+    def register(self, server: grpc.aio.Server) -> None:
+        async def score(
+            request: ranker_pb2.ScoreCandidatesRequest, context: object
+        ) -> ranker_pb2.ScoreCandidatesResponse:
+            results = [ranker_pb2.TaskScores(scores=[0.0] * len(t.candidates)) for t in request.tasks]
+            return ranker_pb2.ScoreCandidatesResponse(results=results, model_version="old")
+
+        handler = grpc.unary_unary_rpc_method_handler(
+            score,
+            request_deserializer=ranker_pb2.ScoreCandidatesRequest.FromString,
+            response_serializer=ranker_pb2.ScoreCandidatesResponse.SerializeToString,
+        )
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(self.service_name, {"ScoreCandidates": handler}),)
+        )
+
+    async def warm_up(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_a_ranker_without_suggest_candidates_means_no_graph_candidates_not_an_outage() -> None:
+    async with serving(OlderRankerApp()) as channel:
+        ranker = RankerClient(channel, timeout_s=5.0)
+        assert await ranker.suggest("", "", ["a", "b"], 10) == []
+        vector = np.ones(4, dtype=np.float32)
+        item = StoredItem("a", 0.0, {}, vector)
+        ranking = await ranker.score("", "", "u", [item], [item])
+        assert ranking is not None and ranking.model_version == "old"
