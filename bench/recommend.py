@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import random
 import shutil
-import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -45,7 +44,7 @@ from bench.inprocess import local_recommender
 from recsys.gateway.v1 import gateway_pb2 as pb
 from recsys.gateway.v1 import gateway_pb2_grpc
 from recsys.retriever.v1 import retriever_pb2, retriever_pb2_grpc
-from services.cli.suite import Suite
+from services.cli.suite import Suite, free_base_port
 from services.cli.training import embed_items, train_and_publish
 from services.datasets.loaders import Dataset, load_dataset
 from services.gateway.config import GatewaySettings
@@ -181,25 +180,6 @@ async def load_in_process(state: Path, users: Sequence[str], calls: int, pool: i
     finally:
         await retrieval.close()
     return {"calls": len(latencies), "p50_ms": percentile(latencies, 50), "p99_ms": percentile(latencies, 99)}
-
-
-def free_base_port() -> int:
-    """A port P with P..P+4 free (the suite's five services)."""
-    rng = random.Random()
-    while True:
-        base = rng.randrange(20_000, 60_000, 10)
-        sockets = []
-        try:
-            for offset in range(5):
-                listener = socket.socket()
-                sockets.append(listener)
-                listener.bind(("127.0.0.1", base + offset))
-            return base
-        except OSError:
-            continue
-        finally:
-            for listener in sockets:
-                listener.close()
 
 
 def checkpoint_for(dataset: Dataset) -> Path:

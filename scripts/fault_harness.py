@@ -20,7 +20,6 @@ import platform
 import random
 import shutil
 import signal
-import socket
 import statistics
 import sys
 import tempfile
@@ -38,7 +37,7 @@ from recsys.gateway.v1 import gateway_pb2 as pb
 from recsys.gateway.v1 import gateway_pb2_grpc
 from recsys.retriever.v1 import retriever_pb2, retriever_pb2_grpc
 from services.cli.ingest import ingest
-from services.cli.suite import Suite
+from services.cli.suite import Suite, free_base_port
 from services.cli.training import train_and_publish
 from services.common.clients import MAX_RECONNECT_BACKOFF_S
 from services.datasets.loaders import Dataset, load_dataset
@@ -91,23 +90,6 @@ class Outages:
 
     def during(self, start: float, end: float) -> tuple[str, ...]:
         return tuple(sorted({n for s, e, n in self._log if s <= end and e + self._reconnect_s >= start}))
-
-
-def _free_base_port() -> int:
-    for base in range(42000, 60000, 10):
-        sockets = []
-        try:
-            for offset in range(5):
-                s = socket.socket()
-                sockets.append(s)
-                s.bind(("127.0.0.1", base + offset))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise RuntimeError("no five consecutive free ports")
 
 
 class Load:
@@ -316,7 +298,7 @@ def prepare_state(state_dir: Path, dataset: Dataset, checkpoints_from: Path | No
 async def run(args: argparse.Namespace, state_dir: Path) -> dict[str, Any]:
     dataset = load_dataset(args.data, limit_items=args.limit_items)
     prepare_state(state_dir, dataset, args.checkpoints_from)
-    suite = Suite(_free_base_port(), state_dir)
+    suite = Suite(free_base_port(42000), state_dir)
     suite.start()
     try:
         await asyncio.to_thread(suite.wait_until_serving)

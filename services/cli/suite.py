@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,6 +26,27 @@ FULL_NAMES = {
     "ranker": "recsys.ranker.v1.RankerService",
     "gateway": "recsys.gateway.v1.GatewayService",
 }
+
+METRICS_OFFSET = 1000  # a service's default metrics port is its gRPC port + 1000
+
+
+def free_base_port(start: int = 41000) -> int:
+    """A base port P whose suite ports (P..P+4) and their metrics ports (+ METRICS_OFFSET) are all free, for
+    tests and benchmarks that run their own suite beside others."""
+    for base in range(start, 60000, 10):
+        sockets = []
+        try:
+            for port in (base + offset + metrics for offset in range(5) for metrics in (0, METRICS_OFFSET)):
+                listener = socket.socket()
+                sockets.append(listener)
+                listener.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for listener in sockets:
+                listener.close()
+    raise RuntimeError("no five consecutive free ports (and their metrics ports) between 41000 and 60000")
 
 
 def suite_environment(base_port: int, state_dir: Path) -> dict[str, str]:

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,12 +17,11 @@ from pathlib import Path
 import grpc
 import pytest
 
-from services.cli.suite import PORT_OFFSETS
+from services.cli.suite import METRICS_OFFSET, PORT_OFFSETS, free_base_port
 from services.datasets.loaders import Dataset, load_dataset
 from tests.conftest import SCIENTIFIC
 
 LIMIT_ITEMS = 400
-METRICS_OFFSET = 1000  # a service's default metrics port is its gRPC port + 1000
 
 
 @dataclass
@@ -54,24 +52,6 @@ EXPERIMENTS = {
 }
 
 
-def _free_base_port() -> int:
-    for base in range(41000, 60000, 10):
-        sockets = []
-        try:
-            # The five gRPC ports and their metrics ports (gRPC port + 1000).
-            for port in (base + offset + metrics for offset in range(5) for metrics in (0, METRICS_OFFSET)):
-                s = socket.socket()
-                sockets.append(s)
-                s.bind(("127.0.0.1", port))
-            return base
-        except OSError:
-            continue
-        finally:
-            for s in sockets:
-                s.close()
-    raise RuntimeError("no five consecutive free ports")
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -85,7 +65,7 @@ def suite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSuite]:
     if not SCIENTIFIC.is_dir():
         pytest.skip(f"the Amazon-Scientific data set is not at {SCIENTIFIC}")
     state_dir = tmp_path_factory.mktemp("suite")
-    base_port = _free_base_port()
+    base_port = free_base_port()
     command = [
         sys.executable, "-m", "services.cli.main", "up",
         "--data", str(SCIENTIFIC), "--limit-items", str(LIMIT_ITEMS), "--state-dir", str(state_dir),
