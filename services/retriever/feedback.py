@@ -31,7 +31,10 @@ RECOMMENDATION_FIELD = "recommendation_id"
 EXPERIMENT_FIELD = "experiment"
 # Keyword payload indexes of the feedback collection: the fields its filters use.
 INDEXED_FIELDS = (RECOMMENDATION_FIELD, USER_ID_FIELD, EXPERIMENT_FIELD)
-# A user's shown counts, in the user's payload: [{"item_id": ..., "count": ...}], least recently shown first.
+# A user's shown counts, in the user's payload: one JSON string of [[item_id, count], ...], least recently shown
+# first. A string, not a list of objects: the engines convert payloads value by value, and rewriting 500 small
+# objects on every recorded page was a tenth of the retriever's CPU under Recommend load (5 ms vs 0.2 ms per
+# read and write). Data written as the older list of {"item_id", "count"} objects is still read.
 SHOWN_FIELD = "shown"
 MAX_SHOWN = 500
 MAX_LABEL = 64
@@ -191,15 +194,24 @@ def recommendation_ids(events: Sequence[UserEvent]) -> list[str]:
 def shown_from_payload(raw: object) -> dict[str, int]:
     """Shown counts in the order kept (least recently shown first)."""
     out: dict[str, int] = {}
-    if isinstance(raw, list):
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            return out
+        if isinstance(raw, list):
+            for entry in raw:
+                if isinstance(entry, list) and len(entry) == 2:
+                    out[str(entry[0])] = int(entry[1])
+    elif isinstance(raw, list):
         for entry in raw:
             if isinstance(entry, dict) and "item_id" in entry:
                 out[str(entry["item_id"])] = int(entry.get("count", 0))
     return out
 
 
-def shown_to_payload(shown: Mapping[str, int]) -> list[dict[str, Any]]:
-    return [{"item_id": item_id, "count": count} for item_id, count in shown.items()]
+def shown_to_payload(shown: Mapping[str, int]) -> str:
+    return json.dumps([[item_id, count] for item_id, count in shown.items()], separators=(",", ":"))
 
 
 def bump_shown(shown: Mapping[str, int], items: Iterable[str]) -> dict[str, int]:

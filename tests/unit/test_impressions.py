@@ -12,6 +12,7 @@ import pytest
 
 from recsys.retriever.v1 import retriever_pb2 as pb
 from recsys.retriever.v1 import retriever_pb2_grpc
+from services.retriever import feedback
 from services.retriever.app import RetrieverApp, open_store
 from services.retriever.config import RetrieverSettings
 from tests.conftest import serving
@@ -242,3 +243,12 @@ async def test_bad_input(stub: Stub, call: str, request_: object, code: grpc.Sta
         await getattr(stub, call)(request_)
     assert caught.value.code() == code, caught.value.details()
     assert message in (caught.value.details() or "")
+
+
+def test_shown_counts_round_trip_and_older_payloads_still_read() -> None:
+    shown = feedback.bump_shown({"a": 2, "b": 1}, ["a", "c"])
+    assert list(shown.items()) == [("b", 1), ("a", 3), ("c", 1)]  # least recently shown first
+    assert feedback.shown_from_payload(feedback.shown_to_payload(shown)) == shown
+    older = [{"item_id": "b", "count": 1}, {"item_id": "a", "count": 3}]
+    assert feedback.shown_from_payload(older) == {"b": 1, "a": 3}
+    assert feedback.shown_from_payload("not json") == {} and feedback.shown_from_payload(None) == {}
