@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
-from google.protobuf import struct_pb2
+from google.protobuf import json_format, struct_pb2
 
 from recsys.retriever.v1 import retriever_pb2 as pb
 from recsys.retriever.v1 import retriever_pb2_grpc
@@ -61,6 +62,17 @@ async def test_search_filters_and_excludes(stub: retriever_pb2_grpc.RetrieverSer
     assert ids[0] == "item-4" and "item-0" not in ids
     assert all(int(i.split("-")[1]) % 2 == 0 for i in ids)
     assert len(result.items[0].vector) == DIM
+
+
+async def test_packed_results_equal_readable_ones(stub: retriever_pb2_grpc.RetrieverServiceStub) -> None:
+    readable = pb.SearchQuery(vector=_vector(3), limit=5, with_vectors=True)
+    packed = pb.SearchQuery(vector=_vector(3), limit=5, with_vectors=True, packed=True)
+    plain, compact = (await stub.SearchItems(pb.SearchItemsRequest(queries=[readable, packed]))).results
+    assert [i.item_id for i in plain.items] == [i.item_id for i in compact.items]
+    for a, b in zip(plain.items, compact.items, strict=True):
+        assert a.score == b.score and not b.vector and not b.payload.fields
+        assert json.loads(b.payload_json) == json_format.MessageToDict(a.payload)
+        assert np.frombuffer(b.vector_f32, dtype="<f4").tolist() == list(a.vector)
 
 
 async def test_users_and_popularity(stub: retriever_pb2_grpc.RetrieverServiceStub) -> None:

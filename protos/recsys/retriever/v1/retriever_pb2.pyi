@@ -56,16 +56,20 @@ class Filter(_message.Message):
     def __init__(self, categories_any: _Optional[_Iterable[str]] = ..., keywords: _Optional[_Iterable[_Union[KeywordCondition, _Mapping]]] = ..., ranges: _Optional[_Iterable[_Union[RangeCondition, _Mapping]]] = ..., flags: _Optional[_Iterable[_Union[FlagCondition, _Mapping]]] = ...) -> None: ...
 
 class ScoredItem(_message.Message):
-    __slots__ = ("item_id", "score", "payload", "vector")
+    __slots__ = ("item_id", "score", "payload", "vector", "payload_json", "vector_f32")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_JSON_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_F32_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     score: float
     payload: _struct_pb2.Struct
     vector: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., vector: _Optional[_Iterable[float]] = ...) -> None: ...
+    payload_json: bytes
+    vector_f32: bytes
+    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., vector: _Optional[_Iterable[float]] = ..., payload_json: _Optional[bytes] = ..., vector_f32: _Optional[bytes] = ...) -> None: ...
 
 class UpsertItemsRequest(_message.Message):
     __slots__ = ("items", "catalog")
@@ -114,7 +118,7 @@ class GetItemsResponse(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ...) -> None: ...
 
 class SearchQuery(_message.Message):
-    __slots__ = ("vector", "limit", "filter", "exclude_ids", "offset", "with_vectors", "only_ids")
+    __slots__ = ("vector", "limit", "filter", "exclude_ids", "offset", "with_vectors", "only_ids", "packed")
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
@@ -122,6 +126,7 @@ class SearchQuery(_message.Message):
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     WITH_VECTORS_FIELD_NUMBER: _ClassVar[int]
     ONLY_IDS_FIELD_NUMBER: _ClassVar[int]
+    PACKED_FIELD_NUMBER: _ClassVar[int]
     vector: _containers.RepeatedScalarFieldContainer[float]
     limit: int
     filter: Filter
@@ -129,7 +134,8 @@ class SearchQuery(_message.Message):
     offset: int
     with_vectors: bool
     only_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, vector: _Optional[_Iterable[float]] = ..., limit: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., exclude_ids: _Optional[_Iterable[str]] = ..., offset: _Optional[int] = ..., with_vectors: _Optional[bool] = ..., only_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    packed: bool
+    def __init__(self, vector: _Optional[_Iterable[float]] = ..., limit: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., exclude_ids: _Optional[_Iterable[str]] = ..., offset: _Optional[int] = ..., with_vectors: _Optional[bool] = ..., only_ids: _Optional[_Iterable[str]] = ..., packed: _Optional[bool] = ...) -> None: ...
 
 class SearchItemsRequest(_message.Message):
     __slots__ = ("queries", "catalog")
