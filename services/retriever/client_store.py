@@ -337,7 +337,7 @@ class ClientVectorStore:
             return []
         requests = [
             models.QueryRequest(
-                query=[float(v) for v in q.vector],
+                query=list(map(float, q.vector)),
                 filter=to_client_filter(
                     q.filter, (item_point_id(i) for i in q.exclude_ids), (item_point_id(i) for i in q.only_ids)
                 ),

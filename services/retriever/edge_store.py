@@ -410,7 +410,7 @@ class EdgeVectorStore:
             QueryRequest(
                 limit=q.limit,
                 offset=q.offset,
-                query=Query.Nearest([float(v) for v in q.vector]),
+                query=Query.Nearest(list(map(float, q.vector))),
                 filter=to_edge_filter(
                     q.filter, [item_point_id(i) for i in q.exclude_ids], [item_point_id(i) for i in q.only_ids]
                 ),

@@ -339,13 +339,14 @@ def validate_vector(vector: Sequence[float] | None, dimension: int, what: str = 
         raise InvalidVectorError(f"{what} is missing: give {dimension} floats")
     if isinstance(vector, str | bytes):
         raise InvalidVectorError(f"{what} must be a sequence of {dimension} floats")
-    values = tuple(float(v) for v in vector)
+    values = tuple(map(float, vector))
     if len(values) != dimension:
         raise DimensionMismatchError(
             f"{what} has {len(values)} values but the store's dimension is {dimension}: "
             f"send vectors from the same embedding model the store was created for"
         )
-    bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
+    # The sum is finite when every value is (a sum that overflows is checked value by value and passes).
+    bad = [] if math.isfinite(sum(values)) else [i for i, v in enumerate(values) if not math.isfinite(v)]
     if bad:
         raise InvalidVectorError(
             f"{what} has non-finite values (NaN or infinity) at positions {bad[:10]}: send finite floats"
