@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import shutil
 import sys
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,28 @@ WORK = REPO / "var" / "bench" / "recommend"
 VARIATION = 0.15  # noise added to a copy's vector before normalising: copies stay near, never identical
 BATCH = 512
 STAGES = ("profile", "suggest", "retrieval", "history", "ranker", "rules", "record")
+# The backend call behind each of the gateway's stages, for the hop accounting.
+STAGE_RPCS = {
+    "profile": "RetrieverService/GetUserProfile",
+    "suggest": "RankerService/SuggestCandidates",
+    "retrieval": "RetrieverService/SearchItems",
+    "ranker": "RankerService/ScoreCandidates",
+    "record": "RetrieverService/RecordImpression",
+}
+
+
+def handler_ms(logs: Path, since: float, until: float) -> dict[str, float]:
+    """Median time inside each RPC's handler, from the services' own `rpc` log lines in [since, until]."""
+    times: dict[str, list[float]] = {}
+    for log in logs.glob("*.log"):
+        for line in log.read_text(errors="replace").splitlines():
+            if '"event": "rpc"' not in line:
+                continue
+            entry = json.loads(line)
+            stamp = datetime.fromisoformat(entry["timestamp"].replace("Z", "+00:00")).timestamp()
+            if since <= stamp <= until:
+                times.setdefault(entry["method"].split(".v1.", 1)[-1], []).append(float(entry["ms"]))
+    return {method: median(values) for method, values in sorted(times.items())}
 
 
 def catalog_batches(dataset: Dataset, vectors: np.ndarray, size: int, seed: int = 0) -> Any:
@@ -90,13 +114,29 @@ def catalog_batches(dataset: Dataset, vectors: np.ndarray, size: int, seed: int 
         yield batch
 
 
+def upsert_with_retry(stub: retriever_pb2_grpc.RetrieverServiceStub, request: retriever_pb2.UpsertItemsRequest) -> None:
+    """UpsertItems is idempotent: a call refused while the server rotates the connection (max connection age)
+    is sent again."""
+    for attempt in range(3):
+        try:
+            stub.UpsertItems(request, timeout=120)
+            return
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.UNAVAILABLE or attempt == 2:
+                raise
+            time.sleep(1)
+
+
 def load_catalog(address: str, dataset: Dataset, vectors: np.ndarray, size: int, index_timeout_s: float) -> float:
     """Writes the catalog and waits for the HNSW index; returns the seconds the index took after the writes."""
     with grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 64 << 20)]) as channel:
         stub = retriever_pb2_grpc.RetrieverServiceStub(channel)
+        # The items are written in a fixed order, so a load cut short (--reuse) resumes after what is stored.
+        stored = stub.GetCollectionInfo(retriever_pb2.GetCollectionInfoRequest(), timeout=30).items
         written, started = 0, time.monotonic()
         for batch in catalog_batches(dataset, vectors, size):
-            stub.UpsertItems(retriever_pb2.UpsertItemsRequest(items=batch), timeout=120)
+            if written + len(batch) > stored:
+                upsert_with_retry(stub, retriever_pb2.UpsertItemsRequest(items=batch))
             written += len(batch)
             if written % 20_000 < BATCH:
                 print(f"  {written:,}/{size:,} items written ({written / (time.monotonic() - started):,.0f}/s)")
@@ -203,7 +243,7 @@ async def measure_size(
 ) -> dict[str, Any]:
     state = WORK / f"suite-{size}"
     loaded, recorded = state / "catalog-loaded", state / "events-recorded"
-    if state.exists() and not (reuse and loaded.exists()):
+    if state.exists() and not reuse:
         shutil.rmtree(state)
     fresh = not loaded.exists()
     shutil.copytree(checkpoint_for(dataset), state / "checkpoints", dirs_exist_ok=True)
@@ -235,7 +275,9 @@ async def measure_size(
             for concurrency in args.concurrency:
                 # CPU each service spent per call: where the two cores go at each load level.
                 before = {name: cpu_seconds(process.pid) for name, process in suite.processes.items()}
+                window_start = time.time()
                 level = await load(stub, users, concurrency, args.calls)
+                level["window"] = (window_start, time.time())
                 level["cpu_ms_per_call"] = {
                     name: 1000 * (cpu_seconds(process.pid) - before[name]) / max(level["calls"], 1)
                     for name, process in suite.processes.items()
@@ -244,6 +286,8 @@ async def measure_size(
         result["rss_mb"] = {name: rss_mb(process.pid) for name, process in suite.processes.items()}
     finally:
         suite.stop()
+    for level in result.get("levels", []):
+        level["handler_ms_p50"] = handler_ms(state / "logs", *level.pop("window"))
     if in_process:
         result["in_process"] = await load_in_process(state, users, args.calls, pool)
     return result
@@ -283,6 +327,18 @@ def report(runs: list[dict[str, Any]], info: dict[str, Any], args: argparse.Name
             cost = 100 * (served["p50_ms"] / local["p50_ms"] - 1)
             rows.append([run["items"], run["candidate_pool"], served["p50_ms"], local["p50_ms"], cost])
         print(table(["items", "pool", "five services p50 ms", "one process p50 ms", "hops cost %"], rows))
+        print("\nWhere the hops go at concurrency 1: the gateway's wait for each backend call (stage p50) against")
+        print("the time inside that call's handler (the backend's own log, p50); the rest is serialisation,")
+        print("transport and the two event loops:")
+        rows = []
+        for run in hops:
+            served = next(level for level in run["levels"] if level["concurrency"] == 1)
+            for stage, rpc in STAGE_RPCS.items():
+                waited = served["stages_p50_ms"].get(stage)
+                inside = served["handler_ms_p50"].get(rpc)
+                if waited is not None and inside is not None:
+                    rows.append([run["items"], stage, rpc, waited, inside, waited - inside])
+        print(table(["items", "stage", "call", "gateway waits ms", "handler ms", "hop ms"], rows))
     print("\nCPU milliseconds per Recommend, by service (user + system time over the level / calls):")
     cpu_rows = []
     for run in runs:
@@ -309,8 +365,11 @@ async def main() -> None:
     parser.add_argument("--calls", type=int, default=300, help="calls per concurrency level")
     parser.add_argument("--users", type=int, default=200)
     parser.add_argument("--index-timeout", type=float, default=1800, help="seconds to wait for the HNSW index")
-    parser.add_argument("--reuse", action="store_true", help="keep a size's loaded catalog from an earlier run")
+    parser.add_argument(
+        "--reuse", action="store_true", help="keep a size's catalog from an earlier run (a load cut short resumes)"
+    )
     parser.add_argument("--no-in-process", action="store_true", help="skip the one-process reference")
+    parser.add_argument("--name", default="recommend", help="results file: docs/results/NAME.json")
     args = parser.parse_args()
 
     dataset = load_dataset(args.data)
@@ -326,7 +385,7 @@ async def main() -> None:
                 await measure_size(args, dataset, np.asarray(vectors), size, pool, reuse=reuse, in_process=in_process)
             )
     report(runs, info, args)
-    path = write_json("recommend", {"machine": info, "settings": vars(args) | {"data": str(args.data)}, "runs": runs})
+    path = write_json(args.name, {"machine": info, "settings": vars(args) | {"data": str(args.data)}, "runs": runs})
     print(f"\nwrote {path}")
 
 
