@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import (
     REPO,
+    RESULTS,
     SCIENTIFIC,
     cpu_seconds,
     machine,
@@ -389,7 +390,40 @@ async def main() -> None:
             )
     report(runs, info, args)
     path = write_json(args.name, {"machine": info, "settings": vars(args) | {"data": str(args.data)}, "runs": runs})
-    print(f"\nwrote {path}")
+    scale = plot_scale(RESULTS / "recommend-scale.png")
+    print(f"\nwrote {path} and {scale}")
+
+
+def plot_scale(path: Path) -> Path:
+    """p50 and p99 against catalog size at each concurrency, over every recommend*.json run so far (the 1M point
+    is a run of its own)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points: dict[int, dict[int, tuple[float, float]]] = {}
+    for result in sorted(RESULTS.glob("recommend*.json")):
+        for run in json.loads(result.read_text()).get("runs", []):
+            for level in run.get("levels", []):
+                points.setdefault(level["concurrency"], {})[run["items"]] = (level["p50_ms"], level["p99_ms"])
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for concurrency, by_size in sorted(points.items()):
+        sizes = sorted(by_size)
+        for axis, index in zip(axes, (0, 1), strict=True):
+            axis.plot(sizes, [by_size[n][index] for n in sizes], marker="o", label=f"concurrency {concurrency}")
+    for axis, name in zip(axes, ("p50", "p99"), strict=True):
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel("catalog items")
+        axis.set_ylabel(f"Recommend {name} ms")
+        axis.grid(True, which="both", alpha=0.3)
+        axis.legend()
+    fig.suptitle("Recommend through the five services as the catalog grows (2-core machine)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
 
 
 if __name__ == "__main__":
