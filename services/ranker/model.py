@@ -139,6 +139,11 @@ class ItemGraph:
     ~27 ms per call on this CPU (bench/ranker_scoring.py)."""
 
     transposed: Tensor  # sparse COO (n + 1, n + 1), coalesced
+    # (n, text_dim) unit text vectors of the known items (row i: item i + 1), or None (checkpoints before it).
+    # An unknown item takes the graph score of the known item nearest to it in text: cold-start Recall@10 rose
+    # from 0 to 0.105 on ml-100k and from 0.104 to 0.136 on Amazon-Scientific, where averaging over more
+    # neighbours shrinks the score and leaves new items behind the known ones (k 2: 0.051, 5: 0.013).
+    known_text: np.ndarray | None = field(default=None, repr=False, compare=False)
     # The same weights by source row (CSR: row pointers, target columns, values), built once.
     _rows: tuple[np.ndarray, np.ndarray, np.ndarray] = field(init=False, repr=False, compare=False)
 
@@ -151,23 +156,39 @@ class ItemGraph:
         object.__setattr__(self, "_rows", rows)
 
     @classmethod
-    def from_dense(cls, weights: Tensor, keep: int) -> ItemGraph:
-        """Keep each source item's ``keep`` largest-magnitude weights; ``weights`` is (n + 1, n + 1)."""
+    def from_dense(cls, weights: Tensor, keep: int, known_text: np.ndarray | None = None) -> ItemGraph:
+        """Keep each source item's ``keep`` largest-magnitude weights; ``weights`` is (n + 1, n + 1), ``known_text``
+        (n, text_dim) the known items' text vectors."""
         top = torch.topk(weights.abs(), min(keep, weights.shape[1]), dim=1).indices
         pruned = torch.zeros_like(weights).scatter_(1, top, weights.gather(1, top))
         pruned[:, UNKNOWN_ID] = 0
         pruned[UNKNOWN_ID] = 0
-        return cls(pruned.T.to_sparse().coalesce())
+        text = None if known_text is None else _unit(np.asarray(known_text, dtype=np.float32))
+        return cls(pruned.T.to_sparse().coalesce(), text)
 
     def to_tensors(self) -> dict[str, Tensor]:
         t = self.transposed
-        return {"indices": t.indices(), "values": t.values(), "size": torch.tensor(t.shape)}
+        out = {"indices": t.indices(), "values": t.values(), "size": torch.tensor(t.shape)}
+        if self.known_text is not None:
+            out["known_text"] = torch.from_numpy(self.known_text.astype(np.float16))  # half the size, same argmax
+        return out
 
     @classmethod
     def from_tensors(cls, data: Mapping[str, Tensor]) -> ItemGraph:
         size = tuple(int(v) for v in data["size"])
         coo = torch.sparse_coo_tensor(data["indices"], data["values"], size, check_invariants=True)
-        return cls(coo.coalesce())
+        text = data.get("known_text")
+        return cls(coo.coalesce(), None if text is None else text.float().numpy())
+
+    def columns(self, index: np.ndarray, vectors: np.ndarray) -> np.ndarray:
+        """The graph columns that score candidates (1-based indexes, 0 = unknown, and their text vectors): a
+        known item's own; an unknown item's nearest known item in text, when the known items' text is here."""
+        unknown = np.flatnonzero(index == UNKNOWN_ID)
+        if self.known_text is None or not len(unknown):
+            return index
+        out = index.copy()
+        out[unknown] = np.argmax(_unit(vectors[unknown]) @ self.known_text.T, axis=1) + 1
+        return out
 
     def scores(self, histories: Sequence[np.ndarray], decay: float = 1.0) -> Tensor:
         """(B, n + 1) graph scores of every known item for histories of 1-based indexes (0 = unknown); an item
@@ -207,9 +228,10 @@ class RankerScorer:
     """Inference wrapper: the trained :class:`RankerModel`, the optional :class:`ItemGraph` and the
     :class:`Fusion` weights.
 
-    Known item IDs use their ID embedding plus text; unknown IDs are scored from text alone (and have no graph
-    term). With an empty history every candidate scores 0.0 (no popularity prior is learned, so there is nothing
-    better to say); callers keep their own order then.
+    Known item IDs use their ID embedding plus text; unknown IDs are scored from text alone, and take the graph
+    term of the known item nearest in text when the graph has the known items' text. With an empty history
+    every candidate scores 0.0 (no popularity prior is learned, so there is nothing better to say); callers keep
+    their own order then.
     """
 
     model: RankerModel
@@ -335,8 +357,9 @@ class RankerScorer:
         index = self._tensor(candidates)
         text = self._tensor(vectors)
         scores = fusion.sequence * (users.sequence[rows] @ self.model.item_repr(text, index).T)
-        if users.graph is not None:
-            scores = scores + fusion.graph * users.graph[rows][:, index]
+        if users.graph is not None and self.graph is not None:
+            columns = self._tensor(self.graph.columns(candidates, vectors))
+            scores = scores + fusion.graph * users.graph[rows][:, columns]
         if users.text is not None:
             scores = scores + fusion.text * (users.text[rows] @ self._tensor(_unit(vectors).astype(np.float32)).T)
         return scores

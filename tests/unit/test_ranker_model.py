@@ -225,3 +225,30 @@ def test_the_served_graph_term_uses_the_tuned_decay() -> None:
     candidates = np.zeros((2, 384), dtype=np.float32)
     scores = scorer.score(["i1", "i2"], history, ["i3", "i4"], candidates)
     np.testing.assert_allclose(scores, [1.0, 1.25], atol=1e-6)
+
+
+def test_an_unknown_item_takes_the_graph_score_of_the_known_item_nearest_in_text() -> None:
+    """The graph of _graph_scorer with the known items' text: a new item whose text is nearest i3's scores what
+    i3 scores (1.0 for i1 then i2 at decay 0.5), one nearest i4 what i4 does (1.25), the same through
+    score_many, score_catalog and a saved and loaded checkpoint."""
+    plain = _graph_scorer(decay=0.5)
+    known_text = np.eye(5, 384, dtype=np.float32)  # item i(n + 1) along axis n
+    weights = torch.zeros(6, 6)
+    weights[1, 3], weights[1, 4], weights[2, 4], weights[2, 5], weights[2, 1] = 2.0, 0.5, 1.0, -1.0, 3.0
+    graph = ItemGraph.from_dense(weights, keep=5, known_text=known_text)
+    scorer = RankerScorer(model=plain.model, item_ids=plain.item_ids, graph=graph, fusion=plain.fusion)
+    near_i3 = known_text[2] + 0.3 * known_text[0]
+    near_i4 = known_text[3] + 0.2 * known_text[4]
+    history = known_text[[0, 1]]
+    served = scorer.score(["i1", "i2"], history, ["new-a", "new-b", "i3"], np.stack([near_i3, near_i4, known_text[2]]))
+    np.testing.assert_allclose(served, [1.0, 1.25, 1.0], atol=1e-6)
+    # Without the known items' text (older checkpoints) an unknown item has no graph term.
+    np.testing.assert_allclose(plain.score(["i1", "i2"], history, ["new-a"], near_i3[None]), [0.0], atol=1e-6)
+    catalog_ids = ["i1", "i2", "new-a", "new-b"]
+    catalog = np.stack([known_text[0], known_text[1], near_i3, near_i4])
+    offline = scorer.score_catalog([[0, 1]], catalog_ids, catalog)[0].numpy()
+    np.testing.assert_allclose(offline[2:], [1.0, 1.25], atol=1e-6)
+    restored = ItemGraph.from_tensors(graph.to_tensors())
+    assert restored.known_text is not None and restored.known_text.shape == (5, 384)
+    again = RankerScorer(model=plain.model, item_ids=plain.item_ids, graph=restored, fusion=plain.fusion)
+    np.testing.assert_allclose(again.score(["i1", "i2"], history, ["new-a", "new-b"], catalog[2:]), [1.0, 1.25])
