@@ -230,7 +230,7 @@ def test_the_served_graph_term_uses_the_tuned_decay() -> None:
 def test_an_unknown_item_takes_the_graph_score_of_the_known_item_nearest_in_text() -> None:
     """The graph of _graph_scorer with the known items' text: a new item whose text is nearest i3's scores what
     i3 scores (1.0 for i1 then i2 at decay 0.5), one nearest i4 what i4 does (1.25), the same through
-    score_many, score_catalog and a saved and loaded checkpoint."""
+    score_many, score_catalog and a graph restored from its checkpoint tensors."""
     plain = _graph_scorer(decay=0.5)
     known_text = np.eye(5, 384, dtype=np.float32)  # item i(n + 1) along axis n
     weights = torch.zeros(6, 6)
