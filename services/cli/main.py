@@ -58,7 +58,8 @@ def command_train(args: argparse.Namespace) -> None:
         dataset, args.state_dir / "checkpoints", args.state_dir / "cache", _train_config(args), args.catalog
     )
     if path is not None:
-        print(json.dumps({"checkpoint": str(path), "metrics": result.metrics}, indent=2))
+        graph = result.graph_choice.to_dict() if result.graph_choice is not None else None
+        print(json.dumps({"checkpoint": str(path), "metrics": result.metrics, "graph": graph}, indent=2))
 
 
 def command_eval(args: argparse.Namespace) -> None:

@@ -1,10 +1,10 @@
 """One evaluation run: every model on the same split, tuned on validation, scored on test by full ranking.
 
-Models: popularity, ItemKNN, EASE, an ID-only sequential model (our transformer with the text path off, i.e.
-SASRec-style), text-only, a naive blend of the best collaborative model with text-only, and ours (the served
-ranker: transformer + EASE graph + text prior). Every tunable choice (ItemKNN's k, EASE's lambda, the blend's
-weight, our fusion weights) is picked on validation NDCG@10 under the same masking as the row it is reported in.
-With cold start, the whole set of models is fitted again on the split without the held-out items.
+Models: popularity, ItemKNN, EASE, an ID-only sequential model (our transformer with the text path off, i.e. SASRec-
+style), text-only, a naive blend of the best collaborative model with text-only, and ours (the served ranker:
+transformer + item graph (EASE with text neighbours) + text prior). Every tunable choice (ItemKNN's k, EASE's
+lambda, the blend's weight, our fusion weights) is picked on validation NDCG@10 under the same masking as the row it
+is reported in. With cold start, the whole set of models is fitted again on the split without the held-out items.
 """
 
 from __future__ import annotations
@@ -39,9 +39,11 @@ from services.ranker.training import (
     EASE_LAMBDAS,
     CatalogScorer,
     TrainConfig,
+    fit_graph_weights,
     fit_ranker,
     fit_sequence_model,
     replace_fusion,
+    served_graph,
     tune_fusion,
 )
 
@@ -190,17 +192,25 @@ def _run_split(
     report("blend", lambda mask: blends[mask], started)
 
     started = time.perf_counter()
-    ours = fit_ranker(split, text, train_config, progress=progress, ease_weights=ease_weights(lambdas[True]))
+    ours = fit_ranker(split, text, train_config, progress=progress, ease_lambda=lambdas[True])
     scorer = ours.scorer(train_config.device)
     ours_by_mask: dict[bool, Scorer] = {}
     for mask in masks:
-        fusion = ours.fusion
+        unmasked = scorer
+        fusion, graph_choice = ours.fusion, ours.graph_choice
         if not mask:
+            # Like the baselines' lambdas, the graph and the fusion are tuned again under the row's masking.
+            weights, graph_choice = fit_graph_weights(split, text, lambdas[False], mask=False)
+            unmasked = replace_fusion(
+                scorer, ours.fusion, served_graph(weights, split, ours.item_ids, train_config, text)
+            )
             fusion = tune_fusion(
-                scorer, split, text, mask=False, max_users=train_config.tune_users, seed=train_config.seed
+                unmasked, split, text, mask=False, max_users=train_config.tune_users, seed=train_config.seed
             )
         result.choices[f"{protocol}/ours/{_mask_name(mask)}"] = fusion.to_dict()
-        ours_by_mask[mask] = CatalogScorer(replace_fusion(scorer, fusion), split.item_ids, text)
+        if graph_choice is not None:
+            result.choices[f"{protocol}/ours/graph/{_mask_name(mask)}"] = graph_choice.to_dict()
+        ours_by_mask[mask] = CatalogScorer(replace_fusion(unmasked, fusion), split.item_ids, text)
     result.choices[f"{protocol}/ours/epochs"] = {"epochs": ours.epochs, "best_epoch": ours.best_epoch}
     report("ours", lambda mask: ours_by_mask[mask], started)
     bar.close()

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from services.datasets.loaders import CatalogItem, Dataset, Interaction, load_dataset
-from services.evaluation.splits import loo_split
+from services.evaluation.baselines import text_neighbours
+from services.evaluation.splits import Case, Split, loo_split
 from services.ranker.checkpoints import latest_checkpoint, load_scorer, save_checkpoint
 from services.ranker.model import (
     Fusion,
@@ -20,7 +21,7 @@ from services.ranker.model import (
     ScoreRequest,
     recency_weights,
 )
-from services.ranker.training import TrainConfig, TrainResult, train_ranker
+from services.ranker.training import TrainConfig, TrainResult, fit_graph_weights, train_ranker
 
 SCIENTIFIC = Path(os.environ.get("RECSYS_DATA_DIR", Path(__file__).resolve().parents[3] / "shared" / "data")) / (
     "amazon-scientific"
@@ -252,3 +253,31 @@ def test_an_unknown_item_takes_the_graph_score_of_the_known_item_nearest_in_text
     assert restored.known_text is not None and restored.known_text.shape == (5, 384)
     again = RankerScorer(model=plain.model, item_ids=plain.item_ids, graph=restored, fusion=plain.fusion)
     np.testing.assert_allclose(again.score(["i1", "i2"], history, ["new-a", "new-b"], catalog[2:]), [1.0, 1.25])
+
+
+def test_text_neighbours_keep_the_nearest_items_symmetric_and_non_negative() -> None:
+    text = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [-1.0, 0.0]], dtype=np.float32)
+    links = text_neighbours(text, 1)
+    assert links.shape == (4, 4)
+    assert np.all(np.diag(links) == 0) and np.all(links >= 0) and np.array_equal(links, links.T)
+    assert links[0, 1] > 0.9 and links[2, 1] > 0  # 2's nearest is 1, so 1 links back to 2 as well
+    assert links[0, 3] == 0 and links[3].sum() == 0  # opposite text: a negative cosine is not a link
+
+
+def test_the_item_graph_links_items_that_read_alike_when_co_occurrence_cannot() -> None:
+    # Pairs (2j, 2j+1) share a text; in training each item appears only beside a hub item, so co-occurrence
+    # cannot tell a pair apart from any other item, and validation asks for the pair.
+    pairs = 10
+    hub = 2 * pairs
+    text = np.zeros((hub + 1, hub + 1), dtype=np.float32)
+    for item in range(hub + 1):
+        text[item, item // 2] = 1.0
+    text[:hub] += np.random.default_rng(0).normal(0, 0.01, (hub, hub + 1)).astype(np.float32)
+    train = tuple((item, hub) for item in range(hub) for _ in range(3))
+    val = tuple(Case(f"u{j}", (2 * j,), (2 * j + 1,)) for j in range(pairs))
+    split = Split("loo", tuple(f"i{n}" for n in range(hub + 1)), train, val, val)
+    weights, choice = fit_graph_weights(split, text)
+    assert choice.text_neighbours > 0 and choice.text_weight > 0
+    assert choice.val_ndcg > 0.5
+    assert weights.shape == (hub + 1, hub + 1)
+    assert all(weights[2 * j, 2 * j + 1] > weights[2 * j, 2 * ((j + 1) % pairs) + 1] for j in range(pairs))
