@@ -4,7 +4,7 @@ derived from the caller's remaining time; a backend's failure surfaces as a doma
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -79,12 +79,36 @@ def _stored(item: retriever_pb2.ScoredItem | retriever_pb2.Item, score: float = 
     return StoredItem(item.item_id, score, _payload(item.payload), _vector(item.vector))
 
 
+class JsonPayload(Mapping[str, Any]):
+    """A payload kept as the retriever's JSON and decoded on first read: most of a Recommend's ~200 candidates
+    are scored and never shown, and decoding them all was a quarter of the gateway's own work per call."""
+
+    __slots__ = ("_decoded", "_raw")
+
+    def __init__(self, raw: bytes) -> None:
+        self._raw = raw
+        self._decoded: dict[str, Any] | None = None
+
+    def _data(self) -> dict[str, Any]:
+        if self._decoded is None:
+            self._decoded = json.loads(self._raw) if self._raw else {}
+        return self._decoded
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._data())
+
+    def __len__(self) -> int:
+        return len(self._data())
+
+
 def _found(item: retriever_pb2.ScoredItem, score: float | None = None) -> StoredItem:
     """A search result, asked for packed (`payload_json`, `vector_f32`): cheaper to read than Struct and
     repeated float for the ~200 candidates of a Recommend."""
     vector = np.frombuffer(item.vector_f32, dtype="<f4") if item.vector_f32 else None
-    payload = json.loads(item.payload_json) if item.payload_json else {}
-    return StoredItem(item.item_id, item.score if score is None else score, payload, vector)
+    return StoredItem(item.item_id, item.score if score is None else score, JsonPayload(item.payload_json), vector)
 
 
 class PreprocessorClient:
@@ -339,15 +363,15 @@ class RankerClient:
     ) -> Ranking | None:
         """The ranker's scores; None when it has no model for the catalog (a state, not an outage)."""
 
-        def vectors(items: Sequence[StoredItem]) -> list[ranker_pb2.ItemVector]:
-            # Packed float32: copying ~200 vectors float by float was a fifth of the gateway's CPU under load.
-            return [
-                ranker_pb2.ItemVector(item_id=i.item_id, vector_f32=i.vector.astype("<f4", copy=False).tobytes())
-                for i in items
-                if i.vector is not None
-            ]
+        def matrix(items: Sequence[StoredItem]) -> ranker_pb2.ItemMatrix:
+            # One packed matrix: building ~200 ItemVector messages took 0.6 ms a call, stacking them 0.06 ms.
+            rows = [(i.item_id, i.vector) for i in items if i.vector is not None]
+            vectors = np.stack([v for _, v in rows]).astype("<f4", copy=False).tobytes() if rows else b""
+            return ranker_pb2.ItemMatrix(item_ids=[item_id for item_id, _ in rows], vectors_f32=vectors)
 
-        task = ranker_pb2.ScoringTask(user_id=user_id, history=vectors(history), candidates=vectors(candidates))
+        task = ranker_pb2.ScoringTask(
+            user_id=user_id, history_matrix=matrix(history), candidate_matrix=matrix(candidates)
+        )
         request = ranker_pb2.ScoreCandidatesRequest(tasks=[task], catalog=catalog, model_version=model_version)
         try:
             response = await _call("ranker", self._stub.ScoreCandidates, request, self._timeout_s, OPTIONAL_SHARE)

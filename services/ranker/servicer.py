@@ -34,6 +34,32 @@ def _matrix(items: Sequence[ranker_pb2.ItemVector], where: str) -> np.ndarray:
     return np.asarray([item.vector for item in items], dtype=np.float32)
 
 
+def _packed_matrix(matrix: ranker_pb2.ItemMatrix, where: str) -> tuple[list[str], np.ndarray]:
+    item_ids = list(matrix.item_ids)
+    data = matrix.vectors_f32
+    if not item_ids:
+        if data:
+            raise InvalidArgumentError(f"{where}.vectors_f32 holds {len(data)} bytes but item_ids is empty")
+        return item_ids, np.zeros((0, 0), dtype=np.float32)
+    if not data or len(data) % (4 * len(item_ids)):
+        raise InvalidArgumentError(
+            f"{where}.vectors_f32 is {len(data)} bytes for {len(item_ids)} item_ids: send one row of float32s "
+            "(4 bytes each) per id"
+        )
+    width = len(data) // (4 * len(item_ids))
+    return item_ids, np.frombuffer(data, dtype="<f4").reshape(len(item_ids), width).astype(np.float32)
+
+
+def _items(task: ranker_pb2.ScoringTask, listed: str, packed: str, where: str) -> tuple[list[str], np.ndarray]:
+    """A task's history or candidates, sent either as ``listed`` ItemVectors or as the ``packed`` ItemMatrix."""
+    items: Sequence[ranker_pb2.ItemVector] = getattr(task, listed)
+    if not task.HasField(packed):
+        return [item.item_id for item in items], _matrix(items, f"{where}.{listed}")
+    if items:
+        raise InvalidArgumentError(f"{where}: send `{listed}` or `{packed}`, not both")
+    return _packed_matrix(getattr(task, packed), f"{where}.{packed}")
+
+
 class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
     def __init__(self, ranking: RankingService) -> None:
         self._ranking = ranking
@@ -41,15 +67,11 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
     async def ScoreCandidates(
         self, request: ranker_pb2.ScoreCandidatesRequest, context: grpc.aio.ServicerContext
     ) -> ranker_pb2.ScoreCandidatesResponse:
-        requests = [
-            ScoreRequest(
-                history_item_ids=[h.item_id for h in task.history],
-                history_vectors=_matrix(task.history, f"tasks[{n}].history"),
-                candidate_item_ids=[c.item_id for c in task.candidates],
-                candidate_vectors=_matrix(task.candidates, f"tasks[{n}].candidates"),
-            )
-            for n, task in enumerate(request.tasks)
-        ]
+        requests = []
+        for n, task in enumerate(request.tasks):
+            history_ids, history_vectors = _items(task, "history", "history_matrix", f"tasks[{n}]")
+            candidate_ids, candidate_vectors = _items(task, "candidates", "candidate_matrix", f"tasks[{n}]")
+            requests.append(ScoreRequest(history_ids, history_vectors, candidate_ids, candidate_vectors))
         scores, version = await self._ranking.score(requests, request.catalog, request.model_version)
         return ranker_pb2.ScoreCandidatesResponse(
             results=[ranker_pb2.TaskScores(scores=s.tolist()) for s in scores], model_version=version

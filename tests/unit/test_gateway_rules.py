@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from services.gateway.backends import JsonPayload
 from services.gateway.experiments import (
     Arm,
     Experiment,
@@ -160,3 +161,13 @@ def test_report_counts_match_a_hand_count() -> None:
     assert treatment.conversion_lift == pytest.approx(0.5 - 1 / 3)
     with pytest.raises(ValueError, match="no impressions"):
         report("missing", [], impressions)
+
+
+def test_a_json_payload_decodes_on_first_read_and_reads_like_a_dict() -> None:
+    raw = b'{"title": "Nitrile gloves", "categories": ["Safety", "Gloves"], "price": 9.5}'
+    payload = JsonPayload(raw)
+    assert payload._decoded is None  # nothing decoded until a field is read
+    item = StoredItem("g1", 0.5, payload)
+    assert item.title == "Nitrile gloves" and item.categories == ("Safety", "Gloves")
+    assert dict(payload) == json.loads(raw) and payload.get("missing") is None and len(payload) == 3
+    assert dict(JsonPayload(b"")) == {}

@@ -145,6 +145,46 @@ async def test_packed_vectors_score_like_repeated_floats(stub: ranker_pb2_grpc.R
     assert list(packed.results[0].scores) == list(plain.results[0].scores)
 
 
+def _matrix_task(task: pb.ScoringTask) -> pb.ScoringTask:
+    def matrix(items: Sequence[pb.ItemVector]) -> pb.ItemMatrix:
+        vectors = np.asarray([list(i.vector) for i in items], dtype="<f4").tobytes() if items else b""
+        return pb.ItemMatrix(item_ids=[i.item_id for i in items], vectors_f32=vectors)
+
+    return pb.ScoringTask(
+        user_id=task.user_id, history_matrix=matrix(task.history), candidate_matrix=matrix(task.candidates)
+    )
+
+
+async def test_item_matrices_score_like_item_lists(stub: ranker_pb2_grpc.RankerServiceStub) -> None:
+    for history in (3, 0):
+        task = _task(history, 5)
+        plain = await stub.ScoreCandidates(pb.ScoreCandidatesRequest(tasks=[task]))
+        packed = await stub.ScoreCandidates(pb.ScoreCandidatesRequest(tasks=[_matrix_task(task)]))
+        assert list(packed.results[0].scores) == list(plain.results[0].scores)
+
+
+async def test_bad_item_matrices_are_invalid_argument(stub: ranker_pb2_grpc.RankerServiceStub) -> None:
+    task = _task(2, 3)
+    both = _matrix_task(task)
+    both.candidates.extend(task.candidates)
+    short = _matrix_task(task)
+    short.candidate_matrix.vectors_f32 = short.candidate_matrix.vectors_f32[:-4]
+    no_ids = _matrix_task(task)
+    del no_ids.history_matrix.item_ids[:]
+    empty = _matrix_task(task)
+    empty.candidate_matrix.CopyFrom(pb.ItemMatrix())
+    for bad, message in (
+        (both, "not both"),
+        (short, "one row of float32s"),
+        (no_ids, "item_ids is empty"),
+        (empty, "has no candidates"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.ScoreCandidates(pb.ScoreCandidatesRequest(tasks=[bad]))
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert message in (caught.value.details() or "")
+
+
 async def test_bad_packed_vectors_are_invalid_argument(stub: ranker_pb2_grpc.RankerServiceStub) -> None:
     task = _task(2, 2)
     mixed = _packed(task)

@@ -16,15 +16,27 @@ class ItemVector(_message.Message):
     vector_f32: bytes
     def __init__(self, item_id: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., vector_f32: _Optional[bytes] = ...) -> None: ...
 
+class ItemMatrix(_message.Message):
+    __slots__ = ("item_ids", "vectors_f32")
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    VECTORS_F32_FIELD_NUMBER: _ClassVar[int]
+    item_ids: _containers.RepeatedScalarFieldContainer[str]
+    vectors_f32: bytes
+    def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., vectors_f32: _Optional[bytes] = ...) -> None: ...
+
 class ScoringTask(_message.Message):
-    __slots__ = ("user_id", "history", "candidates")
+    __slots__ = ("user_id", "history", "candidates", "history_matrix", "candidate_matrix")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_MATRIX_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATE_MATRIX_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     history: _containers.RepeatedCompositeFieldContainer[ItemVector]
     candidates: _containers.RepeatedCompositeFieldContainer[ItemVector]
-    def __init__(self, user_id: _Optional[str] = ..., history: _Optional[_Iterable[_Union[ItemVector, _Mapping]]] = ..., candidates: _Optional[_Iterable[_Union[ItemVector, _Mapping]]] = ...) -> None: ...
+    history_matrix: ItemMatrix
+    candidate_matrix: ItemMatrix
+    def __init__(self, user_id: _Optional[str] = ..., history: _Optional[_Iterable[_Union[ItemVector, _Mapping]]] = ..., candidates: _Optional[_Iterable[_Union[ItemVector, _Mapping]]] = ..., history_matrix: _Optional[_Union[ItemMatrix, _Mapping]] = ..., candidate_matrix: _Optional[_Union[ItemMatrix, _Mapping]] = ...) -> None: ...
 
 class ScoreCandidatesRequest(_message.Message):
     __slots__ = ("tasks", "catalog", "model_version")
