@@ -15,7 +15,7 @@ which other candidates are scored with it: the full-catalog evaluation and the g
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -281,6 +281,7 @@ class RankerScorer:
             users = self._users(
                 [self._lookup(requests[n].history_item_ids) for n in active],
                 [np.asarray(requests[n].history_vectors, dtype=np.float32) for n in active],
+                [requests[n].history_item_ids for n in active],
             )
             for row, n in enumerate(active):
                 request = requests[n]
@@ -289,6 +290,7 @@ class RankerScorer:
                     slice(row, row + 1),
                     self._lookup(request.candidate_item_ids),
                     np.asarray(request.candidate_vectors, dtype=np.float32),
+                    request.candidate_item_ids,
                 )
                 results[n] = scores[0].float().cpu().numpy()
         return results
@@ -321,12 +323,17 @@ class RankerScorer:
             users = self._users(
                 [catalog_index[np.asarray(h, dtype=np.int64)] for h in histories],
                 [vectors[np.asarray(h, dtype=np.int64)] for h in histories],
+                histories,
             )
-            scores = self._combine(users, slice(0, len(histories)), catalog_index, vectors).float().cpu()
+            scores = self._combine(users, slice(0, len(histories)), catalog_index, vectors, range(len(catalog_ids)))
+            scores = scores.float().cpu()
         return scores.clone()  # a normal tensor: callers mask it in place
 
-    def _users(self, histories: Sequence[np.ndarray], vectors: Sequence[np.ndarray]) -> _Users:
-        """User states for histories of 1-based indexes (0 = unknown) and their text vectors."""
+    def _users(
+        self, histories: Sequence[np.ndarray], vectors: Sequence[np.ndarray], keys: Sequence[Sequence[Hashable]]
+    ) -> _Users:
+        """User states for histories of 1-based indexes (0 = unknown), their text vectors and the keys (item ids, or
+        catalog positions) that match them to candidates."""
         max_len = self.model.config.max_len
         recent = [(h[-max_len:], v[-max_len:]) for h, v in zip(histories, vectors, strict=True)]
         width = max(len(h) for h, _ in recent)
@@ -344,15 +351,31 @@ class RankerScorer:
             if self.graph is not None and fusion.graph
             else None
         )
-        text_users = None
+        text_users = text_pooled = None
+        text_own: list[dict[Hashable, np.ndarray]] = []
         if fusion.text:
             # The most recent item weighs 1, the one before text_decay, and so on.
-            pooled = np.stack([(fusion.text_decay ** np.arange(len(v))[::-1, None] * _unit(v)).sum(0) for v in vectors])
+            weighted = [fusion.text_decay ** np.arange(len(v))[::-1, None] * _unit(v) for v in vectors]
+            pooled = np.stack([w.sum(0) for w in weighted]).astype(np.float32)
             text_users = self._tensor(_unit(pooled).astype(np.float32))
-        return _Users(sequence, graph, text_users)
+            text_pooled = self._tensor(pooled)
+            for user_keys, w in zip(keys, weighted, strict=True):
+                own: dict[Hashable, np.ndarray] = {}
+                for key, row in zip(user_keys, w, strict=True):
+                    own[key] = own.get(key, 0.0) + row
+                text_own.append(own)
+        return _Users(sequence, graph, text_users, text_pooled, text_own)
 
-    def _combine(self, users: _Users, rows: slice, candidates: np.ndarray, vectors: np.ndarray) -> Tensor:
-        """(rows, m) fused scores of m candidates (1-based indexes, 0 = unknown, and text vectors)."""
+    def _combine(
+        self,
+        users: _Users,
+        rows: slice,
+        candidates: np.ndarray,
+        vectors: np.ndarray,
+        candidate_keys: Sequence[Hashable],
+    ) -> Tensor:
+        """(rows, m) fused scores of m candidates (1-based indexes, 0 = unknown, text vectors and the keys that
+        match them to history items)."""
         fusion = self.fusion
         index = self._tensor(candidates)
         text = self._tensor(vectors)
@@ -360,8 +383,33 @@ class RankerScorer:
         if users.graph is not None and self.graph is not None:
             columns = self._tensor(self.graph.columns(candidates, vectors))
             scores = scores + fusion.graph * users.graph[rows][:, columns]
-        if users.text is not None:
-            scores = scores + fusion.text * (users.text[rows] @ self._tensor(_unit(vectors).astype(np.float32)).T)
+        if users.text is not None and users.text_pooled is not None:
+            unit = self._tensor(_unit(vectors).astype(np.float32))
+            scores = scores + fusion.text * (users.text[rows] @ unit.T)
+            scores = self._without_own_text(scores, users, rows, unit, candidate_keys)
+        return scores
+
+    def _without_own_text(
+        self, scores: Tensor, users: _Users, rows: slice, unit: Tensor, candidate_keys: Sequence[Hashable]
+    ) -> Tensor:
+        """A history item's text term from the rest of the history: no item votes for itself, as in the item
+        graph, whose EASE weights have a zero diagonal. Without it the text term ranks the history itself first,
+        and seen items crowd out new ones wherever they are not excluded."""
+        assert users.text is not None and users.text_pooled is not None
+        owns = users.text_own[rows]
+        if not any(owns):
+            return scores
+        position = {key: n for n, key in enumerate(candidate_keys)}
+        for row, own in enumerate(owns):
+            hits = [(position[key], vector) for key, vector in own.items() if key in position]
+            if not hits:
+                continue
+            columns = torch.tensor([column for column, _ in hits], device=scores.device)
+            rest = users.text_pooled[rows][row] - self._tensor(np.stack([v for _, v in hits]).astype(np.float32))
+            rest = torch.nn.functional.normalize(rest, dim=-1)
+            before = unit[columns] @ users.text[rows][row]
+            after = (unit[columns] * rest).sum(-1)
+            scores[row, columns] += self.fusion.text * (after - before)
         return scores
 
     def _lookup(self, item_ids: Sequence[str]) -> np.ndarray:
@@ -376,3 +424,5 @@ class _Users:
     sequence: Tensor  # (B, dim) transformer states
     graph: Tensor | None  # (B, n + 1) graph scores of every known item
     text: Tensor | None  # (B, text_dim) unit pooled history text
+    text_pooled: Tensor | None = None  # (B, text_dim) the same before normalising
+    text_own: list[dict[Hashable, np.ndarray]] = field(default_factory=list)  # per user: key -> its weighted share

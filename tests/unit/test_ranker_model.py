@@ -255,6 +255,25 @@ def test_an_unknown_item_takes_the_graph_score_of_the_known_item_nearest_in_text
     np.testing.assert_allclose(again.score(["i1", "i2"], history, ["new-a", "new-b"], catalog[2:]), [1.0, 1.25])
 
 
+def test_a_history_item_takes_its_text_term_from_the_rest_of_the_history() -> None:
+    """The text term alone: i1 is in the history (i1, i2), so its score is the cosine of its text to i2's alone,
+    not to a profile that holds i1 itself; an item outside the history is scored against the whole profile. The
+    same through score_many and score_catalog."""
+    plain = _graph_scorer(decay=1.0)
+    scorer = RankerScorer(model=plain.model, item_ids=plain.item_ids, fusion=Fusion(sequence=0.0, text=1.0))
+    text = np.zeros((3, 384), dtype=np.float32)
+    text[0, 0] = 1.0  # i1
+    text[1, :2] = (0.6, 0.8)  # i2
+    text[2, :2] = (1.0, 1.0)  # i3, outside the history
+    profile = (text[0] + text[1]) / np.linalg.norm(text[0] + text[1])
+    expected = [0.6, float(text[2] / np.linalg.norm(text[2]) @ profile)]  # cos(i1, i2), cos(i3, i1 + i2)
+    served = scorer.score(["i1", "i2"], text[:2], ["i1", "i3"], text[[0, 2]])
+    np.testing.assert_allclose(served, expected, atol=1e-6)
+    offline = scorer.score_catalog([[0, 1]], ["i1", "i2", "i3"], text)[0].numpy()
+    np.testing.assert_allclose(offline[[0, 2]], expected, atol=1e-6)
+    np.testing.assert_allclose(offline[1], 0.6, atol=1e-6)  # i2 against i1 alone
+
+
 def test_text_neighbours_keep_the_nearest_items_symmetric_and_non_negative() -> None:
     text = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [-1.0, 0.0]], dtype=np.float32)
     links = text_neighbours(text, 1)
