@@ -379,7 +379,14 @@ class RankerClient:
             if error.code() == grpc.StatusCode.FAILED_PRECONDITION and catalog:
                 return None
             raise BackendUnavailableError("ranker", f"the ranker failed: {error.code().name}") from error
-        return Ranking(np.asarray(response.results[0].scores, dtype=np.float32), response.model_version)
+        scores = np.asarray(response.results[0].scores, dtype=np.float32)
+        if len(scores) != len(candidates):
+            # A ranker that does not read the candidates as sent (for instance one older than ItemMatrix, which
+            # sees none): its scores cannot be matched to them, so the call falls back to retrieval order.
+            raise BackendUnavailableError(
+                "ranker", f"the ranker returned {len(scores)} scores for {len(candidates)} candidates"
+            )
+        return Ranking(scores, response.model_version)
 
     async def suggest(self, catalog: str, model_version: str, history_ids: Sequence[str], limit: int) -> list[str]:
         request = ranker_pb2.SuggestCandidatesRequest(

@@ -228,8 +228,9 @@ def test_cached_items_are_filtered_like_the_retriever_does() -> None:
 
 
 class OlderRankerApp:
-    """A ranker from before SuggestCandidates: only ScoreCandidates is registered, so grpc answers the new RPC
-    with UNIMPLEMENTED, as a pod not yet upgraded would during a rolling upgrade."""
+    """A ranker from before SuggestCandidates and ItemMatrix: only ScoreCandidates is registered, so grpc answers
+    the new RPC with UNIMPLEMENTED, and it reads candidates from the item list alone, as a pod not yet upgraded
+    would during a rolling upgrade."""
 
     service_name = "recsys.ranker.v1.RankerService"
 
@@ -256,11 +257,13 @@ class OlderRankerApp:
         return None
 
 
-async def test_a_ranker_without_suggest_candidates_means_no_graph_candidates_not_an_outage() -> None:
+async def test_an_older_ranker_means_no_graph_candidates_and_a_ranker_fallback_not_an_outage() -> None:
     async with serving(OlderRankerApp()) as channel:
         ranker = RankerClient(channel, timeout_s=5.0)
         assert await ranker.suggest("", "", ["a", "b"], 10) == []
         vector = np.ones(4, dtype=np.float32)
         item = StoredItem("a", 0.0, {}, vector)
-        ranking = await ranker.score("", "", "u", [item], [item])
-        assert ranking is not None and ranking.model_version == "old"
+        # It sees no candidates in the matrix and scores none: a stage failure (retrieval order), never a
+        # misaligned ranking.
+        with pytest.raises(BackendUnavailableError, match="0 scores for 1 candidates"):
+            await ranker.score("", "", "u", [item], [item])

@@ -59,7 +59,7 @@ class HashEncoder:
 
 class FakeRanker(ranker_pb2_grpc.RankerServiceServicer):
     async def ScoreCandidates(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        results = [ranker_pb2.TaskScores(scores=[0.5] * len(task.candidates)) for task in request.tasks]
+        results = [ranker_pb2.TaskScores(scores=[0.5] * len(task.candidate_matrix.item_ids)) for task in request.tasks]
         return ranker_pb2.ScoreCandidatesResponse(results=results, model_version="fake-1")
 
     async def SuggestCandidates(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
