@@ -147,7 +147,7 @@ def load_catalog(address: str, dataset: Dataset, vectors: np.ndarray, size: int)
 def wait_for_index(address: str, timeout_s: float) -> float:
     """Waits until no background build runs and fewer items than RETRIEVER_INDEX_MIN_UNINDEXED are unindexed (more
     would start another build: the writes made during a build replay unindexed); returns the seconds waited."""
-    rebuild_at = RetrieverSettings.model_fields["index_min_unindexed"].default
+    rebuild_at = RetrieverSettings().index_min_unindexed  # the environment's, as the suite's retriever reads it
     started = time.monotonic()
     with grpc.insecure_channel(address) as channel:
         stub = retriever_pb2_grpc.RetrieverServiceStub(channel)
