@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import struct
 from collections.abc import Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 import grpc
-import numpy as np
 from google.protobuf import struct_pb2
 
 from recsys.retriever.v1 import retriever_pb2 as pb
@@ -49,14 +50,24 @@ def _scored(item: ScoredItem) -> pb.ScoredItem:
     )
 
 
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+
+
+@lru_cache(maxsize=8)
+def _float32_row(width: int) -> struct.Struct:
+    return struct.Struct(f"<{width}f")
+
+
 def _packed(item: ScoredItem) -> pb.ScoredItem:
     # Struct and repeated float are filled value by value in Python: for ~200 candidates with vectors that was
-    # 7 ms per SearchItems; JSON bytes and float32 bytes take 2 ms, and as little to read.
+    # 7 ms per SearchItems; JSON bytes and float32 bytes take 2 ms, and as little to read. struct packs the
+    # engine's tuple of floats in 2.1 us against numpy's 4.7 (384 values), and this runs for every candidate.
+    vector = item.vector
     return pb.ScoredItem(
         item_id=item.item_id,
         score=item.score,
-        payload_json=json.dumps(item.payload, separators=(",", ":")).encode(),
-        vector_f32=np.asarray(item.vector, dtype="<f4").tobytes() if item.vector else b"",
+        payload_json=_COMPACT_JSON.encode(item.payload).encode(),
+        vector_f32=_float32_row(len(vector)).pack(*vector) if vector else b"",
     )
 
 
