@@ -196,21 +196,21 @@ def _run_split(
     scorer = ours.scorer(train_config.device)
     ours_by_mask: dict[bool, Scorer] = {}
     for mask in masks:
-        unmasked = scorer
+        ranker = scorer
         fusion, graph_choice = ours.fusion, ours.graph_choice
         if not mask:
             # Like the baselines' lambdas, the graph and the fusion are tuned again under the row's masking.
             weights, graph_choice = fit_graph_weights(split, text, lambdas[False], mask=False)
-            unmasked = replace_fusion(
+            ranker = replace_fusion(
                 scorer, ours.fusion, served_graph(weights, split, ours.item_ids, train_config, text)
             )
             fusion = tune_fusion(
-                unmasked, split, text, mask=False, max_users=train_config.tune_users, seed=train_config.seed
+                ranker, split, text, mask=False, max_users=train_config.tune_users, seed=train_config.seed
             )
         result.choices[f"{protocol}/ours/{_mask_name(mask)}"] = fusion.to_dict()
         if graph_choice is not None:
             result.choices[f"{protocol}/ours/graph/{_mask_name(mask)}"] = graph_choice.to_dict()
-        ours_by_mask[mask] = CatalogScorer(replace_fusion(unmasked, fusion), split.item_ids, text)
+        ours_by_mask[mask] = CatalogScorer(replace_fusion(ranker, fusion), split.item_ids, text)
     result.choices[f"{protocol}/ours/epochs"] = {"epochs": ours.epochs, "best_epoch": ours.best_epoch}
     report("ours", lambda mask: ours_by_mask[mask], started)
     bar.close()
