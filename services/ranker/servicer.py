@@ -13,6 +13,11 @@ from services.ranker.model import ScoreRequest
 from services.ranker.service import RankingService
 
 
+def _float32_rows(data: bytes, rows: int) -> np.ndarray:
+    """Little-endian float32 bytes (a multiple of 4 * rows, checked by the caller) as a (rows, width) array."""
+    return np.frombuffer(data, dtype="<f4").reshape(rows, len(data) // (4 * rows)).astype(np.float32)
+
+
 def _matrix(items: Sequence[ranker_pb2.ItemVector], where: str) -> np.ndarray:
     if not items:
         return np.zeros((0, 0), dtype=np.float32)
@@ -25,9 +30,7 @@ def _matrix(items: Sequence[ranker_pb2.ItemVector], where: str) -> np.ndarray:
             raise InvalidArgumentError(
                 f"{where} vector_f32 sizes {sorted(sizes)[:5]} bytes: each must hold the same number of float32s"
             )
-        width = next(iter(sizes)) // 4
-        joined = b"".join(item.vector_f32 for item in items)
-        return np.frombuffer(joined, dtype="<f4").reshape(len(items), width).astype(np.float32)
+        return _float32_rows(b"".join(item.vector_f32 for item in items), len(items))
     sizes = {len(item.vector) for item in items}
     if len(sizes) != 1:
         raise InvalidArgumentError(f"{where} vectors differ in length ({sorted(sizes)}): send one model's vectors")
@@ -46,8 +49,7 @@ def _packed_matrix(matrix: ranker_pb2.ItemMatrix, where: str) -> tuple[list[str]
             f"{where}.vectors_f32 is {len(data)} bytes for {len(item_ids)} item_ids: send one row of float32s "
             "(4 bytes each) per id"
         )
-    width = len(data) // (4 * len(item_ids))
-    return item_ids, np.frombuffer(data, dtype="<f4").reshape(len(item_ids), width).astype(np.float32)
+    return item_ids, _float32_rows(data, len(item_ids))
 
 
 def _items(task: ranker_pb2.ScoringTask, listed: str, packed: str, where: str) -> tuple[list[str], np.ndarray]:

@@ -234,11 +234,12 @@ def fit_graph_weights(
 
     if ease_lambda is None:
         (ease_lambda, _, _), _ = best([(lam, 0, 0.0) for lam in EASE_LAMBDAS])
-    (_, k, weight), _ = best(
+    choice, val_ndcg = best(
         [(ease_lambda, 0, 0.0)] + [(ease_lambda, k, w) for k in TEXT_NEIGHBOURS for w in TEXT_GRAPH_WEIGHTS]
     )
-    choice, val_ndcg = best([(lam, k, weight) for lam in EASE_LAMBDAS]) if k else best([(ease_lambda, 0, 0.0)])
-    return weights(*choice), GraphChoice(choice[0], choice[1], choice[2], val_ndcg)
+    if choice[1]:  # text neighbours won: lambda again, with them
+        choice, val_ndcg = best([(lam, choice[1], choice[2]) for lam in EASE_LAMBDAS])
+    return weights(*choice), GraphChoice(*choice, val_ndcg)
 
 
 def replace_fusion(scorer: RankerScorer, fusion: Fusion, graph: ItemGraph | None = None) -> RankerScorer:
