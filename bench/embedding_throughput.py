@@ -110,7 +110,7 @@ def main() -> None:
     )
     parser.add_argument("--latency-calls", type=int, default=200)
     parser.add_argument(
-        "--variants", nargs="+", default=["default", "fp32"], help="default, fp32, bf16; -Nt: N torch threads"
+        "--variants", nargs="+", default=["default", "fp32"], help="default, fp32, bf16, padded32; -Nt: N torch threads"
     )
     parser.add_argument("--name", default="embedding_throughput")
     args = parser.parse_args()
@@ -135,9 +135,16 @@ def main() -> None:
     token_counts = [len(ids) for ids in reference_model.tokenizer(texts, truncation=True, max_length=256)["input_ids"]]
 
     def env_of(variant: str) -> dict[str, str]:
-        """default | fp32 | bf16, optionally with -<N>t: N torch threads (default: the service's default)."""
+        """default | fp32 | bf16 | padded32, optionally with -<N>t: N torch threads (default: the service's
+        default)."""
         name, _, threads = variant.partition("-")
-        env = {"default": {}, "fp32": {"EMBEDDING_DTYPE": "float32"}, "bf16": {"EMBEDDING_DTYPE": "bfloat16"}}[name]
+        env = {
+            "default": {},
+            "fp32": {"EMBEDDING_DTYPE": "float32"},
+            "bf16": {"EMBEDDING_DTYPE": "bfloat16"},
+            # The path before packed forwards: transformers' padded forward on batches of 32 gathered texts.
+            "padded32": {"EMBEDDING_REMOVE_PADDING": "false", "EMBEDDING_MAX_BATCH_SIZE": "32"},
+        }[name]
         return {**env, "EMBEDDING_TORCH_THREADS": threads.rstrip("t")} if threads else env
 
     logs = REPO / "var" / "bench"

@@ -1,8 +1,10 @@
 """The encoder's compute paths in process (no RPC), on Amazon-Scientific item texts: sentence-transformers
-`encode` vs our TextEncoder in fp32, bf16 autocast and bf16 weights; texts/s (median of interleaved repeats)
-and the minimum cosine of each path's vectors to our fp32 ones.
+`encode` vs our TextEncoder in fp32, bf16 autocast (packed and padded forwards) and bf16 weights; texts/s
+(median of interleaved repeats) and the minimum cosine of each path's vectors to transformers' fp32 forward.
+`--chunk N` hands the encoder N texts at a time in catalog order, as the service's gathered batches arrive
+(0: all at once, sorted by length over the whole list).
 
-    .venv/bin/python bench/encoder_variants.py [--texts 512] [--repeats 3] [--threads 1]
+    .venv/bin/python bench/encoder_variants.py [--texts 512] [--repeats 3] [--threads 1] [--chunk 32]
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ def main() -> None:
     parser.add_argument("--texts", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0: torch's default")
+    parser.add_argument("--chunk", type=int, default=0, help="texts per encode call; 0: all at once")
     parser.add_argument("--name", default="encoder_variants")
     args = parser.parse_args()
 
@@ -38,13 +41,22 @@ def main() -> None:
     texts = item_texts(limit=args.texts)
     path = default_model_path()
     encoders = {
-        "ours fp32 (length-bucketed)": TextEncoder(path, dtype="float32"),
-        "ours bf16 autocast": TextEncoder(path, dtype="bfloat16"),
+        "ours fp32, padded (transformers' forward)": TextEncoder(path, dtype="float32", remove_padding=False),
+        "ours fp32, packed": TextEncoder(path, dtype="float32"),
+        "ours bf16 autocast, padded": TextEncoder(path, dtype="bfloat16", remove_padding=False),
+        "ours bf16 autocast, packed (the default)": TextEncoder(path, dtype="bfloat16"),
     }
     weights = TextEncoder(path, dtype="float32")
     weights.model.to(torch.bfloat16)
-    encoders["ours bf16 weights"] = weights
-    reference = np.stack([e.vector for e in encoders["ours fp32 (length-bucketed)"].encode(texts)])
+    encoders["ours bf16 weights, packed"] = weights
+    reference = np.stack([e.vector for e in encoders["ours fp32, padded (transformers' forward)"].encode(texts)])
+    chunk = args.chunk or len(texts)
+
+    def encode(encoder: TextEncoder) -> np.ndarray:
+        return np.stack(
+            [e.vector for start in range(0, len(texts), chunk) for e in encoder.encode(texts[start : start + chunk])]
+        )
+
     st = SentenceTransformer(str(path), device="cpu")
     rates: dict[str, list[float]] = {"sentence-transformers encode (batch 32)": []}
     cosines: dict[str, float] = {
@@ -53,7 +65,7 @@ def main() -> None:
         )
     }
     for name, encoder in encoders.items():
-        vectors = np.stack([e.vector for e in encoder.encode(texts)])
+        vectors = encode(encoder)
         cosines[name] = float((vectors * reference).sum(axis=1).min())
         rates[name] = []
     for _ in range(args.repeats):
@@ -62,12 +74,15 @@ def main() -> None:
         rates["sentence-transformers encode (batch 32)"].append(len(texts) / (time.perf_counter() - started))
         for name, encoder in encoders.items():
             started = time.perf_counter()
-            encoder.encode(texts)
+            encode(encoder)
             rates[name].append(len(texts) / (time.perf_counter() - started))
     base = median(rates["sentence-transformers encode (batch 32)"])
     rows = [[name, median(r), median(r) / base, cosines[name]] for name, r in rates.items()]
     print(machine_line(info))
-    print(f"{len(texts)} item texts, {torch.get_num_threads()} torch threads, median of {args.repeats} interleaved")
+    print(
+        f"{len(texts)} item texts, {chunk} per call, {torch.get_num_threads()} torch threads, "
+        f"median of {args.repeats} interleaved"
+    )
     print(table(["path", "texts/s", "x sentence-transformers", "min cosine to fp32"], rows))
     path_out = write_json(
         args.name, {"machine": info, "settings": vars(args), "torch_threads": torch.get_num_threads(), "rows": rows}

@@ -11,7 +11,7 @@ from recsys.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 from services.common.metrics import embedding_metrics
 from services.embedding.config import EmbeddingSettings
 from services.embedding.embedder import Embedder, Encoder, Limits
-from services.embedding.encoder import DEFAULT_MODEL_ID, TextEncoder, default_model_path
+from services.embedding.encoder import DEFAULT_MODEL_ID, TextEncoder, default_model_path, resolve_device
 from services.embedding.servicer import EmbeddingServicer
 
 SERVICE_NAME = embedding_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
@@ -25,6 +25,15 @@ def default_torch_threads() -> int:
     return max(1, cores - 1)
 
 
+def forward_batch_size(settings: EmbeddingSettings) -> int:
+    """The setting, or by default 32 texts on the CPU (where throughput peaks at 8-32) and the whole gathered
+    batch on CUDA; never more than a gathered batch holds."""
+    if settings.forward_batch_size:
+        return min(settings.forward_batch_size, settings.max_batch_size)
+    on_cuda = resolve_device(settings.device).startswith("cuda")
+    return settings.max_batch_size if on_cuda else min(32, settings.max_batch_size)
+
+
 def load_encoder(settings: EmbeddingSettings) -> TextEncoder:
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
@@ -34,9 +43,10 @@ def load_encoder(settings: EmbeddingSettings) -> TextEncoder:
         path,
         device=settings.device,
         dtype=settings.dtype,
-        batch_size=settings.max_batch_size,
+        batch_size=forward_batch_size(settings),
         max_batch_tokens=settings.max_batch_tokens,
         model_id=model_id,
+        remove_padding=settings.remove_padding,
     )
 
 

@@ -30,11 +30,29 @@ class EmbeddingSettings(ServiceSettings):
         description="CPU threads for torch; 0: one fewer than the usable cores (at least 1), leaving one to "
         "tokenisation and gRPC (docs/performance.md).",
     )
-    max_batch_size: int = Field(32, ge=1, le=4096, description="Most texts in one forward pass.")
+    max_batch_size: int = Field(
+        128,
+        ge=1,
+        le=4096,
+        description="Most texts in one batch gathered from concurrent requests; it is sorted by length and run in "
+        "forward passes of EMBEDDING_FORWARD_BATCH_SIZE.",
+    )
+    forward_batch_size: int = Field(
+        0,
+        ge=0,
+        le=4096,
+        description="Most texts in one forward pass; 0: 32 on the CPU (its throughput peaks at 8-32), the whole "
+        "batch on CUDA.",
+    )
+    remove_padding: bool = Field(
+        True,
+        description="On the CPU, run a BERT model's token-wise layers on the real tokens only (padding costs "
+        "nothing there); false: transformers' own padded forward.",
+    )
     max_batch_tokens: int = Field(
         8192,
         ge=1,
-        description="Most tokens in one batch (padded tokens in one forward pass); a longer text runs alone.",
+        description="Most tokens in one batch, and padded tokens in one forward pass; a longer text runs alone.",
     )
     tokenizer_threads: int = Field(0, ge=0, description="Threads that tokenise requests; 0: min(4, CPU cores).")
     max_batch_wait_ms: float = Field(2.0, ge=0, description="How long a batch waits for more requests.")

@@ -93,6 +93,10 @@ class Embedder:
     def backend(self) -> str:
         return str(getattr(self.encoder, "backend", "custom"))
 
+    @property
+    def forward_batch_size(self) -> int:
+        return int(getattr(self.encoder, "batch_size", self.max_batch_size))
+
     def _run(self, items: list[Prepared]) -> list[EncodedText]:
         if isinstance(self.encoder, TokenizingEncoder):
             return self.encoder.encode_tokens([i for i in items if isinstance(i, TokenizedText)])

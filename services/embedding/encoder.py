@@ -4,7 +4,8 @@
 Two stages, so a service can run them on different threads: `tokenize` (the Rust tokenizer, which releases the
 GIL) and `encode_tokens` (padding, the forward pass, pooling) over length-sorted sub-batches bounded by a count
 and by padded tokens. On a CPU with native bf16 (AVX512-BF16 or AMX) `dtype="auto"` runs the forward pass under
-bf16 autocast: about twice fp32's speed here, cosine to fp32 >= 0.9999 (docs/performance.md)."""
+bf16 autocast: about twice fp32's speed here, cosine to fp32 >= 0.9999; and a BERT model on the CPU runs its
+token-wise layers on the real tokens only (`unpadded.py`), so padding costs little (docs/performance.md)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 from transformers import AutoModel, AutoTokenizer
+
+from services.embedding import unpadded
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -100,6 +103,7 @@ class TextEncoder:
         batch_size: int = 32,
         model_id: str = "",
         max_batch_tokens: int = 8192,
+        remove_padding: bool = True,
     ) -> None:
         if not (model_path / "config.json").is_file():
             raise FileNotFoundError(
@@ -126,10 +130,20 @@ class TextEncoder:
         self.dimension = int(self.model.config.hidden_size)
         self._autocast = self.dtype == "bfloat16" and not on_cuda
         self._pin = on_cuda
-        self.backend = f"torch-{'cuda' if on_cuda else 'cpu'}-" + (
-            "bf16-autocast"
-            if self._autocast
-            else {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[self.dtype]
+        # On CUDA the length-sorted batches are large and pad little; packing is measured on the CPU only.
+        self._unpadded = (
+            unpadded.UnpaddedBert(self.model)
+            if remove_padding and not on_cuda and unpadded.supports(self.model)
+            else None
+        )
+        self.backend = (
+            f"torch-{'cuda' if on_cuda else 'cpu'}-"
+            + (
+                "bf16-autocast"
+                if self._autocast
+                else {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}[self.dtype]
+            )
+            + ("-unpadded" if self._unpadded is not None else "")
         )
         # A private copy of the Rust tokenizer, set once to truncate and not pad: batch calls on it release the
         # GIL, so tokenisation runs beside the forward pass.
@@ -176,21 +190,28 @@ class TextEncoder:
     def _forward(self, rows: list[list[int]]) -> np.ndarray:
         width = max(len(ids) for ids in rows)
         ids = np.full((len(rows), width), self._pad_id, dtype=np.int64)
-        mask = np.zeros((len(rows), width), dtype=np.int64)
+        mask = np.zeros((len(rows), width), dtype=bool)
         for row, token_ids in enumerate(rows):
             ids[row, : len(token_ids)] = token_ids
-            mask[row, : len(token_ids)] = 1
-        input_ids, attention_mask = torch.from_numpy(ids), torch.from_numpy(mask)
+            mask[row, : len(token_ids)] = True
+        input_ids, attention_mask = torch.from_numpy(ids), torch.from_numpy(mask.astype(np.int64))
         if self._pin:
             input_ids, attention_mask = input_ids.pin_memory(), attention_mask.pin_memory()
         input_ids = input_ids.to(self.device, non_blocking=True)
         attention_mask = attention_mask.to(self.device, non_blocking=True)
         with torch.inference_mode():
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self._autocast):
-                hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            # Pool in fp32 whatever the compute type: a sum over 256 half-precision values loses digits.
-            hidden = hidden.float()
-            weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+                if self._unpadded is not None:
+                    pooled = self._unpadded.mean_pooled(input_ids, mask)
+                else:
+                    pooled = self._mean_pooled(input_ids, attention_mask)
             vectors: np.ndarray = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
         return vectors
+
+    def _mean_pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        # Pool in fp32 whatever the compute type: a sum over 256 half-precision values loses digits.
+        hidden = hidden.float()
+        weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled: torch.Tensor = (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+        return pooled

@@ -40,4 +40,5 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
             max_batch_size=self._embedder.max_batch_size,
             backend=self._embedder.backend,
             max_batch_tokens=self._embedder.max_batch_tokens,
+            forward_batch_size=self._embedder.forward_batch_size,
         )

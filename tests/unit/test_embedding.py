@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 
 from recsys.embedding.v1 import embedding_pb2, embedding_pb2_grpc
-from services.embedding.app import EmbeddingApp, load_encoder
+from services.embedding.app import EmbeddingApp, forward_batch_size, load_encoder
 from services.embedding.config import EmbeddingSettings
 from services.embedding.embedder import Embedder, Limits
 from services.embedding.encoder import EncodedText, TextEncoder, TokenizedText, default_model_path, resolve_dtype
+from services.embedding.unpadded import packed_rows
 from tests.conftest import SCIENTIFIC, serving
 
 TEXTS = [
@@ -66,6 +67,32 @@ def test_fast_path_matches_fp32_on_item_texts(fp32_encoder: TextEncoder, item_te
     cosines = (expected * actual).sum(axis=1)
     assert cosines.min() >= 0.999, (encoder.backend, cosines.min())
     assert [e.token_count for e in encoder.encode(TEXTS)] == [e.token_count for e in fp32_encoder.encode(TEXTS)]
+
+
+def test_unpadded_forward_equals_the_padded_one(fp32_encoder: TextEncoder, item_texts: list[str]) -> None:
+    """The packed BERT forward (the CPU default) gives transformers' padded forward's vectors, texts of very
+    different lengths (3 to 256 tokens) in one batch."""
+    padded = load_encoder(EmbeddingSettings(dtype="float32", remove_padding=False))
+    assert fp32_encoder.backend == "torch-cpu-fp32-unpadded" and padded.backend == "torch-cpu-fp32"
+    texts = [*item_texts, *TEXTS]
+    expected = np.stack([e.vector for e in padded.encode(texts)])
+    actual = np.stack([e.vector for e in fp32_encoder.encode(texts)])
+    assert np.abs(expected - actual).max() < 1e-5
+
+
+def test_packed_rows_take_few_shapes() -> None:
+    """The packed matrix's row count is rounded so the CPU kernels' per-shape cache stays small."""
+    rows = {tokens: packed_rows(tokens) for tokens in range(1, 8193)}
+    assert all(tokens <= r < tokens + max(8, tokens // 8) for tokens, r in rows.items())
+    assert len(set(rows.values())) <= 64
+
+
+def test_forward_batch_size_defaults_by_device() -> None:
+    assert forward_batch_size(EmbeddingSettings()) == 32
+    assert forward_batch_size(EmbeddingSettings(max_batch_size=8)) == 8
+    assert forward_batch_size(EmbeddingSettings(forward_batch_size=16)) == 16
+    assert forward_batch_size(EmbeddingSettings(forward_batch_size=512, max_batch_size=256)) == 256
+    assert forward_batch_size(EmbeddingSettings(device="cuda:0", max_batch_size=2048)) == 2048
 
 
 def test_tokens_match_the_tokenizer_call(encoder: TextEncoder, item_texts: list[str]) -> None:
@@ -122,8 +149,9 @@ async def test_model_info(stub: embedding_pb2_grpc.EmbeddingServiceStub) -> None
         dtype,
         "mean",
     )
-    assert info.backend == ("torch-cpu-bf16-autocast" if dtype == "bfloat16" else "torch-cpu-fp32")
+    assert info.backend == ("torch-cpu-bf16-autocast" if dtype == "bfloat16" else "torch-cpu-fp32") + "-unpadded"
     assert info.max_batch_tokens == EmbeddingSettings().max_batch_tokens
+    assert (info.max_batch_size, info.forward_batch_size) == (128, 32)
 
 
 @pytest.mark.parametrize(

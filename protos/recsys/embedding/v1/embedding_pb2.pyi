@@ -35,7 +35,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetModelInfoResponse(_message.Message):
-    __slots__ = ("model_id", "dimension", "max_tokens", "device", "dtype", "pooling", "max_batch_size", "backend", "max_batch_tokens")
+    __slots__ = ("model_id", "dimension", "max_tokens", "device", "dtype", "pooling", "max_batch_size", "backend", "max_batch_tokens", "forward_batch_size")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +45,7 @@ class GetModelInfoResponse(_message.Message):
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    FORWARD_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     dimension: int
     max_tokens: int
@@ -54,4 +55,5 @@ class GetModelInfoResponse(_message.Message):
     max_batch_size: int
     backend: str
     max_batch_tokens: int
-    def __init__(self, model_id: _Optional[str] = ..., dimension: _Optional[int] = ..., max_tokens: _Optional[int] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., pooling: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., backend: _Optional[str] = ..., max_batch_tokens: _Optional[int] = ...) -> None: ...
+    forward_batch_size: int
+    def __init__(self, model_id: _Optional[str] = ..., dimension: _Optional[int] = ..., max_tokens: _Optional[int] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., pooling: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., backend: _Optional[str] = ..., max_batch_tokens: _Optional[int] = ..., forward_batch_size: _Optional[int] = ...) -> None: ...
