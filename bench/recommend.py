@@ -145,15 +145,20 @@ def load_catalog(address: str, dataset: Dataset, vectors: np.ndarray, size: int)
 
 
 def wait_for_index(address: str, timeout_s: float) -> float:
-    """Waits until no background build runs and fewer items than RETRIEVER_INDEX_MIN_UNINDEXED are unindexed (more
-    would start another build: the writes made during a build replay unindexed); returns the seconds waited."""
-    rebuild_at = RetrieverSettings().index_min_unindexed  # the environment's, as the suite's retriever reads it
+    """Waits until no background build runs and fewer items are unindexed than would start another one: the
+    count after writes (RETRIEVER_INDEX_MIN_UNINDEXED: the writes made during a build replay unindexed) or, once
+    writes have stopped for RETRIEVER_INDEX_IDLE_S, RETRIEVER_INDEX_IDLE_MIN_UNINDEXED (the environment's
+    settings, as the suite's retriever reads them); returns the seconds waited."""
+    settings = RetrieverSettings()
+    left = settings.index_min_unindexed
+    if settings.index_idle_s:
+        left = min(left, settings.index_idle_min_unindexed)
     started = time.monotonic()
     with grpc.insecure_channel(address) as channel:
         stub = retriever_pb2_grpc.RetrieverServiceStub(channel)
         while time.monotonic() - started < timeout_s:
             info = stub.GetCollectionInfo(retriever_pb2.GetCollectionInfoRequest(), timeout=30)
-            if info.items < rebuild_at or (info.index_ready and info.items - info.indexed_vectors < rebuild_at):
+            if info.items < left or (info.index_ready and info.items - info.indexed_vectors < left):
                 return time.monotonic() - started
             time.sleep(5)
     print(f"  the index was not ready after {timeout_s:.0f} s; measuring with part of it exact")

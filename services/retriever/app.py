@@ -3,10 +3,13 @@ default catalog's store is opened here, named catalogs lazily through the regist
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
+import structlog
 
 from recsys.retriever.v1 import retriever_pb2, retriever_pb2_grpc
 from services.common.metrics import retriever_metrics
@@ -25,6 +28,7 @@ from services.retriever.servicer import RetrieverServicer
 from services.retriever.store import VectorStore
 
 SERVICE_NAME = retriever_pb2.DESCRIPTOR.services_by_name["RetrieverService"].full_name
+log = structlog.get_logger(__name__)
 
 
 def open_store(settings: RetrieverSettings) -> VectorStore:
@@ -66,6 +70,8 @@ class RetrieverApp:
 
     def __init__(self, settings: RetrieverSettings, store: VectorStore) -> None:
         metrics = retriever_metrics()
+        self._index_idle_s = settings.index_idle_s
+        self._idle_watcher: asyncio.Task[None] | None = None
         self._executor = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="engine")
 
         def retrieval(catalog_store: VectorStore, default: bool = False) -> Retrieval:
@@ -79,6 +85,8 @@ class RetrieverApp:
                 max_exclude_ids=settings.max_exclude_ids,
                 max_filter_values=settings.max_filter_values,
                 executor=self._executor,
+                index_idle_s=settings.index_idle_s,
+                index_idle_min_unindexed=settings.index_idle_min_unindexed,
             )
 
         self.retrieval = retrieval(store, default=True)
@@ -91,8 +99,23 @@ class RetrieverApp:
 
     async def warm_up(self) -> None:
         await self.retrieval.check_index()
+        if self._index_idle_s:
+            self._idle_watcher = asyncio.create_task(self._build_indexes_when_idle())
+
+    async def _build_indexes_when_idle(self) -> None:
+        while True:
+            await asyncio.sleep(min(10.0, self._index_idle_s / 2))
+            for catalog, retrieval in list(self.catalogs.opened.items()):
+                try:
+                    await retrieval.build_index_if_idle()
+                except Exception:
+                    log.exception("could not start an index build after writes stopped", catalog=catalog or "(default)")
 
     async def close(self) -> None:
+        if self._idle_watcher is not None:
+            self._idle_watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._idle_watcher
         await self.catalogs.close()
         self._executor.shutdown(wait=True)
 

@@ -31,6 +31,17 @@ class RetrieverSettings(ServiceSettings):
         ge=1,
         description="Unindexed items that start a background HNSW build (embedded engine), also right after a build.",
     )
+    index_idle_s: float = Field(
+        60.0,
+        ge=0,
+        description="After this long without item writes, build the index when at least "
+        "RETRIEVER_INDEX_IDLE_MIN_UNINDEXED items are unindexed (embedded engine; 0: never).",
+    )
+    index_idle_min_unindexed: int = Field(
+        1_000,
+        ge=1,
+        description="Unindexed items that start a build once writes have stopped (the tail of a bulk load).",
+    )
     max_history: int = Field(200, ge=1, description="Events kept per user (newest).")
     half_life_events: float = Field(20.0, gt=0, description="Events after which an event's pull on the profile halves.")
     max_limit: int = Field(1000, ge=1, description="Most results of one query.")

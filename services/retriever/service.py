@@ -1,5 +1,6 @@
 """The retriever's domain entry: request limits, engine calls on worker threads, and the policy that starts
-a background HNSW build once enough items are unindexed."""
+a background HNSW build: once enough items are unindexed, and once writes have stopped for a while with fewer
+unindexed items left (the tail of a bulk load)."""
 
 from __future__ import annotations
 
@@ -56,6 +57,8 @@ class Retrieval:
         max_exclude_ids: int = 10_000,
         max_filter_values: int = 1_000,
         executor: ThreadPoolExecutor | None = None,
+        index_idle_s: float = 0.0,
+        index_idle_min_unindexed: int = 1,
     ) -> None:
         self.store = store
         self.max_exclude_ids = max_exclude_ids
@@ -64,6 +67,11 @@ class Retrieval:
         self.max_limit = max_limit
         self.max_batch = max_batch
         self.index_min_unindexed = index_min_unindexed
+        self.index_idle_s = index_idle_s
+        self.index_idle_min_unindexed = index_idle_min_unindexed
+        # When the last write (or the start) happened, until a quiet spell after it has been checked; a restart
+        # after a bulk load is a quiet spell too.
+        self._quiet_since: float | None = time.monotonic()
         # Catalogs share one pool (passed in); a Retrieval that made its own shuts it down on close.
         self._owns_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(max_workers=workers, thread_name_prefix="engine")
@@ -121,6 +129,7 @@ class Retrieval:
     async def upsert_items(self, items: Sequence[Item]) -> int:
         self._check_batch(len(items), "items")
         written = await self._run(self.store.upsert_items, items)
+        self._quiet_since = time.monotonic()
         await self.check_index()
         return written
 
@@ -137,9 +146,39 @@ class Retrieval:
         ):
             log.info("background index build started", items=info.items, indexed=info.indexed_vectors)
 
+    async def build_index_if_idle(self) -> bool:
+        """Once no write has come for `index_idle_s` (0: never), starts a background build when at least
+        `index_idle_min_unindexed` items are unindexed, fewer than the count that starts one after writes: the
+        tail of a bulk load is otherwise searched exactly until the next large burst. One build per quiet spell
+        (retried while another build runs); True when one started."""
+        quiet_since = self._quiet_since
+        if (
+            not self.index_idle_s
+            or quiet_since is None
+            or time.monotonic() - quiet_since < self.index_idle_s
+            or not isinstance(self.store, BuildsIndexInBackground)
+        ):
+            return False
+        info = await self.info()
+        unindexed = info.items - info.indexed_vectors
+        if unindexed < self.index_idle_min_unindexed:
+            self._quiet_since = None
+            return False
+        started = self.store.start_index_build()
+        if started:
+            self._quiet_since = None
+            log.info(
+                "background index build started after writes stopped",
+                idle_s=round(time.monotonic() - quiet_since, 1),
+                unindexed=unindexed,
+            )
+        return started
+
     async def delete_items(self, ids: Sequence[str]) -> int:
         self._check_batch(len(ids), "item_ids")
         deleted = await self._run(self.store.delete_items, ids)
+        if deleted:
+            self._quiet_since = time.monotonic()
         await self.check_index()
         return deleted
 

@@ -3,6 +3,7 @@ the embedded engine and on qdrant-client's local mode (the server layout: collec
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -206,3 +207,29 @@ async def test_catalogs_reopen_after_restart(
         assert list(shown.item_ids) == ["item-0"]
         profile = (await stub.GetUserProfile(pb.GetUserProfileRequest(catalog="books", user_id="u1"))).profile
         assert dict(profile.shown_counts) == {"item-0": 1}
+
+
+async def test_an_unindexed_tail_is_built_once_writes_stop(tmp_path: Path) -> None:
+    """Items below the count that starts a build after writes are indexed once writes have stopped for
+    RETRIEVER_INDEX_IDLE_S, in the default catalog and in named ones; a tail shorter than
+    RETRIEVER_INDEX_IDLE_MIN_UNINDEXED is left to exact search."""
+    overrides = {"index_min_unindexed": 100_000, "index_idle_s": 0.3, "index_idle_min_unindexed": 8}
+    async with running(tmp_path, **overrides) as stub:
+        # The engine indexes a segment from 1 KB of vectors: 32 items of 8 floats.
+        for catalog, tag, count, seed in (("", "tail", 60, 0), ("books", "book", 40, 100), ("films", "film", 5, 200)):
+            items = _items(tag, count, seed)
+            for start in range(0, count, 20):
+                await stub.UpsertItems(pb.UpsertItemsRequest(catalog=catalog, items=items[start : start + 20]))
+
+        async def indexed(catalog: str) -> int:
+            info = await stub.GetCollectionInfo(pb.GetCollectionInfoRequest(catalog=catalog))
+            return int(info.indexed_vectors)
+
+        assert (await indexed(""), await indexed("books")) == (0, 0)  # writes just happened
+        deadline = asyncio.get_running_loop().time() + 120
+        while (await indexed(""), await indexed("books")) != (60, 40):
+            assert asyncio.get_running_loop().time() < deadline, "the idle build did not index the tail"
+            await asyncio.sleep(0.2)
+        assert await indexed("films") == 0  # 5 < 8: not worth a build
+        found = await stub.SearchItems(pb.SearchItemsRequest(queries=[pb.SearchQuery(vector=_vector(3), limit=1)]))
+        assert found.results[0].items[0].item_id == "item-3"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,6 +16,8 @@ from recsys.retriever.v1 import retriever_pb2 as pb
 from recsys.retriever.v1 import retriever_pb2_grpc
 from services.retriever.app import RetrieverApp, open_store
 from services.retriever.config import RetrieverSettings
+from services.retriever.service import Retrieval
+from services.retriever.store import Item, StoreInfo
 from tests.conftest import serving
 
 DIM = 8
@@ -156,3 +159,60 @@ async def test_bad_input(
     assert caught.value.code() == code, caught.value.details()
     assert message in (caught.value.details() or "")
     assert (await stub.GetCollectionInfo(pb.GetCollectionInfoRequest())).items == 10
+
+
+class _BuildingStore:
+    """Just enough of an edge store for the idle-build policy: a fixed size, and builds that are refused
+    while `busy`."""
+
+    dimension = 4
+
+    def __init__(self, items: int, indexed: int) -> None:
+        self.items, self.indexed, self.busy, self.starts = items, indexed, False, 0
+        self.schema: dict[str, object] = {}
+
+    def info(self) -> StoreInfo:
+        return StoreInfo("fake", self.items, 0, self.indexed, 4, "cosine", (), self.items == self.indexed)
+
+    def start_index_build(self) -> bool:
+        self.starts += 1
+        return not self.busy
+
+    def upsert_items(self, items: object) -> int:
+        return 1
+
+    def close(self) -> None:
+        return None
+
+
+async def test_idle_build_once_per_quiet_spell_and_retried_while_another_runs() -> None:
+    store = _BuildingStore(items=500, indexed=0)
+    retrieval = Retrieval(
+        store,  # type: ignore[arg-type]
+        max_limit=10,
+        max_batch=10,
+        index_min_unindexed=10_000,
+        workers=1,
+        index_idle_s=0.05,
+        index_idle_min_unindexed=100,
+    )
+    try:
+        assert not await retrieval.build_index_if_idle() and store.starts == 0  # not quiet long enough yet
+        await asyncio.sleep(0.06)
+        store.busy = True
+        assert not await retrieval.build_index_if_idle()
+        assert not await retrieval.build_index_if_idle() and store.starts == 2  # retried while one runs
+        store.busy = False
+        assert await retrieval.build_index_if_idle() and store.starts == 3
+        await asyncio.sleep(0.06)
+        assert not await retrieval.build_index_if_idle() and store.starts == 3  # once per quiet spell
+        await retrieval.upsert_items([Item("a", (1.0, 0.0, 0.0, 0.0), {})])
+        store.indexed = 450  # 50 unindexed: fewer than 100
+        await asyncio.sleep(0.06)
+        assert not await retrieval.build_index_if_idle() and store.starts == 3
+        off = Retrieval(store, 10, 10, 10_000, 1, index_idle_s=0.0)  # type: ignore[arg-type]
+        await asyncio.sleep(0.01)
+        assert not await off.build_index_if_idle()
+        await off.close()
+    finally:
+        await retrieval.close()
