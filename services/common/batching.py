@@ -39,7 +39,8 @@ class MicroBatcher(Generic[T, R]):
     """Runs `run_batch` over items gathered from concurrent `submit` calls.
 
     A batch closes when it holds `max_batch_size` items, when its items' total `cost` (for texts: their tokens)
-    reaches `max_batch_cost`, or when `max_wait_s` has passed since its first item. A request is never split
+    reaches `max_batch_cost`, or when `max_wait_s` has passed since its first item; it waits only when the
+    last batch served more than one request, and takes the requests queued meanwhile at once. A request is never split
     across batches unless it alone is larger than a batch. More than
     `max_queued_items` waiting items is overload: `submit` raises OverloadedError at once. So is a request
     whose caller's deadline (the current call's, from the request context) ends before the work ahead of it
@@ -75,6 +76,7 @@ class MicroBatcher(Generic[T, R]):
         # running now: with the queue, the work ahead of a new request.
         self._rate: float | None = None
         self._running_items = 0
+        self._last_batch_requests = 0
 
     @property
     def queued_items(self) -> int:
@@ -123,15 +125,22 @@ class MicroBatcher(Generic[T, R]):
         size = len(first.items)
         cost = first.cost
         budget = self._max_batch_cost
-        deadline = asyncio.get_running_loop().time() + self._max_wait_s
+        loop = asyncio.get_running_loop()
+        # Waiting for company pays only when requests come together: a lone caller (the last batch served one
+        # request) would wait max_wait_s for nobody. Requests already queued join at once either way.
+        wait_s = self._max_wait_s if self._last_batch_requests > 1 else 0.0
+        deadline = loop.time() + wait_s
         while size < self._max_batch_size and (budget is None or cost < budget):
-            timeout = deadline - asyncio.get_running_loop().time()
-            if timeout <= 0 and self._queue.empty():
-                break
-            try:
-                pending = await asyncio.wait_for(self._queue.get(), max(timeout, 0))
-            except TimeoutError:
-                break
+            if self._queue.empty():
+                timeout = deadline - loop.time()
+                if timeout <= 0:
+                    break
+                try:
+                    pending = await asyncio.wait_for(self._queue.get(), timeout)
+                except TimeoutError:
+                    break
+            else:
+                pending = self._queue.get_nowait()
             if size + len(pending.items) > self._max_batch_size or (
                 budget is not None and cost + pending.cost > budget
             ):
@@ -162,6 +171,7 @@ class MicroBatcher(Generic[T, R]):
             if not batch:
                 continue
             items = [item for pending in batch for item in pending.items]
+            self._last_batch_requests = len(batch)
             started = loop.time()
             self._running_items = len(items)
             try:

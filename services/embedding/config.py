@@ -55,7 +55,12 @@ class EmbeddingSettings(ServiceSettings):
         description="Most tokens in one batch, and padded tokens in one forward pass; a longer text runs alone.",
     )
     tokenizer_threads: int = Field(0, ge=0, description="Threads that tokenise requests; 0: min(4, CPU cores).")
-    max_batch_wait_ms: float = Field(2.0, ge=0, description="How long a batch waits for more requests.")
+    max_batch_wait_ms: float = Field(
+        2.0,
+        ge=0,
+        description="How long a batch waits for more requests when requests have been sharing batches (a lone "
+        "request runs at once).",
+    )
     max_queued_texts: int = Field(4096, ge=1, description="Waiting texts beyond this: RESOURCE_EXHAUSTED.")
     max_texts_per_request: int = Field(1024, ge=1, description="Most texts in one EmbedTexts call.")
     max_text_chars: int = Field(65_536, ge=1, description="Longest text accepted, in characters.")

@@ -64,6 +64,30 @@ async def test_micro_batcher_joins_concurrent_requests() -> None:
     await batcher.close()
 
 
+async def test_micro_batcher_waits_for_company_only_after_a_shared_batch() -> None:
+    """A lone caller's request runs at once however long max_wait is; once requests have shared a batch, the
+    next batch waits for more, and requests already queued always join."""
+    seen: list[list[int]] = []
+
+    def run(items: list[int]) -> list[int]:
+        seen.append(items)
+        return items
+
+    batcher: MicroBatcher[int, int] = MicroBatcher(run, ThreadPoolExecutor(1), 2, 30.0, 100)
+    for n in range(3):  # would take 30 s each if a lone request waited
+        assert await asyncio.wait_for(batcher.submit([n]), 5) == [n]
+    assert await asyncio.wait_for(asyncio.gather(batcher.submit([3]), batcher.submit([4])), 5) == [[3], [4]]
+    assert seen[-1] == [3, 4]
+    # After that shared batch, a request waits for company: one sent a little later joins it (and fills it).
+    first = asyncio.create_task(batcher.submit([5]))
+    await asyncio.sleep(0.05)
+    assert not first.done()
+    second = batcher.submit([6])
+    assert await asyncio.wait_for(asyncio.gather(first, second), 5) == [[5], [6]]
+    assert seen[-1] == [5, 6]
+    await batcher.close()
+
+
 async def test_micro_batcher_refuses_overload() -> None:
     release = threading.Event()
     batcher: MicroBatcher[int, int] = MicroBatcher(
