@@ -363,16 +363,19 @@ class RankerClient:
     ) -> Ranking | None:
         """The ranker's scores; None when it has no model for the catalog (a state, not an outage)."""
 
-        def matrix(items: Sequence[StoredItem]) -> ranker_pb2.ItemMatrix:
+        def fill(matrix: ranker_pb2.ItemMatrix, items: Sequence[StoredItem]) -> None:
             # One packed matrix: building ~200 ItemVector messages took 0.6 ms a call, stacking them 0.06 ms.
+            # Filled in place: a message passed to a constructor is copied, ~300 KB here.
             rows = [(i.item_id, i.vector) for i in items if i.vector is not None]
-            vectors = np.stack([v for _, v in rows]).astype("<f4", copy=False).tobytes() if rows else b""
-            return ranker_pb2.ItemMatrix(item_ids=[item_id for item_id, _ in rows], vectors_f32=vectors)
+            matrix.SetInParent()
+            matrix.item_ids.extend(item_id for item_id, _ in rows)
+            if rows:
+                matrix.vectors_f32 = np.stack([v for _, v in rows]).astype("<f4", copy=False).tobytes()
 
-        task = ranker_pb2.ScoringTask(
-            user_id=user_id, history_matrix=matrix(history), candidate_matrix=matrix(candidates)
-        )
-        request = ranker_pb2.ScoreCandidatesRequest(tasks=[task], catalog=catalog, model_version=model_version)
+        request = ranker_pb2.ScoreCandidatesRequest(catalog=catalog, model_version=model_version)
+        task = request.tasks.add(user_id=user_id)
+        fill(task.history_matrix, history)
+        fill(task.candidate_matrix, candidates)
         try:
             response = await _call("ranker", self._stub.ScoreCandidates, request, self._timeout_s, OPTIONAL_SHARE)
         except grpc.aio.AioRpcError as error:
