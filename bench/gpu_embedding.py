@@ -10,7 +10,7 @@ Texts: Amazon-Scientific item texts repeated to --texts (32k). Needs the venv wi
 (`pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128` before `make`).
 
     .venv/bin/python bench/gpu_embedding.py                               # on the GPU machine
-    .venv/bin/python bench/gpu_embedding.py --device cpu --limit 300       # smoke test anywhere (~1 min)
+    .venv/bin/python bench/gpu_embedding.py --device cpu --limit 300 --texts 600 --repeats 1   # smoke test anywhere (~1 min)
 """
 
 from __future__ import annotations
@@ -151,7 +151,7 @@ def main() -> None:
     from services.embedding.encoder import default_model_path
 
     if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("no CUDA device: run with --device cpu --limit 300 for a smoke test")
+        raise SystemExit("no CUDA device: run with --device cpu --limit 300 --texts 600 --repeats 1 for a smoke test")
     card = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else machine()["cpu"]
     base = item_texts(limit=args.limit)
     texts = [base[i % len(base)] for i in range(args.texts)]
