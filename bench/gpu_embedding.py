@@ -9,8 +9,8 @@
 Texts: Amazon-Scientific item texts repeated to --texts (32k). Needs the venv with a CUDA build of torch
 (`pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128` before `make`).
 
-    .venv/bin/python bench/gpu_embedding.py                               # on the GPU machine
-    .venv/bin/python bench/gpu_embedding.py --device cpu --limit 300 --texts 600 --repeats 1   # smoke test anywhere (~1 min)
+    .venv/bin/python bench/gpu_embedding.py                                                # on the GPU machine
+    .venv/bin/python bench/gpu_embedding.py --device cpu --limit 300 --texts 600 --repeats 1  # smoke test (~1 min)
 """
 
 from __future__ import annotations
