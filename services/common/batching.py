@@ -40,8 +40,8 @@ class MicroBatcher(Generic[T, R]):
 
     A batch closes when it holds `max_batch_size` items, when its items' total `cost` (for texts: their tokens)
     reaches `max_batch_cost`, or when `max_wait_s` has passed since its first item; it waits only when the
-    last batch served more than one request, and takes the requests queued meanwhile at once. A request is never split
-    across batches unless it alone is larger than a batch. More than
+    last batch served more than one request, and takes the requests queued meanwhile at once. A request is
+    never split across batches unless it alone is larger than a batch. More than
     `max_queued_items` waiting items is overload: `submit` raises OverloadedError at once. So is a request
     whose caller's deadline (the current call's, from the request context) ends before the work ahead of it
     can be done at the measured rate; and requests whose caller gave up or whose deadline passed while

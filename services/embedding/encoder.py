@@ -194,19 +194,20 @@ class TextEncoder:
         for row, token_ids in enumerate(rows):
             ids[row, : len(token_ids)] = token_ids
             mask[row, : len(token_ids)] = True
-        input_ids, attention_mask = torch.from_numpy(ids), torch.from_numpy(mask.astype(np.int64))
-        if self._pin:
-            input_ids, attention_mask = input_ids.pin_memory(), attention_mask.pin_memory()
-        input_ids = input_ids.to(self.device, non_blocking=True)
-        attention_mask = attention_mask.to(self.device, non_blocking=True)
+        input_ids = self._on_device(torch.from_numpy(ids))
         with torch.inference_mode():
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self._autocast):
                 if self._unpadded is not None:
                     pooled = self._unpadded.mean_pooled(input_ids, mask)
                 else:
-                    pooled = self._mean_pooled(input_ids, attention_mask)
+                    pooled = self._mean_pooled(input_ids, self._on_device(torch.from_numpy(mask.astype(np.int64))))
             vectors: np.ndarray = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
         return vectors
+
+    def _on_device(self, tensor: torch.Tensor) -> torch.Tensor:
+        if self._pin:
+            tensor = tensor.pin_memory()
+        return tensor.to(self.device, non_blocking=True)
 
     def _mean_pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
