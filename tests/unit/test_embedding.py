@@ -218,3 +218,29 @@ async def test_embedder_tokenises_off_the_loop_and_batches_by_tokens() -> None:
     assert all(sum(batch) <= 40 for batch in encoder.batches), encoder.batches
     assert len(encoder.batches) < len(texts), "requests shared batches"
     await embedder.close()
+
+
+def test_packed_forward_on_a_small_random_bert_and_what_it_supports() -> None:
+    """The packed forward against transformers' on a randomly initialised BERT (no download): rows of one token
+    up to the full width, including a batch whose rows all have the same length; other layouts fall back."""
+    import torch
+    from transformers import BertConfig, BertModel, DistilBertConfig, DistilBertModel
+
+    from services.embedding.unpadded import UnpaddedBert, supports
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64)
+    model = BertModel(config).eval()
+    packed = UnpaddedBert(model)
+    for lengths in ([1, 7, 3, 12], [5, 5, 5]):
+        width = max(lengths)
+        mask = np.array([[column < n for column in range(width)] for n in lengths])
+        ids = torch.randint(1, 50, (len(lengths), width)) * torch.from_numpy(mask)
+        with torch.inference_mode():
+            hidden = model(input_ids=ids, attention_mask=torch.from_numpy(mask).long()).last_hidden_state
+            weights = torch.from_numpy(mask).unsqueeze(-1).float()
+            expected = (hidden * weights).sum(dim=1) / weights.sum(dim=1)
+            actual = packed.mean_pooled(ids, mask)
+        assert torch.allclose(actual, expected, atol=1e-5), (lengths, (actual - expected).abs().max())
+    assert not supports(BertModel(BertConfig(**{**config.to_dict(), "position_embedding_type": "relative_key"})))
+    assert not supports(DistilBertModel(DistilBertConfig(vocab_size=50, dim=32, n_layers=1, n_heads=4, hidden_dim=64)))
