@@ -213,7 +213,7 @@ async def test_an_unindexed_tail_is_built_once_writes_stop(tmp_path: Path) -> No
     """Items below the count that starts a build after writes are indexed once writes have stopped for
     RETRIEVER_INDEX_IDLE_S, in the default catalog and in named ones; a tail shorter than
     RETRIEVER_INDEX_IDLE_MIN_UNINDEXED is left to exact search."""
-    overrides = {"index_min_unindexed": 100_000, "index_idle_s": 0.3, "index_idle_min_unindexed": 8}
+    overrides = {"index_min_unindexed": 100_000, "index_idle_s": 1.0, "index_idle_min_unindexed": 8}
     async with running(tmp_path, **overrides) as stub:
         # The engine indexes a segment from 1 KB of vectors: 32 items of 8 floats.
         for catalog, tag, count, seed in (("", "tail", 60, 0), ("books", "book", 40, 100), ("films", "film", 5, 200)):

@@ -193,22 +193,22 @@ async def test_idle_build_once_per_quiet_spell_and_retried_while_another_runs() 
         max_batch=10,
         index_min_unindexed=10_000,
         workers=1,
-        index_idle_s=0.05,
+        index_idle_s=0.3,
         index_idle_min_unindexed=100,
     )
     try:
         assert not await retrieval.build_index_if_idle() and store.starts == 0  # not quiet long enough yet
-        await asyncio.sleep(0.06)
+        await asyncio.sleep(0.35)
         store.busy = True
         assert not await retrieval.build_index_if_idle()
         assert not await retrieval.build_index_if_idle() and store.starts == 2  # retried while one runs
         store.busy = False
         assert await retrieval.build_index_if_idle() and store.starts == 3
-        await asyncio.sleep(0.06)
+        await asyncio.sleep(0.35)
         assert not await retrieval.build_index_if_idle() and store.starts == 3  # once per quiet spell
         await retrieval.upsert_items([Item("a", (1.0, 0.0, 0.0, 0.0), {})])
         store.indexed = 450  # 50 unindexed: fewer than 100
-        await asyncio.sleep(0.06)
+        await asyncio.sleep(0.35)
         assert not await retrieval.build_index_if_idle() and store.starts == 3
         off = Retrieval(store, 10, 10, 10_000, 1, index_idle_s=0.0)  # type: ignore[arg-type]
         await asyncio.sleep(0.01)
