@@ -7,7 +7,8 @@
    the GPU (no tokenisation, no copies, no pooling): what the card can do.
 
 Texts: Amazon-Scientific item texts repeated to --texts (32k). Needs the venv with a CUDA build of torch
-(`pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128` before `make`).
+(`pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128` before `make`); on a GPU machine
+without a network, `bench/gpu_kit.py` packs the rest and `bench/gpu_run.sh` runs this there.
 
     .venv/bin/python bench/gpu_embedding.py                                                # on the GPU machine
     .venv/bin/python bench/gpu_embedding.py --device cpu --limit 300 --texts 600 --repeats 1  # smoke test (~1 min)
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import multiprocessing
 import os
 import sys
@@ -28,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import REPO, item_texts, machine, median, service_process, table, write_json
+from bench._common import REPO, SCIENTIFIC, item_texts, machine, median, service_process, table, write_json
 
 
 def _client_process(port: int, texts: list[str], concurrency: int, size: int, start_at: float, out: Any) -> None:
@@ -83,14 +85,11 @@ def served_rate(port: int, texts: list[str], procs: int, concurrency: int, size:
     return total / elapsed, np.asarray(results[0][2], dtype=np.float32)
 
 
-def forward_ceiling(texts: list[str], device: str, batch: int, repeats: int) -> float:
+def forward_ceiling(path: Path, texts: list[str], device: str, batch: int, repeats: int) -> float:
     """items/s of the model's forward pass alone (fp16 on CUDA, fp32 on CPU) over length-bucketed batches."""
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from services.embedding.encoder import default_model_path
-
-    path = default_model_path()
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     model = AutoModel.from_pretrained(path, local_files_only=True, dtype=dtype).eval().to(device)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
@@ -131,6 +130,9 @@ def forward_ceiling(texts: list[str], device: str, batch: int, repeats: int) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--model", type=Path, default=None, help="model folder (default: the installed one)")
+    parser.add_argument("--data", type=Path, default=SCIENTIFIC, help="dataset folder of the item texts")
+    parser.add_argument("--texts-file", type=Path, default=None, help="the item texts as a JSON list instead")
     parser.add_argument("--limit", type=int, default=None, help="distinct catalog texts (default: all)")
     parser.add_argument("--texts", type=int, default=32_768, help="texts per pass (catalog repeated)")
     parser.add_argument("--st-batches", type=int, nargs="+", default=[64, 128, 256, 512, 1024])
@@ -153,7 +155,9 @@ def main() -> None:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run with --device cpu --limit 300 --texts 600 --repeats 1 for a smoke test")
     card = torch.cuda.get_device_name(0) if args.device.startswith("cuda") else machine()["cpu"]
-    base = item_texts(limit=args.limit)
+    model_path = args.model or default_model_path()
+    base = json.loads(args.texts_file.read_text()) if args.texts_file else item_texts(args.data)
+    base = base[: args.limit] if args.limit else base
     texts = [base[i % len(base)] for i in range(args.texts)]
     info = {**machine(), "card": card, "torch": torch.__version__}
     print(
@@ -164,10 +168,11 @@ def main() -> None:
     started_all = time.monotonic()
 
     rows: list[list[Any]] = []
-    ceiling = forward_ceiling(texts, args.device, args.ceiling_batch, args.repeats)
+    ceiling = forward_ceiling(model_path, texts, args.device, args.ceiling_batch, args.repeats)
     print(f"forward-only ceiling: {ceiling:.0f} items/s", flush=True)
 
-    model = SentenceTransformer(str(default_model_path()), device=args.device)
+    # float32 whatever the stored weights (the kit's are float16): the reference the issue names.
+    model = SentenceTransformer(str(model_path), device=args.device).float()
     reference = model.encode(base, batch_size=256, normalize_embeddings=True)
     st_rates: dict[int, float] = {}
     for batch in args.st_batches:
@@ -187,6 +192,7 @@ def main() -> None:
 
     env = {
         "EMBEDDING_DEVICE": args.device,
+        "EMBEDDING_MODEL_PATH": str(model_path),
         "EMBEDDING_MAX_BATCH_SIZE": str(args.service_batch),
         "EMBEDDING_MAX_BATCH_TOKENS": str(args.service_tokens),
         "EMBEDDING_TOKENIZER_THREADS": str(args.tokenizer_threads),
