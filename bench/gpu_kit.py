@@ -9,7 +9,7 @@
 - the Amazon-Scientific item texts, since `../shared` beside the checkout does not travel. `.gpu/` is git-ignored:
   the research-only texts are never committed.
 
-    .venv/bin/python bench/gpu_kit.py                      # here, once: writes .gpu/ (~57 MB)
+    .venv/bin/python bench/gpu_kit.py                      # here, once: writes .gpu/ (~56 MiB)
     bash bench/gpu_run.sh                                  # there, from the repo root, carrying .gpu
 """
 
