@@ -147,14 +147,22 @@ class EmbeddingClient:
         self._query_timeout_s = query_timeout_s
 
     async def embed_query(self, text: str) -> np.ndarray:
-        request = embedding_pb2.EmbedTextsRequest(texts=[text])
+        request = embedding_pb2.EmbedTextsRequest(texts=[text], packed=True)
         response = await _call("embedding", self._stub.EmbedTexts, request, self._query_timeout_s, OPTIONAL_SHARE)
-        return np.asarray(response.embeddings[0].values, dtype=np.float32)
+        vector: np.ndarray = _vectors(response)[0]
+        return vector
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
-        request = embedding_pb2.EmbedTextsRequest(texts=list(texts))
+        request = embedding_pb2.EmbedTextsRequest(texts=list(texts), packed=True)
         response = await _call("embedding", self._stub.EmbedTexts, request, self._timeout_s)
+        return _vectors(response)
+
+
+def _vectors(response: embedding_pb2.EmbedTextsResponse) -> np.ndarray:
+    """The response's vectors as rows; an embedding service older than the packed encoding sends `values`."""
+    if not response.vectors_f32:
         return np.asarray([e.values for e in response.embeddings], dtype=np.float32)
+    return np.frombuffer(response.vectors_f32, dtype="<f4").reshape(len(response.embeddings), -1)
 
 
 def impression_from_proto(message: retriever_pb2.Impression) -> Impression:

@@ -138,6 +138,19 @@ async def test_concurrent_requests_are_answered_in_order(
         assert float(vector @ expected.vector) > 0.9999
 
 
+async def test_packed_vectors_equal_the_values(stub: embedding_pb2_grpc.EmbeddingServiceStub) -> None:
+    texts = [*TEXTS, "waterproof glue " * 400]
+    plain = await stub.EmbedTexts(embedding_pb2.EmbedTextsRequest(texts=texts))
+    packed = await stub.EmbedTexts(embedding_pb2.EmbedTextsRequest(texts=texts, packed=True))
+    assert not plain.vectors_f32 and all(not e.values for e in packed.embeddings)
+    matrix = np.frombuffer(packed.vectors_f32, dtype="<f4").reshape(len(texts), -1)
+    np.testing.assert_allclose(matrix, [e.values for e in plain.embeddings], atol=1e-6)
+    assert [(e.token_count, e.truncated) for e in packed.embeddings] == [
+        (e.token_count, e.truncated) for e in plain.embeddings
+    ]
+    assert packed.embeddings[-1].truncated and packed.model_id == plain.model_id
+
+
 async def test_model_info(stub: embedding_pb2_grpc.EmbeddingServiceStub) -> None:
     info = await stub.GetModelInfo(embedding_pb2.GetModelInfoRequest())
     assert info.model_id == "sentence-transformers/all-MiniLM-L6-v2"

@@ -9,9 +9,10 @@ import grpc
 import numpy as np
 import pytest
 
+from recsys.embedding.v1 import embedding_pb2
 from recsys.ranker.v1 import ranker_pb2
 from services.common.errors import UnavailableError
-from services.gateway.backends import RankerClient
+from services.gateway.backends import EmbeddingClient, RankerClient
 from services.gateway.fallbacks import matches, raw_query
 from services.gateway.model import (
     BackendUnavailableError,
@@ -227,28 +228,18 @@ def test_cached_items_are_filtered_like_the_retriever_does() -> None:
     assert raw_query("a\tb\u200b\x07c") == "a b c"
 
 
-class OlderRankerApp:
-    """A ranker from before SuggestCandidates and ItemMatrix: only ScoreCandidates is registered, so grpc answers
-    the new RPC with UNIMPLEMENTED, and it reads candidates from the item list alone, as a pod not yet upgraded
-    would during a rolling upgrade."""
+class OlderServiceApp:
+    """A service from before a newer RPC or encoding: one method registered, as a pod not yet upgraded would serve
+    it during a rolling upgrade (grpc answers the other methods with UNIMPLEMENTED)."""
 
-    service_name = "recsys.ranker.v1.RankerService"
+    def __init__(self, service_name: str, method: str, handler: grpc.RpcMethodHandler) -> None:
+        self.service_name = service_name
+        self._method = method
+        self._handler = handler
 
     def register(self, server: grpc.aio.Server) -> None:
-        async def score(
-            request: ranker_pb2.ScoreCandidatesRequest, context: object
-        ) -> ranker_pb2.ScoreCandidatesResponse:
-            results = [ranker_pb2.TaskScores(scores=[0.0] * len(t.candidates)) for t in request.tasks]
-            return ranker_pb2.ScoreCandidatesResponse(results=results, model_version="old")
-
-        handler = grpc.unary_unary_rpc_method_handler(
-            score,
-            request_deserializer=ranker_pb2.ScoreCandidatesRequest.FromString,
-            response_serializer=ranker_pb2.ScoreCandidatesResponse.SerializeToString,
-        )
-        server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(self.service_name, {"ScoreCandidates": handler}),)
-        )
+        handlers = {self._method: self._handler}
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(self.service_name, handlers),))
 
     async def warm_up(self) -> None:
         return None
@@ -257,8 +248,38 @@ class OlderRankerApp:
         return None
 
 
+def older_ranker() -> OlderServiceApp:
+    """Before SuggestCandidates and ItemMatrix: it reads candidates from the item list alone."""
+
+    async def score(request: ranker_pb2.ScoreCandidatesRequest, context: object) -> ranker_pb2.ScoreCandidatesResponse:
+        results = [ranker_pb2.TaskScores(scores=[0.0] * len(t.candidates)) for t in request.tasks]
+        return ranker_pb2.ScoreCandidatesResponse(results=results, model_version="old")
+
+    handler = grpc.unary_unary_rpc_method_handler(
+        score,
+        request_deserializer=ranker_pb2.ScoreCandidatesRequest.FromString,
+        response_serializer=ranker_pb2.ScoreCandidatesResponse.SerializeToString,
+    )
+    return OlderServiceApp("recsys.ranker.v1.RankerService", "ScoreCandidates", handler)
+
+
+def older_embedding() -> OlderServiceApp:
+    """Before the packed encoding: it ignores `packed` and sends each vector's `values`."""
+
+    async def embed(request: embedding_pb2.EmbedTextsRequest, context: object) -> embedding_pb2.EmbedTextsResponse:
+        embeddings = [embedding_pb2.Embedding(values=[float(len(t)), 1.0], token_count=3) for t in request.texts]
+        return embedding_pb2.EmbedTextsResponse(embeddings=embeddings, model_id="old")
+
+    handler = grpc.unary_unary_rpc_method_handler(
+        embed,
+        request_deserializer=embedding_pb2.EmbedTextsRequest.FromString,
+        response_serializer=embedding_pb2.EmbedTextsResponse.SerializeToString,
+    )
+    return OlderServiceApp("recsys.embedding.v1.EmbeddingService", "EmbedTexts", handler)
+
+
 async def test_an_older_ranker_means_no_graph_candidates_and_a_ranker_fallback_not_an_outage() -> None:
-    async with serving(OlderRankerApp()) as channel:
+    async with serving(older_ranker()) as channel:
         ranker = RankerClient(channel, timeout_s=5.0)
         assert await ranker.suggest("", "", ["a", "b"], 10) == []
         vector = np.ones(4, dtype=np.float32)
@@ -267,3 +288,10 @@ async def test_an_older_ranker_means_no_graph_candidates_and_a_ranker_fallback_n
         # misaligned ranking.
         with pytest.raises(BackendUnavailableError, match="0 scores for 1 candidates"):
             await ranker.score("", "", "u", [item], [item])
+
+
+async def test_an_older_embedding_service_without_the_packed_encoding_still_gives_vectors() -> None:
+    async with serving(older_embedding()) as channel:
+        embedding = EmbeddingClient(channel, timeout_s=5.0, query_timeout_s=5.0)
+        np.testing.assert_array_equal(await embedding.embed(["ab", "abcd"]), [[2.0, 1.0], [4.0, 1.0]])
+        np.testing.assert_array_equal(await embedding.embed_query("abc"), [3.0, 1.0])
