@@ -1,8 +1,9 @@
 """Embedding throughput through gRPC vs sentence-transformers `encode` in process, on Amazon-Scientific item
 texts, same machine, same run: the service is started as a subprocess (default settings, and fp32 for
-reference), C concurrent grpc.aio clients send requests of R texts; sentence-transformers encodes the same texts
-in this process while the services sit idle. Repeats are interleaved and the table shows medians. Also: latency
-of one text per call, the served vectors' cosine to fp32 (sentence-transformers), and the services' memory.
+reference), C concurrent grpc.aio clients send requests of R texts (packed responses, as the gateway asks);
+sentence-transformers encodes the same texts in this process while the services sit idle. Repeats are
+interleaved and the table shows medians. Also: latency of one text per call, the served vectors' cosine to fp32
+(sentence-transformers), and the services' memory.
 
     .venv/bin/python bench/embedding_throughput.py                    # ~4 min here
     .venv/bin/python bench/embedding_throughput.py --texts 4000 --repeats 5
@@ -49,9 +50,10 @@ async def grpc_throughput(port: int, texts: list[str], concurrency: int, request
 
         async def worker() -> None:
             for start, chunk in queue:
-                response = await stub.EmbedTexts(embedding_pb2.EmbedTextsRequest(texts=chunk), timeout=120)
-                for offset, embedding in enumerate(response.embeddings):
-                    vectors[start + offset] = embedding.values
+                request = embedding_pb2.EmbedTextsRequest(texts=chunk, packed=True)
+                response = await stub.EmbedTexts(request, timeout=120)
+                rows = np.frombuffer(response.vectors_f32, dtype="<f4").reshape(len(chunk), -1)
+                vectors[start : start + len(chunk)] = rows
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
@@ -68,7 +70,7 @@ async def grpc_latency(port: int, texts: list[str], calls: int) -> list[float]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
         for n in range(calls):
-            request = embedding_pb2.EmbedTextsRequest(texts=[texts[n % len(texts)]])
+            request = embedding_pb2.EmbedTextsRequest(texts=[texts[n % len(texts)]], packed=True)
             started = time.perf_counter()
             await stub.EmbedTexts(request, timeout=30)
             times.append(time.perf_counter() - started)

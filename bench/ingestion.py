@@ -63,7 +63,9 @@ async def embed_rate(address: str, texts: list[str], concurrency: int, size: int
 
     async with grpc.aio.insecure_channel(address) as channel:
         stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
-        requests = [embedding_pb2.EmbedTextsRequest(texts=texts[s : s + size]) for s in range(0, len(texts), size)]
+        requests = [
+            embedding_pb2.EmbedTextsRequest(texts=texts[s : s + size], packed=True) for s in range(0, len(texts), size)
+        ]
         calls = [lambda r=r: stub.EmbedTexts(r, timeout=300) for r in requests]
         elapsed = await _drive(calls, concurrency)
     return len(texts) / elapsed
