@@ -25,7 +25,7 @@ from bench._common import machine, machine_line, median, table, write_json
 from recsys.embedding.v1 import embedding_pb2
 from services.embedding.encoder import EncodedText
 from services.embedding.servicer import EmbeddingServicer
-from services.gateway.backends import _vectors
+from services.gateway.backends import embedding_matrix
 
 
 class PrecomputedEmbedder:
@@ -73,12 +73,12 @@ def main() -> None:
             return response.SerializeToString()
 
         wire = build()
-        parsed = _vectors(embedding_pb2.EmbedTextsResponse.FromString(wire))
+        parsed = embedding_matrix(embedding_pb2.EmbedTextsResponse.FromString(wire))
         assert np.allclose(parsed, vectors), "the encoding must carry the vectors unchanged"
         server = per_text_us(build, args.texts, args.repeats)
 
         def parse(wire: bytes = wire) -> np.ndarray:
-            return _vectors(embedding_pb2.EmbedTextsResponse.FromString(wire))
+            return embedding_matrix(embedding_pb2.EmbedTextsResponse.FromString(wire))
 
         client = per_text_us(parse, args.texts, args.repeats)
         results[encoding] = {"server_us": server, "client_us": client, "bytes_per_text": len(wire) / args.texts}

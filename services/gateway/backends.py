@@ -149,16 +149,16 @@ class EmbeddingClient:
     async def embed_query(self, text: str) -> np.ndarray:
         request = embedding_pb2.EmbedTextsRequest(texts=[text], packed=True)
         response = await _call("embedding", self._stub.EmbedTexts, request, self._query_timeout_s, OPTIONAL_SHARE)
-        vector: np.ndarray = _vectors(response)[0]
+        vector: np.ndarray = embedding_matrix(response)[0]
         return vector
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         request = embedding_pb2.EmbedTextsRequest(texts=list(texts), packed=True)
         response = await _call("embedding", self._stub.EmbedTexts, request, self._timeout_s)
-        return _vectors(response)
+        return embedding_matrix(response)
 
 
-def _vectors(response: embedding_pb2.EmbedTextsResponse) -> np.ndarray:
+def embedding_matrix(response: embedding_pb2.EmbedTextsResponse) -> np.ndarray:
     """The response's vectors as rows; an embedding service older than the packed encoding sends `values`."""
     if not response.vectors_f32:
         return np.asarray([e.values for e in response.embeddings], dtype=np.float32)
