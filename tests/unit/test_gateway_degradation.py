@@ -3,11 +3,13 @@ flagged with the stage that failed."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import grpc
 import numpy as np
 import pytest
+from google.protobuf.message import Message
 
 from recsys.embedding.v1 import embedding_pb2
 from recsys.ranker.v1 import ranker_pb2
@@ -232,10 +234,21 @@ class OlderServiceApp:
     """A service from before a newer RPC or encoding: one method registered, as a pod not yet upgraded would serve
     it during a rolling upgrade (grpc answers the other methods with UNIMPLEMENTED)."""
 
-    def __init__(self, service_name: str, method: str, handler: grpc.RpcMethodHandler) -> None:
+    def __init__(
+        self,
+        service_name: str,
+        method: str,
+        answer: Callable[[Any, object], Awaitable[Any]],
+        request_type: type[Message],
+        response_type: type[Message],
+    ) -> None:
         self.service_name = service_name
         self._method = method
-        self._handler = handler
+        self._handler = grpc.unary_unary_rpc_method_handler(
+            answer,
+            request_deserializer=request_type.FromString,
+            response_serializer=response_type.SerializeToString,
+        )
 
     def register(self, server: grpc.aio.Server) -> None:
         handlers = {self._method: self._handler}
@@ -255,12 +268,13 @@ def older_ranker() -> OlderServiceApp:
         results = [ranker_pb2.TaskScores(scores=[0.0] * len(t.candidates)) for t in request.tasks]
         return ranker_pb2.ScoreCandidatesResponse(results=results, model_version="old")
 
-    handler = grpc.unary_unary_rpc_method_handler(
+    return OlderServiceApp(
+        "recsys.ranker.v1.RankerService",
+        "ScoreCandidates",
         score,
-        request_deserializer=ranker_pb2.ScoreCandidatesRequest.FromString,
-        response_serializer=ranker_pb2.ScoreCandidatesResponse.SerializeToString,
+        ranker_pb2.ScoreCandidatesRequest,
+        ranker_pb2.ScoreCandidatesResponse,
     )
-    return OlderServiceApp("recsys.ranker.v1.RankerService", "ScoreCandidates", handler)
 
 
 def older_embedding() -> OlderServiceApp:
@@ -270,12 +284,13 @@ def older_embedding() -> OlderServiceApp:
         embeddings = [embedding_pb2.Embedding(values=[float(len(t)), 1.0], token_count=3) for t in request.texts]
         return embedding_pb2.EmbedTextsResponse(embeddings=embeddings, model_id="old")
 
-    handler = grpc.unary_unary_rpc_method_handler(
+    return OlderServiceApp(
+        "recsys.embedding.v1.EmbeddingService",
+        "EmbedTexts",
         embed,
-        request_deserializer=embedding_pb2.EmbedTextsRequest.FromString,
-        response_serializer=embedding_pb2.EmbedTextsResponse.SerializeToString,
+        embedding_pb2.EmbedTextsRequest,
+        embedding_pb2.EmbedTextsResponse,
     )
-    return OlderServiceApp("recsys.embedding.v1.EmbeddingService", "EmbedTexts", handler)
 
 
 async def test_an_older_ranker_means_no_graph_candidates_and_a_ranker_fallback_not_an_outage() -> None:
