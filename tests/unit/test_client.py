@@ -1,0 +1,134 @@
+"""recsys_client's call conventions against a scripted gateway on a loopback port: retries only where a repeat
+is safe, the deadline, the request id and the token on every call, typed errors, and the dataclasses it
+builds. The real suite is in tests/integration/test_client.py."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent import futures
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+import pytest
+
+from recsys.gateway.v1 import gateway_pb2 as pb
+from recsys.gateway.v1 import gateway_pb2_grpc
+from recsys_client import (
+    AsyncRecsysClient,
+    Boost,
+    Event,
+    Filter,
+    Pin,
+    RecsysClient,
+    ResourceExhaustedError,
+    UnavailableError,
+)
+
+
+class ScriptedGateway(gateway_pb2_grpc.GatewayServiceServicer):
+    """Fails the first `failures` calls of each method with UNAVAILABLE, then answers; keeps what it saw."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.calls: dict[str, int] = {}
+        self.metadata: list[dict[str, str]] = []
+        self.deadlines: list[float | None] = []
+        self.requests: list[Any] = []
+
+    def _arrive(self, method: str, request: Any, context: grpc.ServicerContext) -> None:
+        self.calls[method] = self.calls.get(method, 0) + 1
+        self.metadata.append(dict(context.invocation_metadata()))
+        self.deadlines.append(context.time_remaining())
+        self.requests.append(request)
+        if self.calls[method] <= self.failures:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "backend restarting")
+
+    def Recommend(self, request: pb.RecommendRequest, context: grpc.ServicerContext) -> pb.RecommendResponse:
+        self._arrive("Recommend", request, context)
+        item = pb.RecommendedItem(
+            item_id="a",
+            score=0.5,
+            reason="like b",
+            title="A",
+            categories=["x", "y"],
+            explanation=pb.Explanation(stage_scores={"final": 1.5}, evidence="b"),
+        )
+        return pb.RecommendResponse(
+            items=[item], strategy="personalised", recommendation_id="r1", page=1, stage_ms={"total": 3.0}
+        )
+
+    def RecordEvents(self, request: pb.RecordEventsRequest, context: grpc.ServicerContext) -> pb.RecordEventsResponse:
+        self._arrive("RecordEvents", request, context)
+        return pb.RecordEventsResponse(recorded=len(request.events))
+
+    def SearchItems(self, request: pb.SearchItemsRequest, context: grpc.ServicerContext) -> pb.SearchItemsResponse:
+        self._arrive("SearchItems", request, context)
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "admission limit reached")
+        raise AssertionError("unreachable")
+
+
+@pytest.fixture
+def gateway() -> Iterator[tuple[ScriptedGateway, str]]:
+    servicer = ScriptedGateway(failures=2)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    gateway_pb2_grpc.add_GatewayServiceServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield servicer, f"127.0.0.1:{port}"
+    server.stop(None)
+
+
+def test_a_read_is_retried_and_carries_deadline_request_id_and_token(gateway: tuple[ScriptedGateway, str]) -> None:
+    servicer, address = gateway
+    with RecsysClient(address, token="s3cret", deadline=5) as client:
+        result = client.recommend("u1", k=1, explain=True, request_id="rid-1")
+    assert servicer.calls["Recommend"] == 3, "two UNAVAILABLE answers, then the third attempt"
+    assert {m["x-request-id"] for m in servicer.metadata} == {"rid-1"}
+    assert {m["authorization"] for m in servicer.metadata} == {"Bearer s3cret"}
+    assert all(d is not None and 0 < d <= 5 for d in servicer.deadlines)
+    item = result.items[0]
+    assert (item.item_id, item.categories, result.stage_ms) == ("a", ("x", "y"), {"total": 3.0})
+    assert item.explanation is not None and item.explanation.stage_scores == {"final": 1.5}
+
+
+def test_events_are_not_retried_and_errors_are_typed(gateway: tuple[ScriptedGateway, str]) -> None:
+    servicer, address = gateway
+    with RecsysClient(address) as client:
+        with pytest.raises(UnavailableError) as raised:
+            client.record_events([Event("u1", "a", "purchase", time=datetime(2026, 1, 1, tzinfo=UTC))])
+        assert servicer.calls["RecordEvents"] == 1, "a repeat could store the events twice"
+        assert raised.value.message == "backend restarting" and len(raised.value.request_id) == 32
+        assert "authorization" not in servicer.metadata[0]
+        servicer.failures = 0
+        with pytest.raises(ResourceExhaustedError):
+            client.search("glue")
+    assert servicer.calls["SearchItems"] == 1, "overload is not retried"
+
+
+def test_options_become_the_request(gateway: tuple[ScriptedGateway, str]) -> None:
+    servicer, address = gateway
+    servicer.failures = 0
+    with RecsysClient(address) as client:
+        client.recommend(
+            context_item_ids=["b"],
+            filter=Filter(categories_any=["x"], keywords={"brand": ["3M"]}, ranges={"price": (None, 20.0)}),
+            boosts=[Boost(weight=1.5, field="brand", value="3M")],
+            pins=[Pin("c", 1)],
+            exclude_seen=False,
+            diversity=0.5,
+        )
+    request: pb.RecommendRequest = servicer.requests[0]
+    assert list(request.context_item_ids) == ["b"] and request.HasField("exclude_seen") and not request.exclude_seen
+    assert request.filter.ranges[0].lte == 20.0 and not request.filter.ranges[0].HasField("gte")
+    assert request.filter.keywords[0].any_of == ["3M"] and request.boosts[0].weight == 1.5
+    assert request.pins[0].item_id == "c" and request.diversity == 0.5
+
+
+async def test_the_asyncio_client_retries_reads(gateway: tuple[ScriptedGateway, str]) -> None:
+    servicer, address = gateway
+    async with AsyncRecsysClient(address) as client:
+        result = await client.recommend("u1")
+        with pytest.raises(UnavailableError):
+            await client.record_events([Event("u1", "a")])
+    assert result.recommendation_id == "r1" and servicer.calls == {"Recommend": 3, "RecordEvents": 1}
