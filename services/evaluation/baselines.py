@@ -1,5 +1,5 @@
-"""Classical baselines that score the whole catalog: popularity, ItemKNN, EASE, text-only, and the helpers they
-share (interaction matrix, batched evaluation, tuning on validation).
+"""Classical baselines that score the whole catalog: popularity, ItemKNN, text-only, a blend, and the helpers they
+share (batched evaluation, tuning on validation). EASE is the ranker's item graph: :mod:`services.ranker.graph`.
 
 Every scorer maps a batch of histories (0-based item indexes) to a (B, n) float32 score matrix; items a model
 cannot score get -inf (never a hit, see :mod:`services.evaluation.metrics`).
@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 from torch import Tensor
 
@@ -21,6 +20,7 @@ from services.evaluation.splits import Case
 
 P = TypeVar("P")
 BATCH = 512
+KNN_NEIGHBOURS = (50, 100, 200, 400)  # ItemKNN's k, tried on validation
 
 
 class Scorer(Protocol):
@@ -48,15 +48,6 @@ def tune(
     results = {c: evaluate(build(c), val, mask, ks=(10,))[metric] for c in candidates}
     best = max(candidates, key=lambda c: results[c])
     return best, results
-
-
-def interaction_matrix(train: Sequence[Sequence[int]], n_items: int) -> sp.csr_matrix:
-    """Binary users x items matrix of the training sequences."""
-    rows = [u for u, seq in enumerate(train) for _ in seq]
-    cols = [i for seq in train for i in seq]
-    matrix = sp.csr_matrix((np.ones(len(cols), np.float32), (rows, cols)), shape=(len(train), n_items))
-    matrix.data[:] = 1.0  # repeated interactions were summed; the matrix is binary
-    return matrix
 
 
 def history_matrix(histories: Sequence[Sequence[int]], n_items: int) -> Tensor:
@@ -103,11 +94,6 @@ def unseen_items(train: Sequence[Sequence[int]], n_items: int) -> Tensor:
     return ~seen
 
 
-def gram(train: Sequence[Sequence[int]], n_items: int) -> np.ndarray:
-    x = interaction_matrix(train, n_items)
-    return np.asarray((x.T @ x).toarray(), dtype=np.float64)
-
-
 def item_knn(g: np.ndarray, k: int, shrink: float = 0.0) -> Tensor:
     """Cosine item-item similarity from the Gram matrix, each item's ``k`` nearest neighbours kept (RecBole's
     ItemKNN)."""
@@ -117,30 +103,6 @@ def item_knn(g: np.ndarray, k: int, shrink: float = 0.0) -> Tensor:
     weights = torch.from_numpy(sim.astype(np.float32))
     top = torch.topk(weights, min(k, weights.shape[1]), dim=1)
     return torch.zeros_like(weights).scatter_(1, top.indices, top.values)
-
-
-def ease(g: np.ndarray, lam: float) -> Tensor:
-    """EASE (Steck 2019): B = I - P diag(1/diag(P)) with P = (X'X + lam I)^-1, zero diagonal."""
-    p = np.linalg.inv(g + lam * np.eye(g.shape[0]))
-    b = -p / np.diag(p)[None, :]
-    np.fill_diagonal(b, 0.0)
-    return torch.from_numpy(b.astype(np.float32))
-
-
-def text_neighbours(text: np.ndarray, k: int) -> np.ndarray:
-    """(n, n) cosine similarity of each item's text to its ``k`` most similar items (negatives dropped), made
-    symmetric, zero diagonal: side information that can be added to the Gram matrix ``X'X`` before EASE."""
-    unit = text / np.maximum(np.linalg.norm(text, axis=1, keepdims=True), 1e-12)
-    similarity = unit @ unit.T
-    np.fill_diagonal(similarity, -np.inf)
-    k = min(k, similarity.shape[0] - 1)
-    if k < 1:
-        return np.zeros_like(similarity)
-    nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
-    kept = np.zeros_like(similarity)
-    np.put_along_axis(kept, nearest, np.take_along_axis(similarity, nearest, 1), 1)
-    links: np.ndarray = np.clip(np.maximum(kept, kept.T), 0.0, None).astype(np.float32)
-    return links
 
 
 def unit_rows(vectors: Tensor) -> Tensor:

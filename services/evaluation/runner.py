@@ -1,6 +1,7 @@
 """One evaluation run: every model on the same split, tuned on validation, scored on test by full ranking.
 
-Models: popularity, ItemKNN, EASE, an ID-only sequential model (our transformer with the text path off, i.e. SASRec-
+Models: popularity, ItemKNN, EASE, the same and ALS from maintained libraries (:mod:`services.evaluation.library`:
+cornac, implicit), an ID-only sequential model (our transformer with the text path off, i.e. SASRec-
 style), text-only, a naive blend of the best collaborative model with text-only, and ours (the served ranker:
 transformer + item graph (EASE with text neighbours) + text prior). Every tunable choice (ItemKNN's k, EASE's
 lambda, the blend's weight, our fusion weights) is picked on validation NDCG@10 under the same masking as the row it
@@ -20,26 +21,25 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from services.evaluation.baselines import (
+    KNN_NEIGHBOURS,
     BlendScorer,
     ItemItemScorer,
     Scorer,
     TextScorer,
-    ease,
     evaluate,
-    gram,
     item_knn,
     popularity,
     tune,
     unit_rows,
     unseen_items,
 )
+from services.evaluation.library import LIBRARY_MODELS
 from services.evaluation.metrics import KS
 from services.evaluation.splits import Split, cold_start
+from services.ranker.graph import EASE_LAMBDAS, ease, fit_graph_weights, gram
 from services.ranker.training import (
-    EASE_LAMBDAS,
     CatalogScorer,
     TrainConfig,
-    fit_graph_weights,
     fit_ranker,
     fit_sequence_model,
     replace_fusion,
@@ -47,9 +47,9 @@ from services.ranker.training import (
     tune_fusion,
 )
 
-MODELS = ("popularity", "itemknn", "ease", "id-only", "text-only", "blend", "ours")
+# The library rows (services.evaluation.library) check our EASE and ItemKNN; they are not candidates of the blend.
+MODELS = ("popularity", "itemknn", "ease", *(m.name for m in LIBRARY_MODELS), "id-only", "text-only", "blend", "ours")
 NO_TEXT = ("popularity", "itemknn", "ease", "id-only")
-KNN_NEIGHBOURS = (50, 100, 200, 400)
 BLEND_WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))
 
 
@@ -146,7 +146,7 @@ def _run_split(
     report("popularity", lambda mask: pop, started)
 
     started = time.perf_counter()
-    g = gram(split.train, split.n_items)
+    g = gram(split.train, split.n_items).toarray()  # the baselines are the exact, dense forms
     knn: dict[bool, Scorer] = {}
     for mask in masks:
         k, _ = tune(KNN_NEIGHBOURS, lambda k: ItemItemScorer(item_knn(g, k), unknown), split.val, mask)
@@ -167,6 +167,14 @@ def _run_split(
         lambdas[mask], _ = tune(EASE_LAMBDAS, lambda lam: ItemItemScorer(ease_weights(lam), unknown), split.val, mask)
         result.choices[f"{protocol}/ease/{_mask_name(mask)}"] = {"lambda": lambdas[mask]}
     report("ease", lambda mask: ItemItemScorer(ease_weights(lambdas[mask]), unknown), started)
+
+    for library_model in LIBRARY_MODELS:
+        started = time.perf_counter()
+        library_scorers: dict[bool, Scorer] = {}
+        for mask in masks:
+            library_scorers[mask], choice = library_model.tuned(split, mask, seed)
+            result.choices[f"{protocol}/{library_model.name}/{_mask_name(mask)}"] = choice
+        report(library_model.name, library_scorers.__getitem__, started)
 
     started = time.perf_counter()
     id_only = fit_sequence_model(split, text, train_config, use_text=False, progress=progress)
@@ -200,7 +208,15 @@ def _run_split(
         fusion, graph_choice = ours.fusion, ours.graph_choice
         if not mask:
             # Like the baselines' lambdas, the graph and the fusion are tuned again under the row's masking.
-            weights, graph_choice = fit_graph_weights(split, text, lambdas[False], mask=False)
+            weights, graph_choice = fit_graph_weights(
+                split,
+                text,
+                lambdas[False],
+                mask=False,
+                neighbours=train_config.graph_neighbours,
+                max_users=train_config.graph_tune_users,
+                seed=train_config.seed,
+            )
             ranker = replace_fusion(
                 scorer, ours.fusion, served_graph(weights, split, ours.item_ids, train_config, text)
             )

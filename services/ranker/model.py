@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from torch import Tensor, nn
 
@@ -165,6 +166,22 @@ class ItemGraph:
         pruned[UNKNOWN_ID] = 0
         text = None if known_text is None else _unit(np.asarray(known_text, dtype=np.float32))
         return cls(pruned.T.to_sparse().coalesce(), text)
+
+    @classmethod
+    def from_sparse(cls, weights: sp.spmatrix, keep: int, known_text: np.ndarray | None = None) -> ItemGraph:
+        """:meth:`from_dense` for a scipy sparse (n + 1, n + 1) ``weights``, which large catalogs need: each source
+        item's ``keep`` largest-magnitude weights."""
+        coo = sp.coo_matrix(weights)
+        nonzero = (coo.data != 0) & (coo.row != UNKNOWN_ID) & (coo.col != UNKNOWN_ID)
+        rows, cols, values = coo.row[nonzero], coo.col[nonzero], coo.data[nonzero].astype(np.float32)
+        order = np.lexsort((cols, -np.abs(values), rows))  # by source, strongest first
+        rows, cols, values = rows[order], cols[order], values[order]
+        rank = np.arange(len(rows)) - np.searchsorted(rows, rows)
+        kept = rank < keep
+        indices = torch.from_numpy(np.stack([cols[kept], rows[kept]]).astype(np.int64))  # transposed: target x source
+        size = (weights.shape[1], weights.shape[0])
+        text = None if known_text is None else _unit(np.asarray(known_text, dtype=np.float32))
+        return cls(torch.sparse_coo_tensor(indices, torch.from_numpy(values[kept]), size).coalesce(), text)
 
     def to_tensors(self) -> dict[str, Tensor]:
         t = self.transposed

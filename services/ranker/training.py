@@ -20,25 +20,17 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from services.datasets.loaders import Dataset
-from services.evaluation.baselines import (
-    ItemItemScorer,
-    TextScorer,
-    ease,
-    evaluate,
-    gram,
-    text_neighbours,
-    tune,
-    unit_rows,
-    unseen_items,
-)
+from services.evaluation.baselines import TextScorer, evaluate, unit_rows
 from services.evaluation.metrics import MetricSums
 from services.evaluation.splits import Case, Split, loo_split
 from services.ranker import distributed
+from services.ranker.graph import GraphChoice, fit_graph_weights, item_graph
 from services.ranker.model import Fusion, ItemGraph, ModelConfig, RankerModel, RankerScorer
 
 ItemVectors = Mapping[str, np.ndarray] | tuple[Sequence[str], np.ndarray]
@@ -47,11 +39,6 @@ ItemVectors = Mapping[str, np.ndarray] | tuple[Sequence[str], np.ndarray]
 FUSION_GRID = (0.0, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
 TEXT_DECAYS = (1.0, 0.5, 0.25, 0.1)
 GRAPH_DECAYS = (1.0, 0.7, 0.4)
-EASE_LAMBDAS = (25.0, 50.0, 100.0, 200.0, 400.0, 800.0)
-TEXT_NEIGHBOURS = (5, 10, 20)
-# Weight of the text neighbours in units of the mean item's interaction count (the mean of diag(X'X)), so one
-# grid fits sparse and dense data sets alike.
-TEXT_GRAPH_WEIGHTS = (0.1, 0.2, 0.4)
 
 
 @dataclass(frozen=True)
@@ -78,6 +65,10 @@ class TrainConfig:
     # MovieLens lose accuracy to pruning.
     graph_dense_up_to: int = 2000
     tune_users: int = 4000  # validation users the fusion weights are tuned on (a seeded sample)
+    # Each item's EASE column is solved over this many strongest co-occurring items (and its text neighbours):
+    # the graph's cost grows with the catalog times this squared, not with the catalog cubed.
+    graph_neighbours: int = 256
+    graph_tune_users: int = 10000  # validation users the item graph is picked on (a seeded sample)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -162,7 +153,14 @@ def fit_ranker(
     validation. ``ease_lambda``, when the caller has already tuned plain EASE, is where the graph's search starts."""
     started = time.perf_counter()
     sequence = fit_sequence_model(split, text, config, use_text=True, progress=progress)
-    graph_weights, graph_choice = fit_graph_weights(split, text, ease_lambda)
+    graph_weights, graph_choice = fit_graph_weights(
+        split,
+        text,
+        ease_lambda,
+        neighbours=config.graph_neighbours,
+        max_users=config.graph_tune_users,
+        seed=config.seed,
+    )
     graph = served_graph(graph_weights, split, sequence.item_ids, config, text)
     base = sequence.scorer(config.device, graph=graph)
     fusion = tune_fusion(base, split, text, mask=True, max_users=config.tune_users, seed=config.seed)
@@ -194,54 +192,6 @@ def fit_ranker(
     )
 
 
-@dataclass(frozen=True)
-class GraphChoice:
-    """What validation chose for the item graph; ``text_neighbours`` 0 is plain EASE."""
-
-    ease_lambda: float
-    text_neighbours: int
-    text_weight: float  # in units of the mean item's interaction count
-    val_ndcg: float  # the graph alone, validation NDCG@10
-
-    def to_dict(self) -> dict[str, float]:
-        return asdict(self)
-
-
-def fit_graph_weights(
-    split: Split, text: np.ndarray, ease_lambda: float | None = None, *, mask: bool = True
-) -> tuple[Tensor, GraphChoice]:
-    """EASE item-to-item weights (n, n) on ``X'X + w * N``, where ``N`` links each item to its nearest items by
-    text (the side-information form of EASE, as in Jeunen et al., "Closed-Form Models for Collaborative Filtering
-    with Side-Information", 2020): an item with little history borrows co-occurrence from items that read alike.
-
-    Picked on validation NDCG@10 of the graph alone (seen items masked, as served, unless ``mask`` is false): lambda
-    on plain EASE (unless ``ease_lambda`` is given), then the neighbours and their weight (plain EASE stays a
-    candidate), then lambda again. Amazon-Scientific, graph alone, masked test NDCG@10: plain EASE 0.090, with
-    text neighbours 0.097-0.100 across the grid; ml-100k 0.295 -> 0.302.
-    """
-    g = gram(split.train, split.n_items)
-    unknown = unseen_items(split.train, split.n_items)
-    unit_count = float(np.diag(g).mean()) or 1.0
-
-    def weights(lam: float, k: int, weight: float) -> Tensor:
-        # The neighbours are recomputed rather than kept: one (n, n) matrix less held per k, for ~0.2 s each.
-        return ease(g + weight * unit_count * text_neighbours(text, k) if k else g, lam)
-
-    def best(candidates: Sequence[tuple[float, int, float]]) -> tuple[tuple[float, int, float], float]:
-        # Each candidate's (n, n) weights are built, scored and dropped in turn: only one is held at a time.
-        choice, results = tune(candidates, lambda c: ItemItemScorer(weights(*c), unknown), split.val, mask)
-        return choice, results[choice]
-
-    if ease_lambda is None:
-        (ease_lambda, _, _), _ = best([(lam, 0, 0.0) for lam in EASE_LAMBDAS])
-    choice, val_ndcg = best(
-        [(ease_lambda, 0, 0.0)] + [(ease_lambda, k, w) for k in TEXT_NEIGHBOURS for w in TEXT_GRAPH_WEIGHTS]
-    )
-    if choice[1]:  # text neighbours won: lambda again, with them
-        choice, val_ndcg = best([(lam, choice[1], choice[2]) for lam in EASE_LAMBDAS])
-    return weights(*choice), GraphChoice(*choice, val_ndcg)
-
-
 def replace_fusion(scorer: RankerScorer, fusion: Fusion, graph: ItemGraph | None = None) -> RankerScorer:
     """``scorer`` with other fusion weights (and, when given, another item graph)."""
     return RankerScorer(
@@ -266,24 +216,12 @@ def catalog_scorer(scorer: RankerScorer, split: Split, text: np.ndarray) -> Cata
 
 
 def served_graph(
-    weights: Tensor, split: Split, vocabulary: Sequence[str], config: TrainConfig, text: np.ndarray
+    weights: sp.csr_matrix, split: Split, vocabulary: Sequence[str], config: TrainConfig, text: np.ndarray
 ) -> ItemGraph:
     """The graph a checkpoint keeps: every weight for small catalogs, the strongest ``graph_keep`` per item
     beyond ``graph_dense_up_to``."""
     keep = len(vocabulary) if len(vocabulary) <= config.graph_dense_up_to else config.graph_keep
     return item_graph(weights, split, vocabulary, keep, text)
-
-
-def item_graph(
-    weights: Tensor, split: Split, vocabulary: Sequence[str], keep: int, text: np.ndarray | None = None
-) -> ItemGraph:
-    """The (n, n) catalog-indexed ``weights`` restricted to the model's vocabulary, as a pruned :class:`ItemGraph`,
-    with the vocabulary's rows of the catalog-indexed ``text`` (for items unknown to it)."""
-    position = {item_id: i for i, item_id in enumerate(split.item_ids)}
-    rows = torch.tensor([position[item_id] for item_id in vocabulary], dtype=torch.long)
-    dense = torch.zeros((len(vocabulary) + 1, len(vocabulary) + 1))
-    dense[1:, 1:] = weights[rows][:, rows]
-    return ItemGraph.from_dense(dense, keep, None if text is None else np.asarray(text)[rows.numpy()])
 
 
 def tune_fusion(

@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from services.datasets.loaders import CatalogItem, Dataset, Interaction
-from services.evaluation.baselines import ItemItemScorer, ease, evaluate, gram, item_knn
+from services.evaluation.baselines import ItemItemScorer, evaluate, item_knn
 from services.evaluation.metrics import MetricSums, per_user_metrics, target_ranks
 from services.evaluation.report import plot, table, write_json
 from services.evaluation.runner import MODELS, run_evaluation
 from services.evaluation.splits import cold_start, filter_dataset, loo_split, ratio_split
+from services.ranker.graph import ease, gram
 from services.ranker.training import TrainConfig
 
 TINY = TrainConfig(dim=16, layers=1, heads=1, max_len=10, max_epochs=2, batch_size=64, seed=0, tune_users=200)
@@ -118,7 +119,7 @@ def test_filter_dataset_keeps_a_k_core_of_good_ratings() -> None:
 
 def test_item_models_learn_consecutive_items() -> None:
     split = loo_split(_dataset())
-    g = gram(split.train, split.n_items)
+    g = gram(split.train, split.n_items).toarray()
     for weights in (ease(g, 10.0), item_knn(g, 5)):
         assert evaluate(ItemItemScorer(weights), split.test, mask=True, ks=(10,))["hit@10"] > 0.5
     # EASE's self-similarity is zero by construction.

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from services.datasets.loaders import CatalogItem, Dataset, Interaction, load_dataset
-from services.evaluation.baselines import text_neighbours
 from services.evaluation.splits import Case, Split, loo_split
 from services.ranker.checkpoints import latest_checkpoint, load_scorer, save_checkpoint
+from services.ranker.graph import fit_graph_weights, text_neighbours
 from services.ranker.model import (
     Fusion,
     ItemGraph,
@@ -21,7 +21,7 @@ from services.ranker.model import (
     ScoreRequest,
     recency_weights,
 )
-from services.ranker.training import TrainConfig, TrainResult, fit_graph_weights, train_ranker
+from services.ranker.training import TrainConfig, TrainResult, train_ranker
 
 SCIENTIFIC = Path(os.environ.get("RECSYS_DATA_DIR", Path(__file__).resolve().parents[3] / "shared" / "data")) / (
     "amazon-scientific"
@@ -276,7 +276,7 @@ def test_a_history_item_takes_its_text_term_from_the_rest_of_the_history() -> No
 
 def test_text_neighbours_keep_the_nearest_items_symmetric_and_non_negative() -> None:
     text = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [-1.0, 0.0]], dtype=np.float32)
-    links = text_neighbours(text, 1)
+    links = text_neighbours(text, 1).toarray()
     assert links.shape == (4, 4)
     assert np.all(np.diag(links) == 0) and np.all(links >= 0) and np.array_equal(links, links.T)
     assert links[0, 1] > 0.9 and links[2, 1] > 0  # 2's nearest is 1, so 1 links back to 2 as well
