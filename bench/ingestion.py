@@ -37,21 +37,17 @@ async def _drive(calls: list[Any], concurrency: int) -> float:
 
 
 async def upsert_rate(address: str, items: list[Any], repeat_tag: str, concurrency: int, size: int) -> float:
-    import grpc
+    from dataclasses import replace
 
-    from recsys.gateway.v1 import gateway_pb2 as pb
-    from recsys.gateway.v1 import gateway_pb2_grpc
+    from recsys_client import AsyncRecsysClient
     from services.cli.ingest import catalog_item
 
-    requests = []
-    for start in range(0, len(items), size):
-        chunk = [catalog_item(item) for item in items[start : start + size]]
-        for message in chunk:
-            message.item_id = f"{message.item_id}-{repeat_tag}"
-        requests.append(pb.UpsertItemsRequest(items=chunk))
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = gateway_pb2_grpc.GatewayServiceStub(channel)
-        calls = [lambda r=r: stub.UpsertItems(r, timeout=300) for r in requests]
+    batches = [
+        [replace(catalog_item(item), item_id=f"{item.item_id}-{repeat_tag}") for item in items[start : start + size]]
+        for start in range(0, len(items), size)
+    ]
+    async with AsyncRecsysClient(address, deadline=300) as client:
+        calls = [lambda b=b: client.upsert_items(b) for b in batches]
         elapsed = await _drive(calls, concurrency)
     return len(items) / elapsed
 

@@ -44,9 +44,8 @@ from bench._common import (
     write_json,
 )
 from bench.inprocess import local_recommender
-from recsys.gateway.v1 import gateway_pb2 as pb
-from recsys.gateway.v1 import gateway_pb2_grpc
 from recsys.retriever.v1 import retriever_pb2, retriever_pb2_grpc
+from recsys_client import AsyncRecsysClient, Event, RecsysError
 from services.cli.suite import Suite, free_base_port
 from services.cli.training import embed_items, train_and_publish
 from services.datasets.loaders import Dataset, load_dataset
@@ -175,9 +174,7 @@ def user_histories(dataset: Dataset, users: int) -> dict[str, list[str]]:
     return {f"bench-{u}": h for u, h in random.Random(0).sample(full, min(users, len(full)))}
 
 
-async def load(
-    stub: gateway_pb2_grpc.GatewayServiceStub, users: Sequence[str], concurrency: int, calls: int
-) -> dict[str, Any]:
+async def load(client: AsyncRecsysClient, users: Sequence[str], concurrency: int, calls: int) -> dict[str, Any]:
     latencies: list[float] = []
     stages: dict[str, list[float]] = {}
     errors = 0
@@ -190,8 +187,8 @@ async def load(
             issued += 1
             started = time.perf_counter()
             try:
-                response = await stub.Recommend(pb.RecommendRequest(user_id=rng.choice(users), k=10), timeout=10)
-            except grpc.aio.AioRpcError:
+                response = await client.recommend(rng.choice(users), k=10)
+            except RecsysError:
                 errors += 1
                 continue
             latencies.append((time.perf_counter() - started) * 1000)
@@ -272,20 +269,19 @@ async def measure_size(
             load_catalog(suite.address("retriever"), dataset, vectors, size)
             loaded.touch()
         result["index_wait_s"] = wait_for_index(suite.address("retriever"), args.index_timeout)
-        async with grpc.aio.insecure_channel(suite.address("gateway")) as channel:
-            stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+        async with AsyncRecsysClient(suite.address("gateway")) as client:
             if not recorded.exists():
-                events = [pb.Event(user_id=u, item_id=i) for u, items in histories.items() for i in items]
+                events = [Event(u, i) for u, items in histories.items() for i in items]
                 for start in range(0, len(events), 1000):
-                    await stub.RecordEvents(pb.RecordEventsRequest(events=events[start : start + 1000]), timeout=60)
+                    await client.record_events(events[start : start + 1000], deadline=60)
                 recorded.touch()
-            await load(stub, users, 2, 30)  # warm-up
+            await load(client, users, 2, 30)  # warm-up
             result["levels"] = []
             for concurrency in args.concurrency:
                 # CPU each service spent per call: where the two cores go at each load level.
                 before = {name: cpu_seconds(process.pid) for name, process in suite.processes.items()}
                 window_start = time.time()
-                level = await load(stub, users, concurrency, args.calls)
+                level = await load(client, users, concurrency, args.calls)
                 level["window"] = (window_start, time.time())
                 level["cpu_ms_per_call"] = {
                     name: 1000 * (cpu_seconds(process.pid) - before[name]) / max(level["calls"], 1)

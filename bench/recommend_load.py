@@ -1,4 +1,4 @@
-"""A bounded load generator for the gateway's Recommend (no ghz here): C concurrent grpc.aio callers over
+"""A bounded load generator for the gateway's Recommend (no ghz here): C concurrent asyncio callers (recsys_client) over
 loopback, each a user with a short history, for N calls or T seconds, whichever ends first. Prints latency
 percentiles and throughput, and the machine it ran on.
 
@@ -17,15 +17,12 @@ import statistics
 import time
 from pathlib import Path
 
-import grpc
-
-from recsys.gateway.v1 import gateway_pb2 as pb
-from recsys.gateway.v1 import gateway_pb2_grpc
+from recsys_client import AsyncRecsysClient, Event, RecsysError
 from services.datasets.loaders import load_dataset
 
 
 async def _run(
-    stub: gateway_pb2_grpc.GatewayServiceStub,
+    client: AsyncRecsysClient,
     users: list[str],
     concurrency: int,
     calls: int,
@@ -41,12 +38,12 @@ async def _run(
         nonlocal errors, issued
         while issued < calls and time.monotonic() < deadline:
             issued += 1
-            request = pb.RecommendRequest(user_id=random.choice(users), k=10, query=query)
+            user = random.choice(users)
             started = time.perf_counter()
             try:
-                await stub.Recommend(request, timeout=10)
+                await client.recommend(user, k=10, query=query)
                 latencies.append(time.perf_counter() - started)
-            except grpc.aio.AioRpcError:
+            except RecsysError:
                 errors += 1
 
     started = time.perf_counter()
@@ -73,14 +70,10 @@ async def main() -> None:
     dataset = load_dataset(args.data, limit_items=args.limit_items)
     rng = random.Random(0)
     item_ids = [item.item_id for item in dataset.items]
-    async with grpc.aio.insecure_channel(args.target) as channel:
-        stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+    async with AsyncRecsysClient(args.target) as client:
         users = [f"bench-{n}" for n in range(args.users)]
-        events = [
-            pb.Event(user_id=u, item_id=i, type=pb.EVENT_TYPE_VIEW) for u in users for i in rng.sample(item_ids, 5)
-        ]
-        await stub.RecordEvents(pb.RecordEventsRequest(events=events))
-        await _run(stub, users, 2, 20, 30, args.query)  # warm-up
+        await client.record_events([Event(u, i, "view") for u in users for i in rng.sample(item_ids, 5)])
+        await _run(client, users, 2, 20, 30, args.query)  # warm-up
         print(
             f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}; "
             f"{len(item_ids)} items, k=10, query={args.query!r}"
@@ -88,7 +81,7 @@ async def main() -> None:
         print("| concurrency | calls | errors | calls/s | p50 ms | p95 ms | p99 ms |")
         print("|---|---|---|---|---|---|---|")
         for concurrency in args.concurrency:
-            latencies, errors, elapsed = await _run(stub, users, concurrency, args.calls, args.seconds, args.query)
+            latencies, errors, elapsed = await _run(client, users, concurrency, args.calls, args.seconds, args.query)
             ms = [v * 1000 for v in latencies]
             print(
                 f"| {concurrency} | {len(ms)} | {errors} | {len(ms) / elapsed:.0f} | {_percentile(ms, 50):.1f} | "

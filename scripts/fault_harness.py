@@ -36,6 +36,7 @@ from google.protobuf import timestamp_pb2
 from recsys.gateway.v1 import gateway_pb2 as pb
 from recsys.gateway.v1 import gateway_pb2_grpc
 from recsys.retriever.v1 import retriever_pb2, retriever_pb2_grpc
+from recsys_client import RecsysClient
 from services.cli.ingest import ingest
 from services.cli.suite import Suite, free_base_port
 from services.cli.training import train_and_publish
@@ -304,8 +305,8 @@ async def run(args: argparse.Namespace, state_dir: Path) -> dict[str, Any]:
         await asyncio.to_thread(suite.wait_until_serving)
         marker = state_dir / "qdrant" / f"loaded-{dataset.content_hash()[:16]}"
         if not marker.exists():
-            with grpc.insecure_channel(suite.address("gateway")) as sync_channel:
-                await asyncio.to_thread(ingest, sync_channel, dataset)
+            with RecsysClient(suite.address("gateway")) as client:
+                await asyncio.to_thread(ingest, client, dataset)
             marker.touch()
         outages = Outages()
         async with grpc.aio.insecure_channel(suite.address("gateway")) as channel:

@@ -1,25 +1,26 @@
-"""Loads a dataset into a running suite through the gateway's public API, with progress bars."""
+"""Loads a dataset into a running suite through the gateway's public API (recsys_client), with progress bars."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from typing import TypeVar
 
-import grpc
-from google.protobuf import struct_pb2, timestamp_pb2
 from tqdm import tqdm
 
-from recsys.gateway.v1 import gateway_pb2 as pb
-from recsys.gateway.v1 import gateway_pb2_grpc
+from recsys_client import CatalogItem as ClientItem
+from recsys_client import Event, RecsysClient
+from recsys_client.types import EventType
 from services.datasets.loaders import CatalogItem, Dataset, Interaction
 
 T = TypeVar("T")
 
-EVENT_TYPES = {
-    "view": pb.EVENT_TYPE_VIEW,
-    "click": pb.EVENT_TYPE_CLICK,
-    "add_to_cart": pb.EVENT_TYPE_ADD_TO_CART,
-    "purchase": pb.EVENT_TYPE_PURCHASE,
+# The datasets' event names as the client's event types; any other name counts as a view.
+EVENT_TYPES: dict[str, EventType] = {
+    "view": "view",
+    "click": "click",
+    "add_to_cart": "add_to_cart",
+    "purchase": "purchase",
 }
 
 
@@ -28,10 +29,9 @@ def batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
         yield items[start : start + size]
 
 
-def catalog_item(item: CatalogItem) -> pb.CatalogItem:
-    attributes = struct_pb2.Struct()
-    attributes.update({**({"brand": item.brand} if item.brand else {}), **item.attributes})
-    return pb.CatalogItem(
+def catalog_item(item: CatalogItem) -> ClientItem:
+    attributes = {**({"brand": item.brand} if item.brand else {}), **item.attributes}
+    return ClientItem(
         item_id=item.item_id,
         title=item.title,
         description=item.description,
@@ -40,26 +40,23 @@ def catalog_item(item: CatalogItem) -> pb.CatalogItem:
     )
 
 
-def event(interaction: Interaction) -> pb.Event:
-    time = timestamp_pb2.Timestamp()
-    time.FromNanoseconds(int(interaction.timestamp * 1e9))
-    return pb.Event(
+def event(interaction: Interaction) -> Event:
+    return Event(
         user_id=interaction.user_id,
         item_id=interaction.item_id,
-        type=EVENT_TYPES.get(interaction.event, pb.EVENT_TYPE_VIEW),
-        time=time,
+        type=EVENT_TYPES.get(interaction.event, "view"),
+        time=datetime.fromtimestamp(interaction.timestamp, UTC),
     )
 
 
 def ingest(
-    channel: grpc.Channel, dataset: Dataset, item_batch: int = 128, event_batch: int = 500, timeout_s: float = 120
+    client: RecsysClient, dataset: Dataset, item_batch: int = 128, event_batch: int = 500, deadline_s: float = 120
 ) -> None:
-    stub = gateway_pb2_grpc.GatewayServiceStub(channel)
     with tqdm(total=len(dataset.items), desc="catalog items", unit="item") as bar:
         for items in batches(dataset.items, item_batch):
-            stub.UpsertItems(pb.UpsertItemsRequest(items=[catalog_item(i) for i in items]), timeout=timeout_s)
+            client.upsert_items([catalog_item(i) for i in items], deadline=deadline_s)
             bar.update(len(items))
     with tqdm(total=len(dataset.interactions), desc="interactions", unit="event") as bar:
         for interactions in batches(dataset.interactions, event_batch):
-            stub.RecordEvents(pb.RecordEventsRequest(events=[event(i) for i in interactions]), timeout=timeout_s)
+            client.record_events([event(i) for i in interactions], deadline=deadline_s)
             bar.update(len(interactions))

@@ -10,14 +10,12 @@ import sys
 import threading
 from pathlib import Path
 
-import grpc
-
-from recsys.gateway.v1 import gateway_pb2 as pb
-from recsys.gateway.v1 import gateway_pb2_grpc
+from recsys_client import RecsysClient, RecsysError
 from services.cli.experiments import run_report
 from services.cli.ingest import ingest
 from services.cli.suite import Suite
 from services.cli.training import catalog_argument, train_and_publish
+from services.console.launch import CONSOLE_PORT_OFFSET, RunningConsole, start_console
 from services.datasets.loaders import Dataset, load_dataset
 from services.datasets.movielens import download_movielens_100k
 from services.ranker import distributed
@@ -76,12 +74,11 @@ def command_download_movielens(args: argparse.Namespace) -> None:
     print(download_movielens_100k(args.dest))
 
 
-def _print_sample(channel: grpc.Channel, dataset: Dataset) -> None:
+def _print_sample(client: RecsysClient, dataset: Dataset) -> None:
     sequences = dataset.sequences()
     user = max(sequences, key=lambda u: (len(sequences[u]), u))
     titles = {item.item_id: item.title for item in dataset.items}
-    stub = gateway_pb2_grpc.GatewayServiceStub(channel)
-    response = stub.Recommend(pb.RecommendRequest(user_id=user, k=5), timeout=30)
+    response = client.recommend(user, k=5, deadline=30)
     print(f"\nSample recommendation for user {user} ({response.strategy}, model {response.model_version or '-'})")
     print("  recent history:")
     for item_id in sequences[user][-3:]:
@@ -100,6 +97,7 @@ def command_up(args: argparse.Namespace) -> None:
         train_and_publish(dataset, state_dir / "checkpoints", state_dir / "cache", _train_config(args))
 
     suite = Suite(args.port, state_dir)
+    console: RunningConsole | None = None
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -109,19 +107,23 @@ def command_up(args: argparse.Namespace) -> None:
         print(f"started {pids} (logs in {state_dir / 'logs'})", flush=True)
         suite.wait_until_serving()
         print("all five services report SERVING")
+        if args.console:
+            console = start_console(suite)
         marker = state_dir / "qdrant" / f"loaded-{dataset.content_hash()[:16]}"
-        with grpc.insecure_channel(suite.address("gateway")) as channel:
+        with RecsysClient(suite.address("gateway")) as client:
             if not marker.exists():
                 try:
-                    ingest(channel, dataset)
-                except grpc.RpcError as error:
+                    ingest(client, dataset)
+                except RecsysError as error:
                     raise SystemExit(
-                        f"loading the data failed: {error.code().name}: {error.details()}; "
+                        f"loading the data failed: {error.code.name}: {error.message}; "
                         f"see the logs in {state_dir / 'logs'}"
                     ) from None
                 marker.touch()
-            _print_sample(channel, dataset)
+            _print_sample(client, dataset)
         print(f"\ngateway on {suite.address('gateway')}; try: grpcurl -plaintext {suite.address('gateway')} list")
+        if console is not None:
+            print(f"operator console on {console.url}")
         print("serving until Ctrl-C", flush=True)
         while not stop.wait(1.0):
             dead = [name for name, p in suite.processes.items() if p.poll() is not None]
@@ -131,9 +133,20 @@ def command_up(args: argparse.Namespace) -> None:
                 )
                 break
     finally:
+        if console is not None:
+            console.stop()
         print("stopping the five services ...", flush=True)
         codes = suite.stop()
         print("stopped: " + ", ".join(f"{name}={code}" for name, code in codes.items()))
+
+
+def command_console(args: argparse.Namespace) -> None:
+    # Imported here: the console's web stack is an optional extra (pip install '.[console]').
+    from services.console.__main__ import serve
+    from services.console.config import ConsoleSettings
+
+    overrides = {"port": args.port, "gateway_address": args.gateway, "retriever_address": args.retriever}
+    serve(ConsoleSettings().model_copy(update={k: v for k, v in overrides.items() if v is not None}))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,6 +165,12 @@ def build_parser() -> argparse.ArgumentParser:
     up = commands.add_parser("up", help="train if needed, start the five services, load the data, serve")
     data_options(up)
     up.add_argument("--port", type=int, default=50050, help="gateway port; the backends take the next four")
+    up.add_argument(
+        "--no-console",
+        dest="console",
+        action="store_false",
+        help=f"do not start the operator console (HTTP on the gateway port + {CONSOLE_PORT_OFFSET})",
+    )
     up.set_defaults(handler=command_up)
 
     train = commands.add_parser("train", help="train the ranker and publish a versioned checkpoint")
@@ -213,6 +232,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     experiment_report.add_argument("--json", type=Path, default=None, help="write the per-arm rows here")
     experiment_report.set_defaults(handler=command_experiments_report)
+
+    console = commands.add_parser(
+        "console",
+        help="serve the operator console (HTTP) for a running suite; settings from CONSOLE_* variables",
+    )
+    console.add_argument("--port", type=int, default=None, help="HTTP port (default CONSOLE_PORT or 50055)")
+    console.add_argument("--gateway", default=None, help="gateway address (default CONSOLE_GATEWAY_ADDRESS)")
+    console.add_argument("--retriever", default=None, help="retriever address (default CONSOLE_RETRIEVER_ADDRESS)")
+    console.set_defaults(handler=command_console)
 
     download = commands.add_parser("download-movielens", help="fetch MovieLens-100K into the plain format")
     download.add_argument("dest", type=Path)

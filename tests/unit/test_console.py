@@ -1,0 +1,127 @@
+"""The console's pages over fake clients: untrusted item text is escaped, the token is asked for, the suite's
+errors become HTTP statuses with the server's message. The real suite in a real browser is in
+tests/integration/test_console_browser.py."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager
+
+import grpc
+import pytest
+from fastapi.testclient import TestClient
+
+from recsys_client import Boost, Explanation, Filter, NotFoundError, Recommendations, RecommendedItem
+from recsys_client.operator import HistoryEvent, Impression, IndexStatus, ModelInfo, StoredItem, UserHistory
+from services.console.app import console_app
+from services.console.views import Console
+from services.gateway.experiments import Experiments
+
+HOSTILE = '<script>document.title="pwned"</script>Glue & <b>bold</b>'
+
+
+def _item(item_id: str, title: str, evidence: str = "x") -> RecommendedItem:
+    explanation = Explanation({"final": 1.0}, evidence, "")
+    return RecommendedItem(item_id, 0.5, f"because of <i>{item_id}</i>", title, ("Tools",), False, explanation)
+
+
+class FakeGateway:
+    def __init__(self) -> None:
+        self.queries: list[str] = []
+
+    async def recommend(
+        self,
+        user_id: str = "",
+        *,
+        k: int = 10,
+        query: str = "",
+        filter: Filter | None = None,
+        exclude_seen: bool | None = None,
+        catalog: str = "",
+        context_item_ids: Sequence[str] = (),
+        diversity: float = 0.0,
+        boosts: Sequence[Boost] = (),
+        explain: bool = False,
+    ) -> Recommendations:
+        self.queries.append(query)
+        items = (_item("evil", HOSTILE), _item("g1", "Graph pick", "graph"))
+        return Recommendations(items, "", "personalised", "v1", False, (), "r1", "", "", 1, {"total": 4.0})
+
+    async def similar_items(self, item_id: str, *, k: int = 10, catalog: str = "") -> tuple[RecommendedItem, ...]:
+        if item_id == "missing":
+            raise NotFoundError(grpc.StatusCode.NOT_FOUND, "item 'missing' is not in the catalog", "rid-9")
+        return (_item("s1", HOSTILE),)
+
+
+class FakeOperator:
+    async def health(self, address: str, service: str) -> str:
+        return "SERVING"
+
+    async def user_history(self, user_id: str, catalog: str = "") -> UserHistory:
+        return UserHistory(user_id, (HistoryEvent("evil", "purchase", 1_764_320_000.0, ""),), {})
+
+    async def items(self, item_ids: Sequence[str], catalog: str = "") -> dict[str, StoredItem]:
+        return {i: StoredItem(i, {"title": HOSTILE, "brand": "<img src=x onerror=alert(1)>"}) for i in item_ids}
+
+    async def index_status(self, catalog: str = "") -> IndexStatus:
+        return IndexStatus("edge", 400, 40, 0, 384, False, ("brand", "price"))
+
+    async def impressions(
+        self, catalog: str = "", experiment: str = "", limit: int = 100_000
+    ) -> AsyncIterator[Impression]:
+        for arm, engaged in (("control", ()), ("diverse", ("evil",)), ("control", ("evil",))):
+            yield Impression("r", 1, "u", ("evil",), "trial", arm, 0.0, engaged, ())
+
+    async def model_info(self, catalog: str = "") -> ModelInfo | None:
+        return ModelInfo("v1", "2026-12-01T00:00:00Z", "all-MiniLM-L6-v2", ("v1",))
+
+
+def _client(token: str | None = None) -> TestClient:
+    @asynccontextmanager
+    async def open_console() -> AsyncIterator[Console]:
+        yield Console(FakeGateway(), FakeOperator(), {"gateway": "g:1"}, ["articles"], Experiments(), 100)
+
+    return TestClient(console_app(open_console, token))
+
+
+@pytest.fixture
+def client() -> Iterator[TestClient]:
+    with _client() as client:
+        yield client
+
+
+@pytest.mark.parametrize("path", ["/users/u1", "/items/evil", "/users/u1?q=%3Cscript%3E"])
+def test_untrusted_text_is_escaped(client: TestClient, path: str) -> None:
+    html = client.get(path).text
+    assert "<script>" not in html and "<img src=x" not in html and "<i>evil</i>" not in html
+    assert "&lt;script&gt;document.title=&#34;pwned&#34;&lt;/script&gt;Glue &amp; &lt;b&gt;bold&lt;/b&gt;" in html
+
+
+def test_pages_render(client: TestClient) -> None:
+    user = client.get("/users/u1?q=glue&diversity=0.5&boost_category=Tools&boost_weight=2")
+    assert user.status_code == 200 and "personalised" in user.text and "purchase" in user.text
+    item = client.get("/items/evil")
+    assert "Graph pick" in item.text and 'id="graph"' in item.text
+    suite = client.get("/suite")
+    assert "SERVING" in suite.text and "articles" in suite.text and "exact search until built" in suite.text
+    report = client.get("/experiments?name=trial")
+    assert report.status_code == 200 and '<svg id="chart"' in report.text and "diverse" in report.text
+
+
+def test_bad_options_and_suite_errors_become_statuses(client: TestClient) -> None:
+    assert client.get("/users/u1?k=0").status_code == 422
+    missing = client.get("/items/missing")
+    assert missing.status_code == 404
+    assert "item &#39;missing&#39; is not in the catalog" in missing.text and "rid-9" in missing.text
+
+
+def test_the_token_is_asked_for() -> None:
+    with _client(token="s3cret") as client:
+        refused = client.get("/suite")
+        assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Basic")
+        assert client.get("/suite", headers={"authorization": "Bearer wrong"}).status_code == 401
+        assert client.get("/suite", headers={"authorization": "Bearer s3cret"}).status_code == 200
+        basic = base64.b64encode(b"operator:s3cret").decode()
+        assert client.get("/suite", headers={"authorization": f"Basic {basic}"}).status_code == 200
+        assert client.get("/healthz").status_code == 200
