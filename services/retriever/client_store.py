@@ -4,10 +4,10 @@ and `feedback`, the impressions as vectorless points). The same code runs agains
 data only. Named catalogs use the same three collections with the catalog's prefix (`with_prefix`).
 
 Index building is the server's own business (its optimizers run in the background), so `index_ready` is True.
-Reads and writes are serialised per store only where needed: `append_user_events` and item upserts read,
-modify and write popularity under `_write_lock`; local mode (not thread-safe) also serialises reads. Two
-service replicas writing the same items' popularity at once can still lose an increment: Qdrant has no
-server-side increment.
+Users, events and impressions follow `eventlog.py` (a fourth collection, `events`): no write reads a value to
+write it back changed, so any number of service replicas can write to one server at once. Local mode is a
+plain Python engine that is not thread-safe: every call to one local client is serialised by a lock that
+belongs to the client (what a server's own locking gives), never held across calls.
 """
 
 from __future__ import annotations
@@ -15,19 +15,20 @@ from __future__ import annotations
 import threading
 import uuid
 import warnings
+import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 from qdrant_client import QdrantClient, models
 
 from services.common.errors import InvalidArgumentError, UnavailableError
-from services.retriever import feedback, profiles
+from services.retriever import eventlog, feedback
+from services.retriever.eventlog import EventLog
 from services.retriever.store import (
     CATEGORIES_FIELD,
     DEFAULT_SCHEMA,
-    EVENTS_FIELD,
     ITEM_ID_FIELD,
     POPULARITY_FIELD,
     USER_ID_FIELD,
@@ -43,23 +44,17 @@ from services.retriever.store import (
     UserEvent,
     UserProfile,
     as_vector,
-    events_from_payload,
-    events_to_payload,
     in_requested_order,
     item_payload,
     item_point_id,
-    merge_history,
     not_found,
     payload_item_id,
-    popularity_increments,
     popularity_of,
     public_payload,
     scored_item,
     unique,
     user_point_id,
-    validate_events,
     validate_filter,
-    validate_id,
     validate_ids,
     validate_items,
     validate_limit,
@@ -73,6 +68,22 @@ _SCHEMA_TYPES: Mapping[FieldType, models.PayloadSchemaType] = {
     FieldType.INTEGER: models.PayloadSchemaType.INTEGER,
     FieldType.BOOL: models.PayloadSchemaType.BOOL,
 }
+
+
+USER_INDEXES = {eventlog.STATE_FIELD: FieldType.KEYWORD, eventlog.VERSION_FIELD: FieldType.INTEGER}
+FEEDBACK_INDEXES = {**dict.fromkeys(feedback.INDEXED_FIELDS, FieldType.KEYWORD), "timestamp": FieldType.FLOAT}
+EVENT_INDEXES = {
+    **dict.fromkeys(eventlog.EVENT_KEYWORD_FIELDS, FieldType.KEYWORD),
+    eventlog.TIMESTAMP_FIELD: FieldType.FLOAT,
+}
+# One lock per local-mode client, shared by every store on it.
+_LOCAL_ENGINE_LOCKS: weakref.WeakKeyDictionary[QdrantClient, threading.RLock] = weakref.WeakKeyDictionary()
+_LOCKS_LOCK = threading.Lock()
+
+
+def _local_engine_lock(client: QdrantClient) -> threading.RLock:
+    with _LOCKS_LOCK:
+        return _LOCAL_ENGINE_LOCKS.setdefault(client, threading.RLock())
 
 
 def to_client_filter(
@@ -125,6 +136,7 @@ class ClientVectorStore:
         items_collection: str = "items",
         users_collection: str = "users",
         feedback_collection: str = "feedback",
+        events_collection: str = "events",
         schema: PayloadSchema = DEFAULT_SCHEMA,
         shard_number: int | None = None,
         replication_factor: int | None = None,
@@ -142,22 +154,21 @@ class ClientVectorStore:
         self._items = items_collection
         self._users = users_collection
         self._feedback = feedback_collection
+        self._events = events_collection
         self._shard_number = shard_number
         self._replication_factor = replication_factor
         self._max_history = max_history
         self._half_life = half_life_events
         options = client.init_options
         self._local = options.get("location") == ":memory:" or options.get("path") is not None
-        self._write_lock = threading.RLock()
+        self._engine_lock = _local_engine_lock(client) if self._local else None
         self._closed = False
         self._ensure_collection(self._items, shard_number, replication_factor, indexes=self._index_fields())
-        self._ensure_collection(self._users, shard_number, replication_factor, indexes={})
-        self._ensure_collection(
-            self._feedback,
-            shard_number,
-            replication_factor,
-            indexes=dict.fromkeys(feedback.INDEXED_FIELDS, FieldType.KEYWORD),
-        )
+        self._ensure_collection(self._users, shard_number, replication_factor, indexes=USER_INDEXES)
+        self._ensure_collection(self._feedback, shard_number, replication_factor, indexes=FEEDBACK_INDEXES)
+        self._ensure_collection(self._events, shard_number, replication_factor, indexes=EVENT_INDEXES)
+        self._log = EventLog(_ClientLog(self), max_history, half_life_events)
+        self._log.migrate()  # collections written before the event log existed
 
     @classmethod
     def from_url(
@@ -188,14 +199,15 @@ class ClientVectorStore:
         return self._client
 
     def with_prefix(self, prefix: str) -> ClientVectorStore:
-        """A store with the same settings on the same client, on collections `<prefix>items`, `<prefix>users`
-        and `<prefix>feedback` (created when missing); it leaves the client to this store."""
+        """A store with the same settings on the same client, on collections `<prefix>items`, `<prefix>users`,
+        `<prefix>feedback` and `<prefix>events` (created when missing); it leaves the client to this store."""
         return ClientVectorStore(
             self._client,
             dimension=self._dimension,
             items_collection=f"{prefix}items",
             users_collection=f"{prefix}users",
             feedback_collection=f"{prefix}feedback",
+            events_collection=f"{prefix}events",
             schema=self._schema,
             shard_number=self._shard_number,
             replication_factor=self._replication_factor,
@@ -244,13 +256,9 @@ class ClientVectorStore:
                     self._client.create_payload_index(name, field, field_schema=_SCHEMA_TYPES[kind], wait=True)
 
     @contextmanager
-    def _reading(self) -> Iterator[None]:
-        """Local mode is a plain Python engine: serialise its reads with the writes. A server needs none."""
-        if self._local:
-            with self._write_lock:
-                self._check_open()
-                yield
-        else:
+    def _engine(self) -> Iterator[None]:
+        """One engine call: serialised per client in local mode (not thread-safe); a server needs nothing."""
+        with self._engine_lock if self._engine_lock is not None else nullcontext():
             self._check_open()
             yield
 
@@ -279,9 +287,8 @@ class ClientVectorStore:
         valid = validate_items(items, self._dimension, self._schema)
         if not valid:
             return 0
-        with self._write_lock:
-            self._check_open()
-            ids = _item_pids(item.item_id for item in valid)
+        ids = _item_pids(item.item_id for item in valid)
+        with self._engine():
             existing = {
                 payload_item_id(r.payload): popularity_of(r.payload)
                 for r in self._client.retrieve(self._items, ids=ids, with_payload=[POPULARITY_FIELD, ITEM_ID_FIELD])
@@ -294,23 +301,25 @@ class ClientVectorStore:
                 )
                 for pid, item in zip(ids, valid, strict=True)
             ]
+        with self._engine():
             self._client.upsert(self._items, points=points, wait=True)
+        # The popularity read above may be older than an event counted meanwhile (by this or another replica).
+        self._log.refresh_popularity([item.item_id for item in valid])
         return len(valid)
 
     def delete_items(self, ids: Sequence[str]) -> int:
         wanted = unique(validate_ids(ids, "item id"))
         if not wanted:
             return 0
-        with self._write_lock:
-            self._check_open()
-            pids = _item_pids(wanted)
+        pids = _item_pids(wanted)
+        with self._engine():
             found = len(self._client.retrieve(self._items, ids=pids, with_payload=False))
             self._client.delete(self._items, points_selector=models.PointIdsList(points=pids), wait=True)
         return found
 
     def get_items(self, ids: Sequence[str], with_vectors: bool = False, skip_missing: bool = False) -> list[Item]:
         wanted = validate_ids(ids, "item id")
-        with self._reading():
+        with self._engine():
             records = self._client.retrieve(
                 self._items, ids=_item_pids(unique(wanted)), with_payload=True, with_vectors=with_vectors
             )
@@ -325,7 +334,7 @@ class ClientVectorStore:
         return in_requested_order(wanted, by_id, skip_missing)
 
     def count_items(self) -> int:
-        with self._reading():
+        with self._engine():
             return self._client.count(self._items, exact=True).count
 
     # -- queries -------------------------------------------------------------------------------------------
@@ -348,7 +357,7 @@ class ClientVectorStore:
             )
             for q in queries
         ]
-        with self._reading():
+        with self._engine():
             responses = self._client.query_batch_points(self._items, requests=requests)
         return [
             [scored_item(p, p.score, q.with_vectors) for p in response.points]
@@ -371,7 +380,7 @@ class ClientVectorStore:
         validate_filter(filter, self._schema)
         excluded = validate_ids(exclude_ids, "excluded item id")
         examples = unique([*positives, *negatives])
-        with self._reading():
+        with self._engine():
             # The examples' vectors are fetched first (unknown ids -> NotFoundError) and passed as vectors, so
             # both backends behave alike; examples are excluded explicitly.
             vectors = {
@@ -411,7 +420,7 @@ class ClientVectorStore:
         validate_limit(limit, offset)
         validate_filter(filter, self._schema)
         excluded = validate_ids(exclude_ids, "excluded item id")
-        with self._reading():
+        with self._engine():
             response = self._client.query_points(
                 self._items,
                 query=models.OrderByQuery(
@@ -428,209 +437,39 @@ class ClientVectorStore:
             for p in response.points
         ]
 
-    # -- users ---------------------------------------------------------------------------------------------
+    # -- users, events, impressions (services/retriever/eventlog.py) ------------------------------------------
 
     def append_user_events(self, user_id: str, events: Sequence[UserEvent]) -> UserProfile:
-        validate_id(user_id, "user id")
-        new_events = validate_events(events)
-        with self._write_lock:
-            self._check_open()
-            event_items = unique([e.item_id for e in new_events])
-            records = {
-                payload_item_id(r.payload): r
-                for r in self._client.retrieve(
-                    self._items, ids=_item_pids(event_items), with_payload=True, with_vectors=True
-                )
-            }
-            missing = [i for i in event_items if i not in records]
-            if missing:
-                raise not_found("item", missing)
-            user_pid = str(user_point_id(user_id))
-            old = self._client.retrieve(self._users, ids=[user_pid], with_payload=True)
-            old_payload = (old[0].payload or {}) if old else {}
-            old_events = events_from_payload(old_payload.get(EVENTS_FIELD))
-            shown = feedback.forget_shown(
-                feedback.shown_from_payload(old_payload.get(feedback.SHOWN_FIELD)), event_items
-            )
-            history = merge_history(old_events, new_events, self._max_history)
-            vectors = {i: as_vector(r.vector) for i, r in records.items()}
-            others = unique([e.item_id for e in history if e.item_id not in vectors])
-            if others:
-                for r in self._client.retrieve(
-                    self._items, ids=_item_pids(others), with_payload=[ITEM_ID_FIELD], with_vectors=True
-                ):
-                    vectors[payload_item_id(r.payload)] = as_vector(r.vector)
-            vector = profiles.history_profile(history, vectors, self._half_life)
-            self._client.upsert(
-                self._users,
-                points=[
-                    models.PointStruct(
-                        id=user_pid,
-                        vector=list(vector) if vector is not None else {},
-                        payload={
-                            USER_ID_FIELD: user_id,
-                            EVENTS_FIELD: events_to_payload(history),
-                            feedback.SHOWN_FIELD: feedback.shown_to_payload(shown),
-                        },
-                    )
-                ],
-                wait=True,
-            )
-            operations: list[models.UpdateOperation] = [
-                models.SetPayloadOperation(
-                    set_payload=models.SetPayload(
-                        payload={POPULARITY_FIELD: popularity_of(records[item_id].payload) + increment},
-                        points=_item_pids([item_id]),
-                    )
-                )
-                for item_id, increment in popularity_increments(new_events).items()
-            ]
-            self._client.batch_update_points(self._items, update_operations=operations, wait=True)
-            self._attribute(new_events)
-        return UserProfile(user_id=user_id, vector=vector, events=history, shown_counts=shown)
+        return self._log.append(user_id, events)
 
-    def _attribute(self, events: Sequence[UserEvent]) -> None:
-        """Marks shown items engaged (and converted) on the impressions the events name."""
-        for rid in feedback.recommendation_ids(events):
-            for impression in feedback.attribute(self._impressions_of(rid), events):
-                pid = str(feedback.impression_point_id(impression.recommendation_id, impression.page))
-                self._client.set_payload(
-                    self._feedback, payload=feedback.to_payload(impression), points=[pid], wait=True
-                )
+    def unknown_recommendations(self, events: Sequence[UserEvent]) -> list[str]:
+        return self._log.unknown_recommendations(events)
 
     def get_user(self, user_id: str) -> UserProfile:
-        validate_id(user_id, "user id")
-        with self._reading():
-            records = self._client.retrieve(
-                self._users, ids=[str(user_point_id(user_id))], with_payload=True, with_vectors=True
-            )
-        if not records:
-            raise not_found("user", [user_id])
-        payload = records[0].payload or {}
-        return UserProfile(
-            user_id=user_id,
-            vector=as_vector(records[0].vector),
-            events=events_from_payload(payload.get(EVENTS_FIELD)),
-            shown_counts=feedback.shown_from_payload(payload.get(feedback.SHOWN_FIELD)),
-        )
+        return self._log.get_user(user_id)
 
     def delete_user(self, user_id: str) -> None:
-        validate_id(user_id, "user id")
-        with self._write_lock:
-            self._check_open()
-            pid = str(user_point_id(user_id))
-            records = self._client.retrieve(self._users, ids=[pid], with_payload=True)
-            # Privacy: the user's impressions go too (they also go when, oddly, the profile is already gone).
-            of_user = _match(USER_ID_FIELD, user_id)
-            impressions = self._client.count(self._feedback, count_filter=of_user, exact=True).count
-            if impressions:
-                self._client.delete(self._feedback, points_selector=models.FilterSelector(filter=of_user), wait=True)
-            if not records:
-                if impressions:
-                    return
-                raise not_found("user", [user_id])
-            self._client.delete(self._users, points_selector=models.PointIdsList(points=[pid]), wait=True)
-            # The user's kept events no longer count towards popularity either.
-            counts = popularity_increments(events_from_payload((records[0].payload or {}).get(EVENTS_FIELD)))
-            items = self._client.retrieve(self._items, ids=_item_pids(list(counts)), with_payload=True)
-            operations: list[models.UpdateOperation] = [
-                models.SetPayloadOperation(
-                    set_payload=models.SetPayload(
-                        payload={
-                            POPULARITY_FIELD: max(0, popularity_of(r.payload) - counts[payload_item_id(r.payload)])
-                        },
-                        points=[r.id],
-                    )
-                )
-                for r in items
-                if payload_item_id(r.payload) in counts
-            ]
-            if operations:
-                self._client.batch_update_points(self._items, update_operations=operations, wait=True)
+        self._log.delete_user(user_id)
 
     def count_users(self) -> int:
-        with self._reading():
-            return self._client.count(self._users, exact=True).count
-
-    # -- feedback log --------------------------------------------------------------------------------------
+        return self._log.count_users()
 
     def record_impression(self, impression: Impression) -> None:
-        new = feedback.validate_impression(impression)
-        pid = str(feedback.impression_point_id(new.recommendation_id, new.page))
-        with self._write_lock:
-            self._check_open()
-            found = self._client.retrieve(self._feedback, ids=[pid], with_payload=True)
-            old = feedback.from_payload(found[0].payload) if found else None
-            stored, counted = feedback.replacement(old, new)
-            self._client.upsert(
-                self._feedback,
-                points=[models.PointStruct(id=pid, vector={}, payload=feedback.to_payload(stored))],
-                wait=True,
-            )
-            if stored.user_id and counted:
-                self._count_shown(stored.user_id, counted)
-
-    def _count_shown(self, user_id: str, items: Sequence[str]) -> None:
-        user_pid = str(user_point_id(user_id))
-        found = self._client.retrieve(self._users, ids=[user_pid], with_payload=True)
-        if found:
-            shown = feedback.shown_from_payload((found[0].payload or {}).get(feedback.SHOWN_FIELD))
-            update = {feedback.SHOWN_FIELD: feedback.shown_to_payload(feedback.bump_shown(shown, items))}
-            self._client.set_payload(self._users, payload=update, points=[user_pid], wait=True)
-        else:  # a user seen only through impressions so far: a profile with no events and no vector
-            payload = {
-                USER_ID_FIELD: user_id,
-                EVENTS_FIELD: [],
-                feedback.SHOWN_FIELD: feedback.shown_to_payload(feedback.bump_shown({}, items)),
-            }
-            self._client.upsert(
-                self._users, points=[models.PointStruct(id=user_pid, vector={}, payload=payload)], wait=True
-            )
-
-    def _impressions_of(self, recommendation_id: str) -> list[Impression]:
-        out: list[Impression] = []
-        offset: Any = None
-        while True:
-            records, offset = self._client.scroll(
-                self._feedback,
-                scroll_filter=_match(feedback.RECOMMENDATION_FIELD, recommendation_id),
-                limit=256,
-                offset=offset,
-                with_payload=True,
-                with_vectors=False,
-            )
-            out.extend(feedback.from_payload(r.payload) for r in records)
-            if offset is None:
-                return feedback.by_page(out)
+        self._log.record_impression(impression)
 
     def get_impressions(self, recommendation_id: str) -> list[Impression]:
-        feedback.validate_recommendation_id(recommendation_id)
-        with self._reading():
-            found = self._impressions_of(recommendation_id)
-        if not found:
-            raise not_found("recommendation", [recommendation_id])
-        return found
+        return self._log.get_impressions(recommendation_id)
 
     def list_impressions(self, experiment: str, limit: int, page_token: str) -> tuple[list[Impression], str]:
-        start = feedback.validate_list(experiment, limit, page_token)
-        with self._reading():
-            records, next_offset = self._client.scroll(
-                self._feedback,
-                scroll_filter=_match(feedback.EXPERIMENT_FIELD, experiment) if experiment else None,
-                limit=limit,
-                offset=start,
-                with_payload=True,
-                with_vectors=False,
-            )
-        return [feedback.from_payload(r.payload) for r in records], "" if next_offset is None else str(next_offset)
+        return self._log.list_impressions(experiment, limit, page_token)
 
     # -- info, lifecycle -----------------------------------------------------------------------------------
 
     def info(self) -> StoreInfo:
-        with self._reading():
+        with self._engine():
             items = self._client.get_collection(self._items)
             item_count = self._client.count(self._items, exact=True).count
-            users = self._client.count(self._users, exact=True).count
+        users = self._log.count_users()
         # Local mode reports no payload schema (its indexes have no effect); show what was created.
         indexes = tuple(sorted(items.payload_schema)) if items.payload_schema else tuple(sorted(self._index_fields()))
         return StoreInfo(
@@ -645,9 +484,193 @@ class ClientVectorStore:
         )
 
     def close(self) -> None:
-        with self._write_lock:
+        with self._engine_lock if self._engine_lock is not None else nullcontext():
             if self._closed:
                 return
             self._closed = True
             if self._owns_client:
                 self._client.close()
+
+
+def _match_any(field: str, values: Sequence[str]) -> models.Filter:
+    return models.Filter(must=[models.FieldCondition(key=field, match=models.MatchAny(any=list(values)))])
+
+
+class _ClientLog:
+    """The event log's engine calls (`eventlog.LogEngine`) on the store's collections, one client call each."""
+
+    def __init__(self, store: ClientVectorStore) -> None:
+        self._store = store
+        self._client = store.client
+
+    def _scroll_all(self, collection: str, filter: models.Filter) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        offset: Any = None
+        while True:
+            with self._store._engine():
+                records, offset = self._client.scroll(
+                    collection, scroll_filter=filter, limit=256, offset=offset, with_payload=True, with_vectors=False
+                )
+            out.extend(dict(r.payload or {}) for r in records)
+            if offset is None:
+                return out
+
+    def _facet(self, collection: str, field: str, filter: models.Filter, limit: int) -> dict[str, int]:
+        with self._store._engine():
+            response = self._client.facet(collection, key=field, facet_filter=filter, limit=max(limit, 1), exact=True)
+        return {str(hit.value): int(hit.count) for hit in response.hits}
+
+    def _count(self, collection: str, filter: models.Filter) -> int:
+        with self._store._engine():
+            return self._client.count(collection, count_filter=filter, exact=True).count
+
+    def _newest(self, collection: str, user_id: str, limit: int) -> list[dict[str, Any]]:
+        with self._store._engine():
+            records, _ = self._client.scroll(
+                collection,
+                scroll_filter=_match(USER_ID_FIELD, user_id),
+                limit=limit,
+                order_by=models.OrderBy(key=eventlog.TIMESTAMP_FIELD, direction=models.Direction.DESC),
+                with_payload=True,
+                with_vectors=False,
+            )
+        return [dict(r.payload or {}) for r in records]
+
+    def item_vectors(self, item_ids: Sequence[str]) -> dict[str, tuple[float, ...] | None]:
+        with self._store._engine():
+            records = self._client.retrieve(
+                self._store._items, ids=_item_pids(item_ids), with_payload=[ITEM_ID_FIELD], with_vectors=True
+            )
+        return {payload_item_id(r.payload): as_vector(r.vector) for r in records}
+
+    def set_popularity(self, counts: Mapping[str, int]) -> None:
+        by_count: dict[int, list[str]] = {}
+        for item_id, count in counts.items():
+            by_count.setdefault(count, []).append(item_id)
+        # By filter: an item deleted meanwhile is skipped, not an error.
+        operations: list[models.UpdateOperation] = [
+            models.SetPayloadOperation(
+                set_payload=models.SetPayload(
+                    payload={POPULARITY_FIELD: count},
+                    filter=models.Filter(must=[models.HasIdCondition(has_id=_item_pids(ids))]),
+                )
+            )
+            for count, ids in by_count.items()
+        ]
+        if operations:
+            with self._store._engine():
+                self._client.batch_update_points(self._store._items, update_operations=operations, wait=True)
+
+    def item_ids(self, offset: Any, limit: int) -> tuple[list[str], Any]:
+        with self._store._engine():
+            records, next_offset = self._client.scroll(
+                self._store._items, limit=limit, offset=offset, with_payload=[ITEM_ID_FIELD], with_vectors=False
+            )
+        return [payload_item_id(r.payload) for r in records], next_offset
+
+    def insert_events(self, points: Sequence[tuple[uuid.UUID, dict[str, Any]]]) -> None:
+        structs = [models.PointStruct(id=str(pid), vector={}, payload=payload) for pid, payload in points]
+        with self._store._engine():
+            self._client.upsert(
+                self._store._events, points=structs, update_mode=models.UpdateMode.INSERT_ONLY, wait=True
+            )
+
+    def count_events(self, user_id: str) -> int:
+        return self._count(self._store._events, _match(USER_ID_FIELD, user_id))
+
+    def newest_events(self, user_id: str, limit: int) -> list[dict[str, Any]]:
+        return self._newest(self._store._events, user_id, limit)
+
+    def event_counts(self, item_ids: Sequence[str]) -> dict[str, int]:
+        field = eventlog.ITEM_FIELD
+        return self._facet(self._store._events, field, _match_any(field, item_ids), len(item_ids))
+
+    def events_of_recommendations(self, recommendation_ids: Sequence[str]) -> list[dict[str, Any]]:
+        return self._scroll_all(self._store._events, _match_any(feedback.RECOMMENDATION_FIELD, recommendation_ids))
+
+    def event_items_of_user(self, user_id: str) -> set[str]:
+        of_user = _match(USER_ID_FIELD, user_id)
+        return set(self._facet(self._store._events, eventlog.ITEM_FIELD, of_user, self.count_events(user_id)))
+
+    def delete_events_of_user(self, user_id: str) -> None:
+        selector = models.FilterSelector(filter=_match(USER_ID_FIELD, user_id))
+        with self._store._engine():
+            self._client.delete(self._store._events, points_selector=selector, wait=True)
+
+    def read_user(self, user_id: str) -> tuple[dict[str, Any], tuple[float, ...] | None] | None:
+        with self._store._engine():
+            records = self._client.retrieve(
+                self._store._users, ids=[str(user_point_id(user_id))], with_payload=True, with_vectors=True
+            )
+        return (dict(records[0].payload or {}), as_vector(records[0].vector)) if records else None
+
+    def write_user(self, user_id: str, version: int, payload: dict[str, Any], vector: tuple[float, ...] | None) -> None:
+        older = models.Filter(
+            should=[
+                models.FieldCondition(key=eventlog.VERSION_FIELD, range=models.Range(lte=version)),
+                models.IsEmptyCondition(is_empty=models.PayloadField(key=eventlog.VERSION_FIELD)),
+            ]
+        )
+        point = models.PointStruct(
+            id=str(user_point_id(user_id)), vector=list(vector) if vector is not None else {}, payload=payload
+        )
+        with self._store._engine():
+            self._client.upsert(self._store._users, points=[point], update_filter=older, wait=True)
+
+    def legacy_users(self, limit: int) -> list[dict[str, Any]]:
+        unversioned = models.Filter(
+            must=[models.IsEmptyCondition(is_empty=models.PayloadField(key=eventlog.VERSION_FIELD))]
+        )
+        with self._store._engine():
+            records, _ = self._client.scroll(
+                self._store._users, scroll_filter=unversioned, limit=limit, with_payload=True, with_vectors=False
+            )
+        return [dict(r.payload or {}) for r in records]
+
+    def count_users(self) -> int:
+        deleted = models.FieldCondition(key=eventlog.STATE_FIELD, match=models.MatchValue(value=eventlog.DELETED))
+        return self._count(self._store._users, models.Filter(must_not=[deleted]))
+
+    def upsert_impression(self, point_id: uuid.UUID, payload: dict[str, Any]) -> None:
+        point = models.PointStruct(id=str(point_id), vector={}, payload=payload)
+        with self._store._engine():
+            self._client.upsert(self._store._feedback, points=[point], wait=True)
+
+    def impressions_of(self, recommendation_id: str) -> list[dict[str, Any]]:
+        return self._scroll_all(self._store._feedback, _match(feedback.RECOMMENDATION_FIELD, recommendation_id))
+
+    def list_impressions(
+        self, experiment: str, limit: int, start: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        with self._store._engine():
+            records, next_offset = self._client.scroll(
+                self._store._feedback,
+                scroll_filter=_match(feedback.EXPERIMENT_FIELD, experiment) if experiment else None,
+                limit=limit,
+                offset=start,
+                with_payload=True,
+                with_vectors=False,
+            )
+        return [dict(r.payload or {}) for r in records], None if next_offset is None else str(next_offset)
+
+    def count_impressions(self, user_id: str) -> int:
+        return self._count(self._store._feedback, _match(USER_ID_FIELD, user_id))
+
+    def newest_impressions(self, user_id: str, limit: int) -> list[dict[str, Any]]:
+        return self._newest(self._store._feedback, user_id, limit)
+
+    def recorded_recommendations(self, recommendation_ids: Sequence[str]) -> set[str]:
+        field = feedback.RECOMMENDATION_FIELD
+        return set(
+            self._facet(self._store._feedback, field, _match_any(field, recommendation_ids), len(recommendation_ids))
+        )
+
+    def delete_impressions_of_user(self, user_id: str) -> int:
+        of_user = _match(USER_ID_FIELD, user_id)
+        found = self._count(self._store._feedback, of_user)
+        if found:
+            with self._store._engine():
+                self._client.delete(
+                    self._store._feedback, points_selector=models.FilterSelector(filter=of_user), wait=True
+                )
+        return found

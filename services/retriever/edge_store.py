@@ -38,9 +38,11 @@ from qdrant_edge import (
     EdgeOptimizersConfig,
     EdgeShard,
     EdgeVectorParams,
+    FacetRequest,
     FieldCondition,
     HasIdCondition,
     HnswIndexConfig,
+    IsEmptyCondition,
     MatchAny,
     MatchValue,
     OrderBy,
@@ -52,17 +54,18 @@ from qdrant_edge import (
     RangeFloat,
     RecommendQuery,
     ScrollRequest,
+    UpdateMode,
     UpdateOperation,
 )
 from qdrant_edge import Filter as EdgeFilter
 
 from services.common.errors import InvalidArgumentError, UnavailableError
-from services.retriever import feedback, profiles
+from services.retriever import eventlog, feedback
+from services.retriever.eventlog import EventLog
 from services.retriever.indexing import NEVER_INDEX_KB, BackgroundIndexer
 from services.retriever.store import (
     CATEGORIES_FIELD,
     DEFAULT_SCHEMA,
-    EVENTS_FIELD,
     ITEM_ID_FIELD,
     POPULARITY_FIELD,
     USER_ID_FIELD,
@@ -79,23 +82,17 @@ from services.retriever.store import (
     UserEvent,
     UserProfile,
     as_vector,
-    events_from_payload,
-    events_to_payload,
     in_requested_order,
     item_payload,
     item_point_id,
-    merge_history,
     not_found,
     payload_item_id,
-    popularity_increments,
     popularity_of,
     public_payload,
     scored_item,
     unique,
     user_point_id,
-    validate_events,
     validate_filter,
-    validate_id,
     validate_ids,
     validate_items,
     validate_limit,
@@ -104,6 +101,13 @@ from services.retriever.store import (
 )
 
 logger = logging.getLogger(__name__)
+
+USER_INDEXES = {eventlog.STATE_FIELD: FieldType.KEYWORD, eventlog.VERSION_FIELD: FieldType.INTEGER}
+FEEDBACK_INDEXES = {**dict.fromkeys(feedback.INDEXED_FIELDS, FieldType.KEYWORD), "timestamp": FieldType.FLOAT}
+EVENT_INDEXES = {
+    **dict.fromkeys(eventlog.EVENT_KEYWORD_FIELDS, FieldType.KEYWORD),
+    eventlog.TIMESTAMP_FIELD: FieldType.FLOAT,
+}
 
 _SCHEMA_TYPES: Mapping[FieldType, Any] = {
     FieldType.KEYWORD: PayloadSchemaType.Keyword,
@@ -209,6 +213,7 @@ class EdgeVectorStore:
         self._items_link = self._dir / "items"
         self._users_dir = self._dir / "users"
         self._feedback_dir = self._dir / "feedback"
+        self._events_dir = self._dir / "events"
         self._write_lock = threading.RLock()
         self._rw = ReadWriteLock()
         self._closed = False
@@ -217,22 +222,28 @@ class EdgeVectorStore:
         self._dir.mkdir(parents=True, exist_ok=True)
         self._items_dir = self._current_items_dir()
         self._items = self._open(self._items_dir, self._index_fields())
+        opened = [self._items]
         try:
-            self._users = self._open(self._users_dir, {})
-            try:
-                self._feedback = self._open(
-                    self._feedback_dir, dict.fromkeys(feedback.INDEXED_FIELDS, FieldType.KEYWORD)
-                )
-            except Exception:
-                self._users.close()
-                raise
+            self._users = self._open(self._users_dir, USER_INDEXES)
+            opened.append(self._users)
+            self._feedback = self._open(self._feedback_dir, FEEDBACK_INDEXES)
+            opened.append(self._feedback)
+            self._events = self._open(self._events_dir, EVENT_INDEXES)
+            opened.append(self._events)
         except Exception:
-            self._items.close()
+            for shard in opened:
+                shard.close()
             raise
         self._index_built = self._items.info().indexed_vectors_count > 0
         # rebuild_unindexed: after a build, build again when this many items written during it are unindexed.
         self._indexer = BackgroundIndexer(self, timeout_s=index_build_timeout_s, rebuild_at=rebuild_unindexed)
         self._commit = GroupCommit(self._flush_shards) if sync_writes else None
+        self._log = EventLog(_EdgeLog(self), max_history, half_life_events)
+        try:
+            self._log.migrate()  # a folder written before the event log existed
+        except Exception:
+            self.close()
+            raise
 
     # -- setup ---------------------------------------------------------------------------------------------
 
@@ -362,6 +373,8 @@ class EdgeVectorStore:
             ]
             self._items.update(UpdateOperation.upsert_points(points))
             self._mark_dirty(item.item_id for item in valid)
+        # The popularity read above may be older than an event counted meanwhile (by this or another writer).
+        self._log.refresh_popularity([item.item_id for item in valid])
         self._durable()
         return len(valid)
 
@@ -493,185 +506,35 @@ class EdgeVectorStore:
             for p in points
         ]
 
-    # -- users ---------------------------------------------------------------------------------------------
+    # -- users, events, impressions (services/retriever/eventlog.py) ------------------------------------------
 
     def append_user_events(self, user_id: str, events: Sequence[UserEvent]) -> UserProfile:
-        validate_id(user_id, "user id")
-        new_events = validate_events(events)
-        with self._write_lock:
-            self._check_open()
-            event_items = unique([e.item_id for e in new_events])
-            records = {payload_item_id(r.payload): r for r in self._items.retrieve(_item_pids(event_items), True, True)}
-            missing = [i for i in event_items if i not in records]
-            if missing:
-                raise not_found("item", missing)
-            user_pid = user_point_id(user_id)
-            old = self._users.retrieve([user_pid], True, False)
-            old_payload = (old[0].payload or {}) if old else {}
-            old_events = events_from_payload(old_payload.get(EVENTS_FIELD))
-            shown = feedback.forget_shown(
-                feedback.shown_from_payload(old_payload.get(feedback.SHOWN_FIELD)), event_items
-            )
-            history = merge_history(old_events, new_events, self._max_history)
-            vectors = {i: as_vector(r.vector) for i, r in records.items()}
-            others = unique([e.item_id for e in history if e.item_id not in vectors])
-            if others:
-                for r in self._items.retrieve(_item_pids(others), True, True):
-                    vectors[payload_item_id(r.payload)] = as_vector(r.vector)
-            vector = profiles.history_profile(history, vectors, self._half_life)
-            self._users.update(
-                UpdateOperation.upsert_points(
-                    [
-                        Point(
-                            user_pid,
-                            list(vector) if vector is not None else {},
-                            {
-                                USER_ID_FIELD: user_id,
-                                EVENTS_FIELD: events_to_payload(history),
-                                feedback.SHOWN_FIELD: feedback.shown_to_payload(shown),
-                            },
-                        )
-                    ]
-                )
-            )
-            self._add_popularity(popularity_increments(new_events), records)
-            self._mark_dirty(event_items)
-            self._attribute(new_events)
+        profile = self._log.append(user_id, events)
         self._durable()
-        return UserProfile(user_id=user_id, vector=vector, events=history, shown_counts=shown)
+        return profile
 
-    def _attribute(self, events: Sequence[UserEvent]) -> None:
-        """Marks shown items engaged (and converted) on the impressions the events name."""
-        for rid in feedback.recommendation_ids(events):
-            for impression in feedback.attribute(self._impressions_of(rid), events):
-                pid = feedback.impression_point_id(impression.recommendation_id, impression.page)
-                self._feedback.update(UpdateOperation.set_payload([pid], feedback.to_payload(impression)))
-
-    def _add_popularity(self, increments: Mapping[str, int], records: Mapping[str, Any] | None = None) -> None:
-        """Adds to items' popularity counts (never below zero); items deleted meanwhile are skipped."""
-        if records is None:
-            found = self._items.retrieve(_item_pids(increments), True, False)
-            records = {payload_item_id(r.payload): r for r in found}
-        for item_id, increment in increments.items():
-            if item_id not in records:
-                continue
-            new_value = max(0, popularity_of(records[item_id].payload) + increment)
-            self._items.update(UpdateOperation.set_payload([item_point_id(item_id)], {POPULARITY_FIELD: new_value}))
+    def unknown_recommendations(self, events: Sequence[UserEvent]) -> list[str]:
+        return self._log.unknown_recommendations(events)
 
     def get_user(self, user_id: str) -> UserProfile:
-        validate_id(user_id, "user id")
-        with self._rw.read():
-            self._check_open()
-            records = self._users.retrieve([user_point_id(user_id)], True, True)
-        if not records:
-            raise not_found("user", [user_id])
-        payload = records[0].payload or {}
-        return UserProfile(
-            user_id=user_id,
-            vector=as_vector(records[0].vector),
-            events=events_from_payload(payload.get(EVENTS_FIELD)),
-            shown_counts=feedback.shown_from_payload(payload.get(feedback.SHOWN_FIELD)),
-        )
+        return self._log.get_user(user_id)
 
     def delete_user(self, user_id: str) -> None:
-        validate_id(user_id, "user id")
-        with self._write_lock:
-            self._check_open()
-            pid = user_point_id(user_id)
-            records = self._users.retrieve([pid], True, False)
-            # Privacy: the user's impressions go too (they also go when, oddly, the profile is already gone).
-            of_user = _match(USER_ID_FIELD, user_id)
-            impressions = self._feedback.count(CountRequest(exact=True, filter=of_user))
-            if impressions:
-                self._feedback.update(UpdateOperation.delete_points_by_filter(of_user))
-            if not records and not impressions:
-                raise not_found("user", [user_id])
-            if records:
-                self._delete_profile(pid, records[0].payload)
+        self._log.delete_user(user_id)
         self._durable()
-
-    def _delete_profile(self, pid: Any, payload: Mapping[str, Any] | None) -> None:
-        self._users.update(UpdateOperation.delete_points([pid]))
-        # The user's kept events no longer count towards popularity either.
-        events = events_from_payload((payload or {}).get(EVENTS_FIELD))
-        decrements = {i: -n for i, n in popularity_increments(events).items()}
-        if decrements:
-            self._add_popularity(decrements)
-            self._mark_dirty(decrements)
 
     def count_users(self) -> int:
-        with self._rw.read():
-            self._check_open()
-            return self._users.count(CountRequest(exact=True))
-
-    # -- feedback log --------------------------------------------------------------------------------------
+        return self._log.count_users()
 
     def record_impression(self, impression: Impression) -> None:
-        new = feedback.validate_impression(impression)
-        pid = feedback.impression_point_id(new.recommendation_id, new.page)
-        with self._write_lock:
-            self._check_open()
-            found = self._feedback.retrieve([pid], True, False)
-            old = feedback.from_payload(found[0].payload) if found else None
-            stored, counted = feedback.replacement(old, new)
-            self._feedback.update(UpdateOperation.upsert_points([Point(pid, {}, feedback.to_payload(stored))]))
-            if stored.user_id and counted:
-                self._count_shown(stored.user_id, counted)
+        self._log.record_impression(impression)
         self._durable()
 
-    def _count_shown(self, user_id: str, items: Sequence[str]) -> None:
-        user_pid = user_point_id(user_id)
-        found = self._users.retrieve([user_pid], True, False)
-        if found:
-            shown = feedback.shown_from_payload((found[0].payload or {}).get(feedback.SHOWN_FIELD))
-            update = {feedback.SHOWN_FIELD: feedback.shown_to_payload(feedback.bump_shown(shown, items))}
-            self._users.update(UpdateOperation.set_payload([user_pid], update))
-        else:  # a user seen only through impressions so far: a profile with no events and no vector
-            payload = {
-                USER_ID_FIELD: user_id,
-                EVENTS_FIELD: [],
-                feedback.SHOWN_FIELD: feedback.shown_to_payload(feedback.bump_shown({}, items)),
-            }
-            self._users.update(UpdateOperation.upsert_points([Point(user_pid, {}, payload)]))
-
-    def _impressions_of(self, recommendation_id: str) -> list[Impression]:
-        out: list[Impression] = []
-        offset: Any = None
-        while True:
-            request = ScrollRequest(
-                offset=offset,
-                limit=256,
-                filter=_match(feedback.RECOMMENDATION_FIELD, recommendation_id),
-                with_payload=True,
-                with_vector=False,
-            )
-            records, offset = self._feedback.scroll(request)
-            out.extend(feedback.from_payload(r.payload) for r in records)
-            if offset is None:
-                return feedback.by_page(out)
-
     def get_impressions(self, recommendation_id: str) -> list[Impression]:
-        feedback.validate_recommendation_id(recommendation_id)
-        with self._rw.read():
-            self._check_open()
-            found = self._impressions_of(recommendation_id)
-        if not found:
-            raise not_found("recommendation", [recommendation_id])
-        return found
+        return self._log.get_impressions(recommendation_id)
 
     def list_impressions(self, experiment: str, limit: int, page_token: str) -> tuple[list[Impression], str]:
-        start = feedback.validate_list(experiment, limit, page_token)
-        request = ScrollRequest(
-            offset=None if start is None else uuid.UUID(start),
-            limit=limit,
-            filter=_match(feedback.EXPERIMENT_FIELD, experiment) if experiment else None,
-            with_payload=True,
-            with_vector=False,
-        )
-        with self._rw.read():
-            self._check_open()
-            records, next_offset = self._feedback.scroll(request)
-        return [feedback.from_payload(r.payload) for r in records], "" if next_offset is None else str(next_offset)
+        return self._log.list_impressions(experiment, limit, page_token)
 
     # -- info, lifecycle -----------------------------------------------------------------------------------
 
@@ -679,7 +542,7 @@ class EdgeVectorStore:
         with self._rw.read():
             self._check_open()
             items = self._items.info()
-            users = self._users.count(CountRequest(exact=True))
+        users = self._log.count_users()
         return StoreInfo(
             backend=self.backend,
             items=items.points_count,
@@ -697,6 +560,7 @@ class EdgeVectorStore:
             self._items.flush()
             self._users.flush()
             self._feedback.flush()
+            self._events.flush()
 
     def _flush_shards(self) -> None:
         # Under the read lock: an index swap or close waits for the flush, writers do not.
@@ -705,6 +569,7 @@ class EdgeVectorStore:
             self._items.flush()
             self._users.flush()
             self._feedback.flush()
+            self._events.flush()
 
     def _durable(self) -> None:
         """With sync_writes, waits until the writes made so far are on disk (group commit)."""
@@ -717,7 +582,7 @@ class EdgeVectorStore:
             if self._closed:
                 return
             self._closed = True
-            for shard in (self._items, self._users, self._feedback):
+            for shard in (self._items, self._users, self._feedback, self._events):
                 try:
                     shard.flush()
                 finally:
@@ -811,3 +676,173 @@ def _item_pids(ids: Iterable[str]) -> list[Any]:
 
 def _match(field: str, value: str) -> EdgeFilter:
     return EdgeFilter(must=[FieldCondition(key=field, match=MatchValue(value))])
+
+
+def _match_any(field: str, values: Sequence[str]) -> EdgeFilter:
+    return EdgeFilter(must=[FieldCondition(key=field, match=MatchAny(list(values)))])
+
+
+def _scroll_all(shard: EdgeShard, filter: EdgeFilter) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    offset: Any = None
+    while True:
+        request = ScrollRequest(offset=offset, limit=256, filter=filter, with_payload=True, with_vector=False)
+        records, offset = shard.scroll(request)
+        out.extend(dict(r.payload or {}) for r in records)
+        if offset is None:
+            return out
+
+
+def _facet(shard: EdgeShard, field: str, filter: EdgeFilter, limit: int) -> dict[str, int]:
+    response = shard.facet(FacetRequest(field, limit=max(limit, 1), exact=True, filter=filter))
+    return {str(hit.value): int(hit.count) for hit in response.hits}
+
+
+class _EdgeLog:
+    """The event log's engine calls (`eventlog.LogEngine`) on the store's shards. Item reads share the read
+    lock an index swap takes; popularity writes take the write lock, which a swap's replay of the items
+    written during a build needs. The other shards need no lock of ours: each call is one engine operation."""
+
+    def __init__(self, store: EdgeVectorStore) -> None:
+        self._store = store
+
+    def item_vectors(self, item_ids: Sequence[str]) -> dict[str, tuple[float, ...] | None]:
+        with self._store._rw.read():
+            self._store._check_open()
+            records = self._store._items.retrieve(_item_pids(item_ids), True, True)
+        return {payload_item_id(r.payload): as_vector(r.vector) for r in records}
+
+    def set_popularity(self, counts: Mapping[str, int]) -> None:
+        by_count: dict[int, list[str]] = {}
+        for item_id, count in counts.items():
+            by_count.setdefault(count, []).append(item_id)
+        with self._store._write_lock:
+            self._store._check_open()
+            for count, ids in by_count.items():
+                # By filter: an item deleted meanwhile is skipped, not an error.
+                only = EdgeFilter(must=[HasIdCondition(set(_item_pids(ids)))])
+                self._store._items.update(UpdateOperation.set_payload_by_filter(only, {POPULARITY_FIELD: count}))
+            self._store._mark_dirty(counts)
+
+    def item_ids(self, offset: Any, limit: int) -> tuple[list[str], Any]:
+        with self._store._rw.read():
+            self._store._check_open()
+            request = ScrollRequest(offset=offset, limit=limit, with_payload=True, with_vector=False)
+            records, next_offset = self._store._items.scroll(request)
+        return [payload_item_id(r.payload) for r in records], next_offset
+
+    def insert_events(self, points: Sequence[tuple[uuid.UUID, dict[str, Any]]]) -> None:
+        self._store._check_open()
+        operation = UpdateOperation.upsert_points(
+            [Point(pid, {}, payload) for pid, payload in points], None, UpdateMode.InsertOnly
+        )
+        self._store._events.update(operation)
+
+    def count_events(self, user_id: str) -> int:
+        return self._store._events.count(CountRequest(exact=True, filter=_match(USER_ID_FIELD, user_id)))
+
+    def newest_events(self, user_id: str, limit: int) -> list[dict[str, Any]]:
+        request = ScrollRequest(
+            limit=limit,
+            filter=_match(USER_ID_FIELD, user_id),
+            with_payload=True,
+            with_vector=False,
+            order_by=OrderBy(eventlog.TIMESTAMP_FIELD, Direction.Desc),
+        )
+        records, _ = self._store._events.scroll(request)
+        return [dict(r.payload or {}) for r in records]
+
+    def event_counts(self, item_ids: Sequence[str]) -> dict[str, int]:
+        return _facet(
+            self._store._events, eventlog.ITEM_FIELD, _match_any(eventlog.ITEM_FIELD, item_ids), len(item_ids)
+        )
+
+    def events_of_recommendations(self, recommendation_ids: Sequence[str]) -> list[dict[str, Any]]:
+        return _scroll_all(self._store._events, _match_any(feedback.RECOMMENDATION_FIELD, recommendation_ids))
+
+    def event_items_of_user(self, user_id: str) -> set[str]:
+        of_user = _match(USER_ID_FIELD, user_id)
+        return set(_facet(self._store._events, eventlog.ITEM_FIELD, of_user, self.count_events(user_id)))
+
+    def delete_events_of_user(self, user_id: str) -> None:
+        self._store._check_open()
+        self._store._events.update(UpdateOperation.delete_points_by_filter(_match(USER_ID_FIELD, user_id)))
+
+    def read_user(self, user_id: str) -> tuple[dict[str, Any], tuple[float, ...] | None] | None:
+        self._store._check_open()
+        records = self._store._users.retrieve([user_point_id(user_id)], True, True)
+        return (dict(records[0].payload or {}), as_vector(records[0].vector)) if records else None
+
+    def write_user(self, user_id: str, version: int, payload: dict[str, Any], vector: tuple[float, ...] | None) -> None:
+        self._store._check_open()
+        older = EdgeFilter(
+            should=[
+                FieldCondition(key=eventlog.VERSION_FIELD, range=RangeFloat(lte=float(version))),
+                IsEmptyCondition(eventlog.VERSION_FIELD),
+            ]
+        )
+        point = Point(user_point_id(user_id), list(vector) if vector is not None else {}, payload)
+        self._store._users.update(UpdateOperation.upsert_points([point], older))
+
+    def legacy_users(self, limit: int) -> list[dict[str, Any]]:
+        request = ScrollRequest(
+            limit=limit,
+            filter=EdgeFilter(must=[IsEmptyCondition(eventlog.VERSION_FIELD)]),
+            with_payload=True,
+            with_vector=False,
+        )
+        records, _ = self._store._users.scroll(request)
+        return [dict(r.payload or {}) for r in records]
+
+    def count_users(self) -> int:
+        self._store._check_open()
+        live = EdgeFilter(must_not=[FieldCondition(key=eventlog.STATE_FIELD, match=MatchValue(eventlog.DELETED))])
+        return self._store._users.count(CountRequest(exact=True, filter=live))
+
+    def upsert_impression(self, point_id: uuid.UUID, payload: dict[str, Any]) -> None:
+        self._store._check_open()
+        self._store._feedback.update(UpdateOperation.upsert_points([Point(point_id, {}, payload)]))
+
+    def impressions_of(self, recommendation_id: str) -> list[dict[str, Any]]:
+        self._store._check_open()
+        return _scroll_all(self._store._feedback, _match(feedback.RECOMMENDATION_FIELD, recommendation_id))
+
+    def list_impressions(
+        self, experiment: str, limit: int, start: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        self._store._check_open()
+        request = ScrollRequest(
+            offset=None if start is None else uuid.UUID(start),
+            limit=limit,
+            filter=_match(feedback.EXPERIMENT_FIELD, experiment) if experiment else None,
+            with_payload=True,
+            with_vector=False,
+        )
+        records, next_offset = self._store._feedback.scroll(request)
+        return [dict(r.payload or {}) for r in records], None if next_offset is None else str(next_offset)
+
+    def count_impressions(self, user_id: str) -> int:
+        return self._store._feedback.count(CountRequest(exact=True, filter=_match(USER_ID_FIELD, user_id)))
+
+    def newest_impressions(self, user_id: str, limit: int) -> list[dict[str, Any]]:
+        request = ScrollRequest(
+            limit=limit,
+            filter=_match(USER_ID_FIELD, user_id),
+            with_payload=True,
+            with_vector=False,
+            order_by=OrderBy("timestamp", Direction.Desc),
+        )
+        records, _ = self._store._feedback.scroll(request)
+        return [dict(r.payload or {}) for r in records]
+
+    def recorded_recommendations(self, recommendation_ids: Sequence[str]) -> set[str]:
+        field = feedback.RECOMMENDATION_FIELD
+        return set(_facet(self._store._feedback, field, _match_any(field, recommendation_ids), len(recommendation_ids)))
+
+    def delete_impressions_of_user(self, user_id: str) -> int:
+        self._store._check_open()
+        of_user = _match(USER_ID_FIELD, user_id)
+        found = self._store._feedback.count(CountRequest(exact=True, filter=of_user))
+        if found:
+            self._store._feedback.update(UpdateOperation.delete_points_by_filter(of_user))
+        return found

@@ -18,6 +18,7 @@ from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
 from services.common.errors import InvalidArgumentError, NotFoundError
+from services.common.input_rules import check_id
 
 __all__ = [
     "DEFAULT_SCHEMA",
@@ -157,22 +158,24 @@ class SearchQuery:
 
 @dataclass(frozen=True, slots=True)
 class UserEvent:
-    """A user's interaction with an item; `weight` scales its pull on the profile (negative pushes away).
-    `recommendation_id` names the recommendation it came from (empty: none), for attribution."""
+    """A user's interaction with an item; `weight` (above 0) scales its pull on the profile.
+    `recommendation_id` names the recommendation it came from (empty: none), for attribution. `event_id` names
+    the event: the same id recorded again for the user counts once (empty: derived from the content)."""
 
     item_id: str
     event_type: str
     timestamp: float
     weight: float = 1.0
     recommendation_id: str = ""
+    event_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class UserProfile:
     """A user's history (oldest first, at most the store's `max_history` newest events) and the profile
     vector computed from it (None when no event points anywhere). `shown_counts`: times each item was shown
-    to the user in impressions since the user's last event on it (the most recently shown items, oldest first).
-    A user with impressions but no events has a profile with no events and no vector."""
+    on the user's newest recorded pages after the user's last event on it, by time (the most recently shown
+    items, oldest first). A user with impressions but no events has a profile with no events and no vector."""
 
     user_id: str
     vector: tuple[float, ...] | None
@@ -183,8 +186,9 @@ class UserProfile:
 @dataclass(frozen=True, slots=True)
 class Impression:
     """One shown page of a recommendation, keyed by (recommendation_id, page). `user_id` is empty for an
-    anonymous caller. The store keeps `engaged_item_ids` (shown items with an attributed event of any type) and
-    `converted_item_ids` (with an attributed "purchase"); callers' values for them are ignored."""
+    anonymous caller. `engaged_item_ids` (shown items with an event from this recommendation, of any type) and
+    `converted_item_ids` (with a "purchase") are read from the events when the impression is read; callers'
+    values for them are ignored."""
 
     recommendation_id: str
     page: int
@@ -252,7 +256,14 @@ class VectorStore(Protocol):
         offset: int = 0,
     ) -> list[ScoredItem]: ...
 
-    def append_user_events(self, user_id: str, events: Sequence[UserEvent]) -> UserProfile: ...
+    def append_user_events(self, user_id: str, events: Sequence[UserEvent]) -> UserProfile:
+        """Stores the events (each event id once per user, however often it is sent) and returns the profile,
+        which covers them."""
+        ...
+
+    def unknown_recommendations(self, events: Sequence[UserEvent]) -> list[str]:
+        """The recommendation ids the events name that no recorded impression has (nothing to attribute to)."""
+        ...
 
     def get_user(self, user_id: str) -> UserProfile: ...
 
@@ -261,8 +272,8 @@ class VectorStore(Protocol):
     def count_users(self) -> int: ...
 
     def record_impression(self, impression: Impression) -> None:
-        """Stores one shown page durably, replacing the same (recommendation_id, page); with a user id, counts
-        the page's items as shown to that user (once per key: a retry counts nothing again)."""
+        """Stores one shown page durably, replacing the same (recommendation_id, page); with a user id, the
+        page counts towards that user's shown counts (once per key: a retry counts nothing again)."""
         ...
 
     def get_impressions(self, recommendation_id: str) -> list[Impression]:
@@ -296,11 +307,9 @@ def user_point_id(user_id: str) -> uuid.UUID:
 
 
 def validate_id(value: object, what: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise InvalidArgumentError(f"{what} must be a non-empty string, got {value!r}")
-    if len(value) > MAX_ID_LENGTH:
-        raise InvalidArgumentError(f"{what} is {len(value)} characters long; the limit is {MAX_ID_LENGTH}")
-    return value
+    if not isinstance(value, str):
+        raise InvalidArgumentError(f"{what} must be a string, got {value!r}")
+    return check_id(value, what, MAX_ID_LENGTH)
 
 
 def validate_ids(ids: Sequence[str], what: str) -> list[str]:
@@ -470,25 +479,6 @@ def validate_items(items: Sequence[Item], dimension: int, schema: PayloadSchema)
     return list(out.values())
 
 
-def validate_events(events: Sequence[UserEvent]) -> list[UserEvent]:
-    if not events:
-        raise InvalidArgumentError("events is empty: give at least one event")
-    for event in events:
-        validate_id(event.item_id, "event item id")
-        if not isinstance(event.event_type, str) or not event.event_type:
-            raise InvalidArgumentError(f"event on {event.item_id!r}: event_type must be a non-empty string")
-        for name, value in (("timestamp", event.timestamp), ("weight", event.weight)):
-            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                raise InvalidArgumentError(f"event on {event.item_id!r}: {name} must be a finite number, got {value!r}")
-        rid = event.recommendation_id
-        if not isinstance(rid, str) or len(rid) > MAX_RECOMMENDATION_ID:
-            raise InvalidArgumentError(
-                f"event on {event.item_id!r}: recommendation_id must be a string of at most "
-                f"{MAX_RECOMMENDATION_ID} characters (or empty)"
-            )
-    return list(events)
-
-
 def validate_search_query(query: SearchQuery, dimension: int, schema: PayloadSchema, index: int) -> None:
     validate_vector(query.vector, dimension, f"vector of query {index}")
     validate_limit(query.limit, query.offset)
@@ -533,18 +523,8 @@ def as_vector(raw: object) -> tuple[float, ...] | None:
     return None
 
 
-def events_to_payload(events: Sequence[UserEvent]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    for e in events:
-        entry: dict[str, Any] = {"item_id": e.item_id, "event_type": e.event_type, "timestamp": e.timestamp}
-        entry["weight"] = e.weight
-        if e.recommendation_id:
-            entry["recommendation_id"] = e.recommendation_id
-        out.append(entry)
-    return out
-
-
 def events_from_payload(raw: object) -> tuple[UserEvent, ...]:
+    """A history as the layout before the event log kept it in the user's payload (a list of objects)."""
     if not isinstance(raw, list):
         return ()
     return tuple(
@@ -558,19 +538,6 @@ def events_from_payload(raw: object) -> tuple[UserEvent, ...]:
         for e in raw
         if isinstance(e, dict)
     )
-
-
-def merge_history(old: Sequence[UserEvent], new: Sequence[UserEvent], max_history: int) -> tuple[UserEvent, ...]:
-    """Old and new events, oldest first (stable sort by timestamp), the newest `max_history` kept."""
-    merged = sorted([*old, *new], key=lambda e: e.timestamp)
-    return tuple(merged[-max_history:])
-
-
-def popularity_increments(events: Sequence[UserEvent]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for event in events:
-        counts[event.item_id] = counts.get(event.item_id, 0) + 1
-    return counts
 
 
 def popularity_of(payload: Mapping[str, Any] | None) -> int:

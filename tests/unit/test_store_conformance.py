@@ -183,7 +183,7 @@ def test_rejects_bad_vectors(store: VectorStore) -> None:
 
 
 def test_popularity_is_kept_on_reupsert(store: VectorStore, catalogue: list[Item]) -> None:
-    store.append_user_events("u", [UserEvent("item-5", "view", 1.0, 1.0), UserEvent("item-5", "buy", 2.0, 1.0)])
+    store.append_user_events("u", [UserEvent("item-5", "view", 1.0, 1.0), UserEvent("item-5", "purchase", 2.0, 1.0)])
     assert store.get_items(["item-5"])[0].payload["popularity"] == 2
     item = catalogue[5]
     store.upsert_items([Item(item.item_id, item.vector, {**item.payload, "title": "new", "popularity": 99})])
@@ -359,10 +359,12 @@ def test_history_cap(factory: Factory) -> None:
 
 
 def test_get_and_delete_user(store: VectorStore, catalogue: list[Item]) -> None:
-    store.append_user_events("carol", [UserEvent("item-2", "buy", 5.0, 2.0)])
+    store.append_user_events("carol", [UserEvent("item-2", "purchase", 5.0, 2.0)])
     assert store.count_users() == 1
     profile = store.get_user("carol")
-    assert profile.events == (UserEvent("item-2", "buy", 5.0, 2.0),)
+    assert [(e.item_id, e.event_type, e.timestamp, e.weight) for e in profile.events] == [
+        ("item-2", "purchase", 5.0, 2.0)
+    ]
     store.delete_user("carol")
     assert store.count_users() == 0
     with pytest.raises(NotFoundError, match="carol"):
@@ -526,7 +528,8 @@ def test_impressions_record_get_and_replace(store: VectorStore, catalogue: list[
     store.record_impression(_impression("r1", 1, "u1", ["item-1", "item-2"], "exp", "a"))
     store.record_impression(_impression("r1", 1, "u1", ["item-1", "item-5"], "exp", "a"))
     assert store.get_impressions("r1")[0].item_ids == ("item-1", "item-5")
-    assert dict(store.get_user("u1").shown_counts) == {"item-3": 1, "item-4": 1, "item-1": 1, "item-2": 1, "item-5": 1}
+    # The replaced page counts as shown once, with what it shows now.
+    assert dict(store.get_user("u1").shown_counts) == {"item-3": 1, "item-4": 1, "item-1": 1, "item-5": 1}
     with pytest.raises(NotFoundError, match="ghost"):
         store.get_impressions("ghost")
 
@@ -537,16 +540,17 @@ def test_impressions_attribution_and_shown_counts(store: VectorStore, catalogue:
     profile = store.get_user("u1")  # a user known only from impressions: no events, no vector
     assert profile.events == () and profile.vector is None
     assert dict(profile.shown_counts) == {"item-2": 1, "item-3": 1, "item-1": 2, "item-4": 1}
-    events = [
-        UserEvent("item-2", "click", 1.0, 1.0, recommendation_id="r1"),
-        UserEvent("item-3", "purchase", 2.0, 4.0, recommendation_id="r1"),
-        UserEvent("item-4", "view", 3.0, 1.0, recommendation_id="r1"),  # not shown in r1: stored, not attributed
-        UserEvent("item-5", "view", 4.0, 1.0, recommendation_id="unknown"),
+    events = [  # after the pages were shown (at 101)
+        UserEvent("item-2", "click", 201.0, 1.0, recommendation_id="r1"),
+        UserEvent("item-3", "purchase", 202.0, 4.0, recommendation_id="r1"),
+        UserEvent("item-4", "view", 203.0, 1.0, recommendation_id="r1"),  # not shown in r1: stored, not attributed
+        UserEvent("item-5", "view", 204.0, 1.0, recommendation_id="unknown"),
     ]
     profile = store.append_user_events("u1", events)
     assert [e.recommendation_id for e in profile.events] == ["r1", "r1", "r1", "unknown"]
     assert profile.vector is not None
-    assert dict(profile.shown_counts) == {"item-1": 2}  # an event on an item resets its count
+    assert dict(profile.shown_counts) == {"item-1": 2}  # an event on an item after it was shown resets its count
+    assert store.unknown_recommendations(events) == ["unknown"]
     assert store.get_user("u1").shown_counts == profile.shown_counts
     (r1,) = store.get_impressions("r1")
     assert (set(r1.engaged_item_ids), r1.converted_item_ids) == ({"item-2", "item-3"}, ("item-3",))

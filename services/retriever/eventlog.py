@@ -1,0 +1,488 @@
+"""Users, events, popularity and attribution on either backend, written so that any number of retriever
+replicas can write to one store at once, and retries count nothing twice. docs/reliability.md states the
+guarantee; this is how it is kept:
+
+- **Events are points of their own** in an `events` collection (shard), keyed by uuid5(user id, event id) and
+  written insert-only: the same event again, from a retry or from another replica, changes nothing. Events
+  are never modified; they go only with their user (DeleteUser).
+- **Item popularity** is the number of events on the item: a copy in the item's payload (the field `popular`
+  orders and filters by), which a writer sets from an exact count of the log, never by adding to a value it
+  read. The writer counts again after setting it; when the count moved on meanwhile it sets it again, so
+  whichever writer finishes last leaves it right.
+- **A user's point** in `users` is a snapshot: the newest `max_history` events, the profile vector computed
+  from them, and the shown counts computed from the user's newest impressions. It carries a version,
+  incarnation x 2^32 + (events + impressions counted before it was computed), and is never written over a
+  newer version (a conditional upsert, which the engine applies atomically). A writer returns once the
+  stored version covers its own writes, so the user's next read, through any replica, sees them.
+- **DeleteUser** first writes a tombstone of the next incarnation, then deletes the user's events and
+  impressions: a snapshot computed from the old events is older than the tombstone and is refused. Events
+  that land after the delete start a fresh user.
+- **Impressions** are points keyed by (recommendation id, page). What they led to (engaged, converted) is
+  read from the events that name the recommendation, never written onto the impression, so two writers
+  never change one impression's attribution.
+
+Every backend provides the engine calls (`LogEngine`); the logic above is written once, here.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
+
+import structlog
+
+from services.common.errors import InvalidArgumentError, UnavailableError
+from services.common.events import (
+    MAX_EVENT_ID_CHARS,
+    derived_event_id,
+    event_time_problem,
+    event_type_problem,
+    event_weight_problem,
+)
+from services.retriever import feedback, profiles
+from services.retriever.store import (
+    MAX_RECOMMENDATION_ID,
+    USER_ID_FIELD,
+    Impression,
+    UserEvent,
+    UserProfile,
+    events_from_payload,
+    not_found,
+    unique,
+    validate_id,
+)
+
+log = structlog.get_logger(__name__)
+
+EVENT_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "recsys:retriever:event")
+# Fields of an event point; user_id, item_id and recommendation_id have keyword indexes, timestamp a float one.
+ITEM_FIELD = "item_id"
+TIMESTAMP_FIELD = "timestamp"
+EVENT_KEYWORD_FIELDS = (USER_ID_FIELD, ITEM_FIELD, feedback.RECOMMENDATION_FIELD)
+# Fields of a user's snapshot.
+VERSION_FIELD = "version"
+STATE_FIELD = "state"
+DELETED = "deleted"
+INCARNATION = 2**32
+# The shown counts come from this many of the user's newest recorded pages.
+SHOWN_PAGES = 200
+# How often a writer recomputes when others keep writing the same user or item under it; each round means
+# another writer finished a write meanwhile, so running out takes sustained contention on one key.
+MAX_ROUNDS = 20
+
+
+class LogEngine(Protocol):
+    """The engine calls the event log needs; each is one atomic engine operation (or a read)."""
+
+    def item_vectors(self, item_ids: Sequence[str]) -> dict[str, tuple[float, ...] | None]:
+        """Vectors of the items that exist (missing ones are left out)."""
+        ...
+
+    def set_popularity(self, counts: Mapping[str, int]) -> None:
+        """Sets the items' popularity to these counts (items that do not exist are skipped)."""
+        ...
+
+    def item_ids(self, offset: Any, limit: int) -> tuple[list[str], Any]:
+        """A page of every item id and the next page's offset (None after the last)."""
+        ...
+
+    def insert_events(self, points: Sequence[tuple[uuid.UUID, dict[str, Any]]]) -> None:
+        """Writes event points that do not exist yet; existing ones are left as they are."""
+        ...
+
+    def count_events(self, user_id: str) -> int: ...
+
+    def newest_events(self, user_id: str, limit: int) -> list[dict[str, Any]]:
+        """Payloads of the user's newest events by timestamp, newest first."""
+        ...
+
+    def event_counts(self, item_ids: Sequence[str]) -> dict[str, int]:
+        """Events per item, exact (items with none are left out)."""
+        ...
+
+    def events_of_recommendations(self, recommendation_ids: Sequence[str]) -> list[dict[str, Any]]: ...
+
+    def event_items_of_user(self, user_id: str) -> set[str]: ...
+
+    def delete_events_of_user(self, user_id: str) -> None: ...
+
+    def read_user(self, user_id: str) -> tuple[dict[str, Any], tuple[float, ...] | None] | None: ...
+
+    def write_user(self, user_id: str, version: int, payload: dict[str, Any], vector: tuple[float, ...] | None) -> None:
+        """Writes the user's point unless the stored one has a higher version (no point, or none: written)."""
+        ...
+
+    def legacy_users(self, limit: int) -> list[dict[str, Any]]:
+        """Payloads of user points written before versions existed."""
+        ...
+
+    def count_users(self) -> int:
+        """User points that are not tombstones."""
+        ...
+
+    def upsert_impression(self, point_id: uuid.UUID, payload: dict[str, Any]) -> None: ...
+
+    def impressions_of(self, recommendation_id: str) -> list[dict[str, Any]]: ...
+
+    def list_impressions(
+        self, experiment: str, limit: int, start: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]: ...
+
+    def count_impressions(self, user_id: str) -> int: ...
+
+    def newest_impressions(self, user_id: str, limit: int) -> list[dict[str, Any]]: ...
+
+    def recorded_recommendations(self, recommendation_ids: Sequence[str]) -> set[str]:
+        """The ids among these that have at least one recorded impression."""
+        ...
+
+    def delete_impressions_of_user(self, user_id: str) -> int:
+        """Deletes them; returns how many there were."""
+        ...
+
+
+# -- events ------------------------------------------------------------------------------------------------
+
+
+def event_point_id(user_id: str, event_id: str) -> uuid.UUID:
+    return uuid.uuid5(EVENT_NAMESPACE, json.dumps([user_id, event_id]))
+
+
+def validate_events(user_id: str, events: Sequence[UserEvent], now: float | None = None) -> list[UserEvent]:
+    """The events with their ids (derived from the content where none was given), each id once. Checks what
+    the gateway checks: a known type, a time up to the clock skew past now, a weight above 0."""
+    if not events:
+        raise InvalidArgumentError("events is empty: give at least one event")
+    now = time.time() if now is None else now
+    out: dict[str, UserEvent] = {}
+    for index, event in enumerate(events):
+        where = f"events[{index}]"
+        validate_id(event.item_id, f"{where}.item_id")
+        if not isinstance(event.event_type, str):
+            raise InvalidArgumentError(f"{where}.event_type must be a string")
+        for problem in (
+            event_type_problem(event.event_type),
+            _time_problem(event.timestamp, now),
+            event_weight_problem(event.weight),
+        ):
+            if problem:
+                raise InvalidArgumentError(f"{where} on {event.item_id!r}: {problem}")
+        rid = event.recommendation_id
+        if not isinstance(rid, str) or len(rid) > MAX_RECOMMENDATION_ID:
+            raise InvalidArgumentError(
+                f"{where}.recommendation_id must be a string of at most {MAX_RECOMMENDATION_ID} characters (or empty)"
+            )
+        event_id = event.event_id
+        if not isinstance(event_id, str) or len(event_id) > MAX_EVENT_ID_CHARS:
+            raise InvalidArgumentError(
+                f"{where}.event_id must be a string of at most {MAX_EVENT_ID_CHARS} characters (or empty: derived "
+                f"from the event's content)"
+            )
+        if not event_id:
+            event_id = derived_event_id(user_id, event.item_id, event.event_type, event.timestamp, rid)
+        out.setdefault(
+            event_id, replace(event, timestamp=float(event.timestamp), weight=float(event.weight), event_id=event_id)
+        )
+    return list(out.values())
+
+
+def _time_problem(timestamp: object, now: float) -> str:
+    if isinstance(timestamp, bool) or not isinstance(timestamp, int | float):
+        return f"timestamp must be a number of Unix seconds, got {timestamp!r}"
+    return event_time_problem(float(timestamp), now)
+
+
+def event_payload(user_id: str, event: UserEvent) -> dict[str, Any]:
+    return {
+        USER_ID_FIELD: user_id,
+        "event_id": event.event_id,
+        ITEM_FIELD: event.item_id,
+        "event_type": event.event_type,
+        TIMESTAMP_FIELD: event.timestamp,
+        "weight": event.weight,
+        feedback.RECOMMENDATION_FIELD: event.recommendation_id,
+    }
+
+
+def event_from_payload(payload: Mapping[str, Any]) -> UserEvent:
+    return UserEvent(
+        item_id=str(payload[ITEM_FIELD]),
+        event_type=str(payload["event_type"]),
+        timestamp=float(payload[TIMESTAMP_FIELD]),
+        weight=float(payload["weight"]),
+        recommendation_id=str(payload.get(feedback.RECOMMENDATION_FIELD, "")),
+        event_id=str(payload.get("event_id", "")),
+    )
+
+
+def oldest_first(events: Iterable[UserEvent]) -> list[UserEvent]:
+    # Ties in time are ordered by event id, so every writer computes the same history from the same events.
+    return sorted(events, key=lambda e: (e.timestamp, e.event_id))
+
+
+# -- snapshots ---------------------------------------------------------------------------------------------
+
+
+def _history_to_payload(history: Sequence[UserEvent]) -> str:
+    # One JSON string, not a list of objects: the engines convert payloads value by value (see feedback.py).
+    rows = [[e.item_id, e.event_type, e.timestamp, e.weight, e.recommendation_id, e.event_id] for e in history]
+    return json.dumps(rows, separators=(",", ":"))
+
+
+def _history_from_payload(raw: object) -> tuple[UserEvent, ...]:
+    if not isinstance(raw, str):
+        return ()
+    return tuple(
+        UserEvent(str(i), str(t), float(ts), float(w), str(r), str(e)) for i, t, ts, w, r, e in json.loads(raw)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    incarnation: int
+    version: int
+    events_counted: int
+    deleted: bool
+    history: tuple[UserEvent, ...]
+    vector: tuple[float, ...] | None
+    shown: dict[str, int]
+
+
+def read_snapshot(found: tuple[dict[str, Any], tuple[float, ...] | None] | None) -> Snapshot | None:
+    if found is None:
+        return None
+    payload, vector = found
+    return Snapshot(
+        incarnation=int(payload.get("incarnation", 0)),
+        version=int(payload.get(VERSION_FIELD, -1)),
+        events_counted=int(payload.get("events_counted", -1)),
+        deleted=payload.get(STATE_FIELD) == DELETED,
+        history=_history_from_payload(payload.get("history")),
+        vector=vector,
+        shown=feedback.shown_from_payload(payload.get(feedback.SHOWN_FIELD)),
+    )
+
+
+def shown_counts(impressions: Iterable[Impression], history: Sequence[UserEvent]) -> dict[str, int]:
+    """Times each item was shown on the user's pages after the user's last event on it (by time), least
+    recently shown first, the newest feedback.MAX_SHOWN items."""
+    last_event: dict[str, float] = {}
+    for event in history:
+        last_event[event.item_id] = max(event.timestamp, last_event.get(event.item_id, event.timestamp))
+    shown: dict[str, int] = {}
+    for impression in sorted(impressions, key=lambda i: (i.timestamp, i.recommendation_id, i.page)):
+        counted = [i for i in unique(list(impression.item_ids)) if impression.timestamp > last_event.get(i, -1.0)]
+        shown = feedback.bump_shown(shown, counted)
+    return shown
+
+
+# -- the log -----------------------------------------------------------------------------------------------
+
+
+class EventLog:
+    def __init__(self, engine: LogEngine, max_history: int, half_life_events: float) -> None:
+        self._engine = engine
+        self._max_history = max_history
+        self._half_life = half_life_events
+
+    # -- writes ----------------------------------------------------------------------------------------------
+
+    def append(self, user_id: str, events: Sequence[UserEvent]) -> UserProfile:
+        validate_id(user_id, "user id")
+        checked = validate_events(user_id, events)
+        items = unique([e.item_id for e in checked])
+        vectors = self._engine.item_vectors(items)
+        missing = [i for i in items if i not in vectors]
+        if missing:
+            raise not_found("item", missing)
+        self._engine.insert_events([(event_point_id(user_id, e.event_id), event_payload(user_id, e)) for e in checked])
+        profile = self._refresh_user(user_id, vectors)
+        self.refresh_popularity(items)
+        if profile is None:  # a DeleteUser of this user ran at the same moment and took these events with it
+            return UserProfile(user_id=user_id, vector=None, events=())
+        return profile
+
+    def record_impression(self, impression: Impression, max_items: int | None = None) -> None:
+        stored = feedback.validate_impression(impression, max_items)
+        point_id = feedback.impression_point_id(stored.recommendation_id, stored.page)
+        self._engine.upsert_impression(point_id, feedback.to_payload(stored))
+        if stored.user_id:
+            # A page recorded again with other items leaves the counts as they were: recompute at the same version.
+            self._refresh_user(stored.user_id, recompute_same_version=True)
+
+    def delete_user(self, user_id: str) -> None:
+        validate_id(user_id, "user id")
+        current = read_snapshot(self._engine.read_user(user_id))
+        known = current is not None and not current.deleted
+        if not known and not self._engine.count_events(user_id) and not self._engine.count_impressions(user_id):
+            raise not_found("user", [user_id])
+        incarnation = (current.incarnation if current else 0) + 1
+        # The tombstone first: from here no snapshot of the old incarnation can be written.
+        tombstone = {"incarnation": incarnation, VERSION_FIELD: incarnation * INCARNATION, STATE_FIELD: DELETED}
+        self._engine.write_user(user_id, incarnation * INCARNATION, tombstone, None)
+        items = self._engine.event_items_of_user(user_id)
+        self._engine.delete_events_of_user(user_id)
+        self._engine.delete_impressions_of_user(user_id)
+        self.refresh_popularity(sorted(items))
+
+    def refresh_popularity(self, item_ids: Sequence[str]) -> None:
+        """Sets each item's popularity to its count of events, until a count taken after setting agrees."""
+        for start in range(0, len(item_ids), 512):
+            pending = list(item_ids[start : start + 512])
+            for _ in range(MAX_ROUNDS):
+                counts = {i: 0 for i in pending} | self._engine.event_counts(pending)
+                self._engine.set_popularity(counts)
+                again = self._engine.event_counts(pending)
+                pending = [i for i in pending if again.get(i, 0) != counts[i]]
+                if not pending:
+                    break
+            else:
+                log.warning("popularity still changing after repeated counts; the next event repairs it", items=pending)
+
+    def _refresh_user(
+        self,
+        user_id: str,
+        known_vectors: Mapping[str, tuple[float, ...] | None] | None = None,
+        recompute_same_version: bool = False,
+    ) -> UserProfile | None:
+        """Writes a snapshot that covers everything of the user written so far; None when the user has nothing."""
+        for _ in range(MAX_ROUNDS):
+            current = read_snapshot(self._engine.read_user(user_id))
+            incarnation = current.incarnation if current else 0
+            events_counted = self._engine.count_events(user_id)
+            impressions_counted = self._engine.count_impressions(user_id)
+            if events_counted + impressions_counted == 0:
+                return None
+            version = incarnation * INCARNATION + events_counted + impressions_counted
+            if current is not None and not current.deleted and current.version >= version + recompute_same_version:
+                return self._profile(user_id, current)
+            if current is not None and not current.deleted and current.events_counted == events_counted:
+                history, vector = current.history, current.vector  # only impressions changed
+            else:
+                history, vector = self._history(user_id, known_vectors or {})
+            pages = self._engine.newest_impressions(user_id, SHOWN_PAGES) if impressions_counted else []
+            shown = shown_counts((feedback.from_payload(p) for p in pages), history)
+            payload = {
+                USER_ID_FIELD: user_id,
+                "incarnation": incarnation,
+                VERSION_FIELD: version,
+                "events_counted": events_counted,
+                "history": _history_to_payload(history),
+                feedback.SHOWN_FIELD: feedback.shown_to_payload(shown),
+            }
+            self._engine.write_user(user_id, version, payload, vector)
+            after = read_snapshot(self._engine.read_user(user_id))
+            if after is not None and after.incarnation == incarnation and after.version >= version:
+                return self._profile(user_id, after)
+            # A DeleteUser came between (a new incarnation): count again.
+        raise UnavailableError(f"user {user_id!r} kept changing while their profile was computed: retry the call")
+
+    def _history(
+        self, user_id: str, known_vectors: Mapping[str, tuple[float, ...] | None]
+    ) -> tuple[tuple[UserEvent, ...], tuple[float, ...] | None]:
+        newest = self._engine.newest_events(user_id, self._max_history)
+        history = tuple(oldest_first(event_from_payload(p) for p in newest))
+        vectors = dict(known_vectors)
+        others = unique([e.item_id for e in history if e.item_id not in vectors])
+        if others:
+            vectors.update(self._engine.item_vectors(others))
+        return history, profiles.history_profile(history, vectors, self._half_life)
+
+    @staticmethod
+    def _profile(user_id: str, snapshot: Snapshot) -> UserProfile:
+        return UserProfile(
+            user_id=user_id, vector=snapshot.vector, events=snapshot.history, shown_counts=snapshot.shown
+        )
+
+    # -- reads -----------------------------------------------------------------------------------------------
+
+    def get_user(self, user_id: str) -> UserProfile:
+        validate_id(user_id, "user id")
+        snapshot = read_snapshot(self._engine.read_user(user_id))
+        if snapshot is None or snapshot.deleted:
+            raise not_found("user", [user_id])
+        return self._profile(user_id, snapshot)
+
+    def get_impressions(self, recommendation_id: str) -> list[Impression]:
+        feedback.validate_recommendation_id(recommendation_id)
+        found = [feedback.from_payload(p) for p in self._engine.impressions_of(recommendation_id)]
+        if not found:
+            raise not_found("recommendation", [recommendation_id])
+        return self._attributed(feedback.by_page(found))
+
+    def list_impressions(self, experiment: str, limit: int, page_token: str) -> tuple[list[Impression], str]:
+        start = feedback.validate_list(experiment, limit, page_token)
+        payloads, next_offset = self._engine.list_impressions(experiment, limit, start)
+        return self._attributed([feedback.from_payload(p) for p in payloads]), next_offset or ""
+
+    def unknown_recommendations(self, events: Sequence[UserEvent]) -> list[str]:
+        """The recommendation ids the events name that no recorded impression has."""
+        named = feedback.recommendation_ids(events)
+        if not named:
+            return []
+        recorded = self._engine.recorded_recommendations(named)
+        return [r for r in named if r not in recorded]
+
+    def _attributed(self, impressions: list[Impression]) -> list[Impression]:
+        """The impressions with what they led to: shown items with an event from that recommendation are
+        engaged, and converted on a "purchase"."""
+        rids = unique([i.recommendation_id for i in impressions])
+        acted: dict[str, dict[str, bool]] = {}
+        for start in range(0, len(rids), 256):
+            for payload in self._engine.events_of_recommendations(rids[start : start + 256]):
+                by_item = acted.setdefault(str(payload[feedback.RECOMMENDATION_FIELD]), {})
+                item = str(payload[ITEM_FIELD])
+                by_item[item] = by_item.get(item, False) or payload["event_type"] == feedback.PURCHASE
+        out = []
+        for impression in impressions:
+            by_item = acted.get(impression.recommendation_id, {})
+            shown = unique(list(impression.item_ids))
+            out.append(
+                replace(
+                    impression,
+                    engaged_item_ids=tuple(i for i in shown if i in by_item),
+                    converted_item_ids=tuple(i for i in shown if by_item.get(i)),
+                )
+            )
+        return out
+
+    def count_users(self) -> int:
+        return self._engine.count_users()
+
+    # -- state written before the event log --------------------------------------------------------------------
+
+    def migrate(self) -> int:
+        """Moves users written by the layout before the event log (history in the user's payload) into it: their
+        kept events become event points, their snapshot is computed anew, and every item's popularity is
+        recounted from the log. Idempotent, and safe to run from two replicas at once. Returns the users moved."""
+        moved = 0
+        while batch := self._engine.legacy_users(256):
+            for payload in batch:
+                user_id = str(payload.get(USER_ID_FIELD, ""))
+                events = [
+                    replace(
+                        e, event_id=derived_event_id(user_id, e.item_id, e.event_type, e.timestamp, e.recommendation_id)
+                    )
+                    for e in events_from_payload(payload.get("events"))
+                ]
+                self._engine.insert_events(
+                    [(event_point_id(user_id, e.event_id), event_payload(user_id, e)) for e in events]
+                )
+                if self._refresh_user(user_id) is None:
+                    self._engine.write_user(
+                        user_id, INCARNATION, {"incarnation": 1, VERSION_FIELD: INCARNATION, STATE_FIELD: DELETED}, None
+                    )
+                moved += 1
+        if moved:
+            offset: Any = None
+            while True:
+                ids, offset = self._engine.item_ids(offset, 512)
+                self.refresh_popularity(ids)
+                if offset is None:
+                    break
+            log.info("moved users into the event log", users=moved)
+        return moved
