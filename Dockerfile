@@ -27,7 +27,9 @@ COPY pyproject.toml README.md ./
 # The generated *_pb2 modules are committed beside the protos and installed as the `recsys` package.
 COPY protos protos
 COPY services services
-RUN pip install . && pip check
+COPY recsys_client recsys_client
+# The console extra: the operator console (deploy/components/console) runs from the same image.
+RUN pip install '.[console]' && pip check
 
 FROM ${PYTHON_IMAGE} AS runtime
 # Nothing is installed here: no compilers, no pip runs; the venv comes whole from the builder.

@@ -17,6 +17,7 @@ from services.common.clients import open_channel
 from services.gateway.backends import EmbeddingClient, PreprocessorClient, RankerClient, RetrieverClient
 from services.gateway.config import GatewaySettings
 from services.gateway.experiments import Experiments
+from services.gateway.reasons import ReasonSettings
 from services.gateway.recommender import Blend, Recommender, RecommenderLimits
 from services.gateway.rules import Rotation
 from services.gateway.servicer import GatewayServicer
@@ -106,6 +107,10 @@ class GatewayApp:
             },
             experiments=Experiments.from_file(settings.experiments_file),
             rotation=Rotation(settings.rotation_after, settings.rotation_penalty),
+            reasons=ReasonSettings(
+                similar_percentile=settings.reason_similar_percentile,
+                graph_min_score=settings.reason_graph_min_score,
+            ),
         )
 
     def register(self, server: grpc.aio.Server) -> None:

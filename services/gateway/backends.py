@@ -399,7 +399,9 @@ class RankerClient:
             )
         return Ranking(scores, response.model_version)
 
-    async def suggest(self, catalog: str, model_version: str, history_ids: Sequence[str], limit: int) -> list[str]:
+    async def suggest(
+        self, catalog: str, model_version: str, history_ids: Sequence[str], limit: int
+    ) -> list[tuple[str, float]]:
         request = ranker_pb2.SuggestCandidatesRequest(
             history_item_ids=list(history_ids), limit=limit, catalog=catalog, model_version=model_version
         )
@@ -412,4 +414,4 @@ class RankerClient:
             ):
                 return []
             raise BackendUnavailableError("ranker", f"the ranker failed: {error.code().name}") from error
-        return list(response.item_ids)
+        return list(zip(response.item_ids, response.scores, strict=True))

@@ -63,7 +63,23 @@ class GatewaySettings(ServiceSettings):
     history_for_ranking: int = Field(50, ge=1, description="Most recent history items the ranker sees.")
     # 1.0: the ranker's score already holds a text-similarity term whose weight was tuned on validation.
     ranker_weight: float = Field(1.0, ge=0, le=1, description="Share of the ranker's score against similarity.")
-    query_weight: float = Field(0.5, ge=0, le=1, description="Pull of a query on the user's profile vector.")
+    query_weight: float = Field(
+        0.7,
+        ge=0,
+        le=1,
+        description="Share of the cosine to a query in the score of its nearest items when a user or session is "
+        "known (the rest: the ranker and the profile). The query decides what matches; the user orders it.",
+    )
+    reason_similar_percentile: float = Field(
+        95.0,
+        ge=0,
+        le=100,
+        description="A reason names a history or session item as similar only when its cosine is above this "
+        "percentile of the catalog's pairwise cosines (sampled).",
+    )
+    reason_graph_min_score: float = Field(
+        1.0, description="A reason says 'often chosen by people with a history like yours' above this graph score."
+    )
     weight_view: float = Field(1.0, description="Profile weight of a view.")
     weight_click: float = Field(2.0, description="Profile weight of a click.")
     weight_add_to_cart: float = Field(3.0, description="Profile weight of an add-to-cart.")

@@ -252,6 +252,9 @@ class RankingPort(Protocol):
         """None when the ranker has no model for the catalog."""
         ...
 
-    async def suggest(self, catalog: str, model_version: str, history_ids: Sequence[str], limit: int) -> list[str]:
-        """Candidates from the model's item graph, best first; empty when the catalog has no model or graph."""
+    async def suggest(
+        self, catalog: str, model_version: str, history_ids: Sequence[str], limit: int
+    ) -> list[tuple[str, float]]:
+        """Candidates from the model's item graph with their graph scores, best first; empty when the catalog has
+        no model or graph."""
         ...

@@ -37,6 +37,16 @@ from services.gateway.model import (
     StoredItem,
     TextPort,
 )
+from services.gateway.reasons import (
+    Evidence,
+    ReasonSettings,
+    Signals,
+    SimilarityScale,
+    explain,
+    popularity_reason,
+    quote,
+    similar_reason,
+)
 from services.gateway.rules import (
     DIVERSITY_WINDOW_PER_SLOT,
     MIN_DIVERSITY_WINDOW,
@@ -54,7 +64,6 @@ log = structlog.get_logger(__name__)
 
 # Payload keys the gateway owns; catalog attributes may not overwrite them.
 RESERVED_KEYS = frozenset({"item_id", "title", "categories", "popularity", "description"})
-PAST_TENSE = {"view": "viewed", "click": "clicked", "add_to_cart": "added to your cart", "purchase": "bought"}
 
 
 @dataclass(frozen=True)
@@ -80,8 +89,10 @@ class RecommenderLimits:
 
 @dataclass(frozen=True)
 class Blend:
-    """How signals combine. The ranker's scores and the retrieval similarities are put on one scale
-    (z-scores over the candidate pool) and mixed; a query pulls the profile vector towards itself."""
+    """How signals combine, each put on one scale (z-scores over the candidate pool). The user's side: the
+    ranker's scores mixed with the cosine to the profile (and session) vector, `ranker_weight` to the ranker.
+    With a query the candidates are the query's nearest items, and their score is `query_weight` of the cosine
+    to the query plus the rest of the user's side: the query decides what matches, the user orders it."""
 
     ranker_weight: float = 0.5
     query_weight: float = 0.5
@@ -95,37 +106,31 @@ def _unit(vector: np.ndarray) -> np.ndarray:
     return vector / norm if norm > 0 else vector
 
 
-def _quote(title: str, limit: int = 60) -> str:
-    return f"“{title if len(title) <= limit else title[: limit - 1].rstrip() + '…'}”"
-
-
-def _popularity_reason(events: float) -> str:
-    return f"Popular: {int(events)} interactions" if events > 0 else "New in the catalog"
-
-
-def _graph_reason(has_history: bool) -> str:
-    """Why an item the item graph proposed is shown: people's choices, not its text, brought it."""
-    if has_history:
-        return "Often chosen by people with a history like yours"
-    return "Often chosen with the items in this session"
-
-
 def _pick(override: T | None, default: T) -> T:
     return default if override is None else override
 
 
-def _target(
-    profile: np.ndarray | None, context: np.ndarray | None, query: np.ndarray | None, query_weight: float
-) -> tuple[np.ndarray | None, str]:
-    """The vector to retrieve around and the strategy's name: the user's profile and the session's items
-    count equally; a query pulls that towards itself by `query_weight` (alone, it is the target)."""
-    parts = [name for name, vector in (("personalised", profile), ("session", context)) if vector is not None]
+def _personal_target(profile: np.ndarray | None, context: np.ndarray | None) -> np.ndarray | None:
+    """The user's side as one vector: the profile and the session's items count equally; None without either."""
     known = [v for v in (profile, context) if v is not None]
-    base = _unit(np.sum(known, axis=0)) if known else None
-    if query is not None:
-        parts.append("query")
-        base = query if base is None else _unit((1 - query_weight) * base + query_weight * query)
-    return base, "+".join(parts)
+    return _unit(np.sum(known, axis=0)) if known else None
+
+
+def _strategy(profile: np.ndarray | None, context: np.ndarray | None, query: np.ndarray | None) -> str:
+    named = (("personalised", profile), ("session", context), ("query", query))
+    return "+".join(name for name, vector in named if vector is not None)
+
+
+def _cosines(items: Sequence[StoredItem], vector: np.ndarray) -> np.ndarray:
+    """Each item's cosine to a unit vector (0 for an item without a vector)."""
+    return np.asarray([float(i.vector @ vector) if i.vector is not None else 0.0 for i in items], dtype=np.float64)
+
+
+def _kth_best(values: np.ndarray, k: int) -> float:
+    """The k-th highest value (the lowest when there are fewer); +inf when empty."""
+    if not len(values):
+        return math.inf
+    return float(np.sort(values)[::-1][min(k, len(values)) - 1])
 
 
 def _with_boost(evidence: Evidence, item: StoredItem, boosts: Sequence[Boost]) -> Evidence:
@@ -235,14 +240,6 @@ class Tuning:
     model_version: str = ""
 
 
-@dataclass(frozen=True)
-class Evidence:
-    """Why an item is on the page: the strongest signal behind it, and the words for it."""
-
-    source: str  # a history or context item id, "query", "popularity", "pin" or "" (none)
-    reason: str
-
-
 class Recommender:
     def __init__(
         self,
@@ -255,6 +252,7 @@ class Recommender:
         event_weights: Mapping[str, float],
         experiments: Experiments | None = None,
         rotation: Rotation | None = None,
+        reasons: ReasonSettings | None = None,
     ) -> None:
         self.text = text
         self.embedding = embedding
@@ -266,6 +264,8 @@ class Recommender:
         self.experiments = experiments or Experiments()
         self.rotation = rotation or Rotation()
         self.popular_caches: dict[str, PopularCache] = {}
+        self.reasons = reasons or ReasonSettings()
+        self.similarity_scale = SimilarityScale(retrieval, self.reasons, limits.max_cached_catalogs)
 
     # ---- validation ----------------------------------------------------------------------------------
 
@@ -338,10 +338,11 @@ class Recommender:
             cache = self.popular_caches[catalog] = PopularCache(self.retrieval, catalog, self.limits.popular_cache_size)
         return cache
 
-    async def _query_vector(self, query: str, degraded: list[str], optional: bool) -> np.ndarray | None:
-        """The query's vector; None when nothing searchable is left. A preprocessor outage falls back to the
-        raw text; an embedding outage raises UnavailableError. An optional query (one with a fallback) is
-        embedded on a short deadline; a required one may use the caller's whole remaining time."""
+    async def _query_vector(self, query: str, degraded: list[str], optional: bool) -> tuple[str, np.ndarray] | None:
+        """The query as cleaned (what reasons quote, never the raw text) and its vector; None when nothing
+        searchable is left. A preprocessor outage falls back to the raw text without control characters; an
+        embedding outage raises UnavailableError. An optional query (one with a fallback) is embedded on a short
+        deadline; a required one may use the caller's whole remaining time."""
         try:
             cleaned = await self.text.clean_query(query)
         except UnavailableError as error:
@@ -351,12 +352,12 @@ class Recommender:
         if not cleaned:
             return None
         if optional:
-            return await self.embedding.embed_query(cleaned)
+            return cleaned, await self.embedding.embed_query(cleaned)
         vectors = await self.embedding.embed([cleaned])
         first: np.ndarray = vectors[0]
-        return first
+        return cleaned, first
 
-    async def _optional_query_vector(self, query: str, degraded: list[str]) -> np.ndarray | None:
+    async def _optional_query_vector(self, query: str, degraded: list[str]) -> tuple[str, np.ndarray] | None:
         if not query.strip():
             return None
         try:
@@ -398,13 +399,20 @@ class Recommender:
             raise UnavailableError("the retriever is down and no popular items are cached yet; retry shortly")
         log.warning("retriever unavailable; serving cached popular items")
         blocked = set(request.rules.blocked)
-        items = tuple(self._popular_item(item) for item in cached[:k] if item.item_id not in blocked)
+        filtered = request.item_filter.size() > 0
+        items = tuple(self._popular_item(item, filtered) for item in cached[:k] if item.item_id not in blocked)
         return labels.result(items, len(cached) > k, "popular", "", _stages([*degraded, "retriever"]))
 
     @staticmethod
-    def _popular_item(item: StoredItem) -> Recommendation:
-        reason = _popularity_reason(item.score)
+    def _popular_item(item: StoredItem, filtered: bool) -> Recommendation:
+        reason = popularity_reason(item.score, filtered)
         return Recommendation(item.item_id, item.score, reason, item.title, item.categories, evidence="popularity")
+
+    async def _similarity_bar(self, request: RecommendQuery) -> float:
+        """The catalog's bar for naming a history or session item as similar; +inf when there are none."""
+        if not (request.user_id or request.context_item_ids):
+            return math.inf
+        return await self.similarity_scale.threshold(request.catalog)
 
     async def _recommend(
         self, request: RecommendQuery, labels: _Labels, tuning: Tuning, degraded: list[str], clock: StageClock
@@ -422,13 +430,15 @@ class Recommender:
             if len(shown_before) >= self.limits.max_offset:
                 return labels.result((), False, "popular", "", _stages(degraded))
 
-        profile, context, query_vector = await asyncio.gather(
+        profile, context, queried, strong = await asyncio.gather(
             clock.time("profile", self.retrieval.get_profile(catalog, request.user_id)) if request.user_id else _none(),
             clock.time("context", self.retrieval.get_items(catalog, request.context_item_ids, skip_missing=False))
             if request.context_item_ids
             else _empty(),
             clock.time("query", self._optional_query_vector(request.query, degraded)),
+            clock.time("calibration", self._similarity_bar(request)),
         )
+        query_text, query_vector = queried if queried is not None else ("", None)
         events = profile.events if profile else ()
         seen = list(dict.fromkeys(e.item_id for e in events))
         pinned_ids = [pin.item_id for pin in rules.pins] if labels.page == 1 else []
@@ -446,7 +456,10 @@ class Recommender:
         context_vectors = [item.vector for item in context if item.vector is not None]
         context_vector = _unit(np.mean(context_vectors, axis=0)) if context_vectors else None
         profile_vector = profile.vector if profile is not None else None
-        target, strategy = _target(profile_vector, context_vector, query_vector, tuning.query_weight)
+        personal = _personal_target(profile_vector, context_vector)
+        strategy = _strategy(profile_vector, context_vector, query_vector)
+        # A query decides what matches, so its nearest items are the candidates; the user's side orders them.
+        target = query_vector if query_vector is not None else personal
 
         diversity = rules.diversity or tuning.diversity
         max_per_category = rules.max_per_category or tuning.max_per_category
@@ -455,7 +468,8 @@ class Recommender:
         pinned_task = self.retrieval.get_items(catalog, pinned_ids, skip_missing=False) if pinned_ids else _empty()
         stages: dict[str, np.ndarray] = {}
         model_version = ""
-        proposed_ids: set[str] = set()  # candidates only the ranker's item graph brought
+        graph_scores: dict[str, float] = {}
+        query_bar = math.inf
         if target is None:
             limit = min(max(k * DIVERSITY_WINDOW_PER_SLOT, MIN_DIVERSITY_WINDOW), self.limits.max_popular_pool)
             candidates, pinned = await asyncio.gather(
@@ -471,26 +485,45 @@ class Recommender:
             base = zscores(np.log1p(np.maximum(popularity, 0.0)))
         else:
             pool = max(tuning.candidate_pool, k + 1)
-            suggested = await clock.time(
-                "suggest", self._suggest(request, tuning, [*history_ids, *request.context_item_ids], degraded)
+            # The item graph proposes what the history leads to whatever its text; beside a query its items
+            # would not match what was asked (the ranker's score still holds the graph's term).
+            suggested = (
+                await clock.time(
+                    "suggest", self._suggest(request, tuning, [*history_ids, *request.context_item_ids], degraded)
+                )
+                if query_vector is None
+                else []
             )
+            graph_scores = dict(suggested)
             found, pinned = await asyncio.gather(
                 clock.time(
                     "retrieval",
                     self.retrieval.candidates(
-                        catalog, target, pool, request.item_filter, exclude, suggested, history_ids
+                        catalog, target, pool, request.item_filter, exclude, list(graph_scores), history_ids
                     ),
                 ),
                 pinned_task,
             )
             candidates = found.pool
-            proposed_ids = {item.item_id for item in found.proposed}
             history = [*found.history, *context]  # the session's items are the most recent
             similarity = np.asarray([c.score for c in candidates], dtype=np.float64)
             stages["retrieval"] = similarity
-            base, ranker_scores, model_version = await clock.time(
-                "ranker", self._rank(request, tuning, history, candidates, similarity, degraded)
-            )
+            if query_vector is None:
+                base, ranker_scores, model_version = await clock.time(
+                    "ranker", self._rank(request, tuning, history, candidates, similarity, degraded)
+                )
+            elif personal is None:
+                base, ranker_scores = zscores(similarity), None
+            else:
+                closeness = _cosines(candidates, personal)
+                stages["profile"] = closeness
+                liked, ranker_scores, model_version = await clock.time(
+                    "ranker", self._rank(request, tuning, history, candidates, closeness, degraded)
+                )
+                base = tuning.query_weight * zscores(similarity) + (1 - tuning.query_weight) * liked
+            if query_vector is not None:
+                stages["query"] = similarity
+                query_bar = _kth_best(similarity, k)  # what the search's own page of k would have matched
             if ranker_scores is not None:
                 stages["ranker"] = ranker_scores
         pinned = [item for item in pinned if matches(item, request.item_filter)]
@@ -507,7 +540,18 @@ class Recommender:
             pins = [pin for pin in rules.pins if pin.item_id in pinned_by_id] if labels.page == 1 else []
             placed = place_pins([candidates[i].item_id for i in selection.order], pins, k)
 
-        events_by_item = {e.item_id: e for e in events}
+        signals = Signals(
+            history,
+            {e.item_id: e for e in events},
+            frozenset(context_ids),
+            strong,
+            request.item_filter.size() > 0,
+            query_text,
+            query_vector,
+            query_bar,
+            graph_scores,
+            self.reasons.graph_min_score,
+        )
         items: list[Recommendation] = []
         for position, (item_id, is_pin) in enumerate(placed, start=1):
             if is_pin:
@@ -519,11 +563,9 @@ class Recommender:
                 index = by_id[item_id]
                 item = candidates[index]
                 if target is None:
-                    evidence = Evidence("popularity", _popularity_reason(item.score))
-                elif item_id in proposed_ids:
-                    evidence = Evidence("graph", _graph_reason(bool(history_ids)))
+                    evidence = Evidence("popularity", popularity_reason(item.score, signals.filtered))
                 else:
-                    evidence = self._evidence(item, history, events_by_item, context_ids, request.query, query_vector)
+                    evidence = explain(item, signals)
                 scores = {name: float(values[index]) for name, values in stages.items()}
                 scores["redundancy"] = redundancy[index]
                 score = float(final[index])
@@ -568,7 +610,7 @@ class Recommender:
 
     async def _suggest(
         self, request: RecommendQuery, tuning: Tuning, history_ids: Sequence[str], degraded: list[str]
-    ) -> list[str]:
+    ) -> list[tuple[str, float]]:
         """Candidates from the ranker's item graph for the retriever to add to its pool: items that people with
         this history went on to, which the text profile's nearest neighbours miss. A ranker outage leaves the
         pool to retrieval alone."""
@@ -610,37 +652,6 @@ class Recommender:
         w = tuning.ranker_weight
         return w * zscores(raw) + (1 - w) * zscores(similarity), raw, ranking.model_version
 
-    def _evidence(
-        self,
-        candidate: StoredItem,
-        history: Sequence[StoredItem],
-        events_by_item: Mapping[str, HistoryEvent],
-        context_ids: set[str],
-        query: str,
-        query_vector: np.ndarray | None,
-    ) -> Evidence:
-        """The closest of the history items, the session's items and the query, by cosine."""
-        best: tuple[float, Evidence] = (-math.inf, Evidence("", "Recommended for you"))
-        if candidate.vector is None:
-            return best[1]
-        for item in history:
-            if item.vector is None:
-                continue
-            similarity = float(candidate.vector @ item.vector)
-            if similarity > best[0]:
-                if item.item_id in context_ids:
-                    reason = f"Goes with {_quote(item.title)} in this session"
-                else:
-                    event = events_by_item.get(item.item_id)
-                    verb = PAST_TENSE.get(event.event_type, "viewed") if event else "viewed"
-                    reason = f"Similar to {_quote(item.title)}, which you {verb}"
-                best = (similarity, Evidence(item.item_id, reason))
-        if query_vector is not None:
-            similarity = float(candidate.vector @ query_vector)
-            if similarity >= best[0]:
-                best = (similarity, Evidence("query", f"Matches your search {_quote(query.strip())}"))
-        return best[1]
-
     # ---- similar items and search -------------------------------------------------------------------
 
     async def similar_items(
@@ -650,10 +661,19 @@ class Recommender:
         self._check_id(item_id, "item_id")
         self._check_filter(item_filter)
         k = self._k(k)
-        (source,) = await self.retrieval.get_items(catalog, [item_id], skip_missing=False)
+        (source,), strong = await asyncio.gather(
+            self.retrieval.get_items(catalog, [item_id], skip_missing=False),
+            self.similarity_scale.threshold(catalog),
+        )
         found = await self.retrieval.similar(catalog, item_id, k, item_filter, [])
-        reason = f"Similar to {_quote(source.title)}"
-        return [Recommendation(i.item_id, i.score, reason, i.title, i.categories) for i in found]
+        filtered = item_filter.size() > 0
+        return [
+            Recommendation(
+                i.item_id, i.score, similar_reason(source.title, i.score, strong, filtered), i.title, i.categories
+            )
+            for i in found
+            if i.item_id != item_id
+        ]
 
     async def search(self, query: str, k: int, item_filter: ItemFilter, catalog: str = DEFAULT_CATALOG) -> SearchResult:
         check_catalog(catalog)
@@ -663,11 +683,12 @@ class Recommender:
         self._check_filter(item_filter)
         k = self._k(k)
         degraded: list[str] = []
-        vector = await self._query_vector(query, degraded, optional=False)
-        if vector is None:
+        queried = await self._query_vector(query, degraded, optional=False)
+        if queried is None:
             raise InvalidArgumentError("the query has no searchable text after cleaning (markup or symbols only)")
+        cleaned, vector = queried
         found = await self.retrieval.search(catalog, vector, k, item_filter, [])
-        reason = f"Matches {_quote(query.strip())}"
+        reason = f"Matches {quote(cleaned)}"
         items = tuple(Recommendation(i.item_id, i.score, reason, i.title, i.categories) for i in found)
         return SearchResult(items, _stages(degraded))
 
