@@ -12,6 +12,7 @@ import numpy as np
 
 from services.cli.training import embed_items
 from services.datasets.loaders import Dataset, detect_format, load_dataset
+from services.evaluation.queries import ROWS, query_evaluation
 from services.evaluation.report import plot, table, write_json
 from services.evaluation.runner import run_evaluation
 from services.evaluation.served import served_evaluation
@@ -47,6 +48,11 @@ def run_eval_command(args: argparse.Namespace) -> None:
         f"dataset {dataset.name}: {len(dataset.items)} items, {len(dataset.interactions)} interactions, "
         f"{len(split.test)} test users; protocol {protocol}; seed {args.seed}; data hash {data_hash[:16]}"
     )
+    if args.queries:
+        if not args.through_gateway:
+            raise SystemExit("--queries asks a running suite: give --through-gateway ADDRESS (recsys up prints it)")
+        _queries(args, dataset, split, text)
+        return
     if args.through_gateway:
         _served(args, split, text, data_hash)
         return
@@ -143,3 +149,34 @@ def _served(args: argparse.Namespace, split: Split, text: np.ndarray, data_hash:
             "offline": result.offline,
         }
         args.json.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+
+
+def _queries(args: argparse.Namespace, dataset: Dataset, split: Split, text: np.ndarray) -> None:
+    gateway_address: str = args.through_gateway
+    host, _, port = gateway_address.rpartition(":")
+    cases = split.val if args.validation_users else split.test
+    with (
+        grpc.insecure_channel(gateway_address) as gateway,
+        grpc.insecure_channel(f"{host}:{int(port) + 1}") as preprocessor,
+        grpc.insecure_channel(f"{host}:{int(port) + 2}") as embedding,
+    ):
+        result = query_evaluation(
+            gateway, preprocessor, embedding, split, dataset.items, text, cases=cases, users=args.users, seed=args.seed
+        )
+    who = "validation" if args.validation_users else "test"
+    kinds = ", ".join(f"{n} from the {kind}" for kind, n in result.kinds.items())
+    print(f"personalised search: {result.users} {who} users ({kinds}); served model {result.model_version or 'none'}")
+    print("| row | recall@10 | ndcg@10 | query fidelity |")
+    print("|---|---|---|---|")
+    for row in ROWS:
+        values = result.metrics[row]
+        print(f"| {row} | {values['recall@10']:.4f} | {values['ndcg@10']:.4f} | {values['query_fidelity']:.3f} |")
+    print(
+        f"reasons naming an item: {result.reasons_named}; {100 * result.reasons_strong:.1f}% of them name an item in "
+        f"the top 5% of the catalog's pairwise cosines (cosine >= {result.strong_cosine:.3f})"
+    )
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        document = {"dataset": dataset.name, "seed": args.seed, "cases": who, **result.to_dict()}
+        args.json.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
+        print(f"rows written to {args.json}")

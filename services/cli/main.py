@@ -214,6 +214,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--retriever", metavar="ADDRESS", default=None, help="retriever for candidate recall (gateway port + 3)"
     )
     evaluation.add_argument("--users", type=int, default=1000, help="test users replayed in the served evaluation")
+    evaluation.add_argument(
+        "--queries",
+        action="store_true",
+        help="with --through-gateway: personalised search (a query from each user's held-out item; search only, "
+        "recommend only, personalised+query) and the share of reasons whose named item is truly similar",
+    )
+    evaluation.add_argument(
+        "--validation-users",
+        action="store_true",
+        help="with --queries: score validation users instead of test users (to choose settings such as "
+        "GATEWAY_QUERY_WEIGHT without looking at test)",
+    )
     evaluation.set_defaults(handler=command_eval)
 
     experiments = commands.add_parser("experiments", help="A/B experiments")

@@ -51,12 +51,12 @@ class ServedResult:
         return (offline - self.served[metric]) / offline if offline else 0.0
 
 
-def sample_cases(split: Split, users: int, seed: int) -> list[Case]:
-    cases = list(split.test)
+def sample_cases(cases: Sequence[Case], users: int, seed: int) -> list[Case]:
+    cases = list(cases)
     return cases if len(cases) <= users else random.Random(seed).sample(cases, users)
 
 
-def _events(user_id: str, history: Sequence[str]) -> list[pb.Event]:
+def history_events(user_id: str, history: Sequence[str]) -> list[pb.Event]:
     events = []
     for position, item_id in enumerate(history):
         time = timestamp_pb2.Timestamp(seconds=BASE_TIME + position)
@@ -82,7 +82,7 @@ def served_evaluation(
 ) -> ServedResult:
     gateway_stub = gateway_pb2_grpc.GatewayServiceStub(gateway)
     retriever_stub = retriever_pb2_grpc.RetrieverServiceStub(retriever)
-    cases = sample_cases(split, users, seed)
+    cases = sample_cases(split.test, users, seed)
     names = [f"eval-{case.user_id}" for case in cases]
 
     def delete(name: str) -> None:
@@ -97,7 +97,7 @@ def served_evaluation(
         delete(name)
         history = [split.item_ids[i] for i in case.history]
         for start in range(0, len(history), 1000):
-            batch = _events(name, history)[start : start + 1000]
+            batch = history_events(name, history)[start : start + 1000]
             gateway_stub.RecordEvents(pb.RecordEventsRequest(events=batch), timeout=timeout_s)
         response = gateway_stub.Recommend(pb.RecommendRequest(user_id=name, k=k), timeout=timeout_s)
         profile = retriever_stub.GetUserProfile(retriever_pb2.GetUserProfileRequest(user_id=name), timeout=timeout_s)
