@@ -8,7 +8,7 @@ import random
 import numpy as np
 
 from services.datasets.loaders import CatalogItem
-from services.evaluation.queries import query_fidelity, derive_queries, strong_cosine, title_words
+from services.evaluation.queries import derive_queries, query_fidelity, strong_cosine, title_words
 from services.evaluation.splits import Case
 
 GLUE = CatalogItem(
