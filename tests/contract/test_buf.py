@@ -15,7 +15,7 @@ sys.path.insert(0, str(REPO_ROOT / "scripts"))
 from check_protos import INSTALL_HINT, PROTO_ROOT, baseline_ref, breaking, find_buf, git_input, lint
 
 GATEWAY_PROTO = Path("recsys/gateway/v1/gateway.proto")
-EXPLAIN_FIELD = "  // Fill each item's explanation with per-stage scores.\n  bool explain = 14;\n"
+EXPLAIN_FIELD = "  bool explain = 14;\n"
 
 
 @pytest.fixture(scope="module")
