@@ -8,8 +8,11 @@ PYTEST_ARGS ?=
 
 .PHONY: run test lint protos clean
 
+# exec: recsys replaces the recipe's shell, so the SIGTERM make forwards to its child (a process manager stopping
+# `make run`) reaches recsys, which stops the five services; through a shell it would be lost and leave them running.
+# make exits non-zero when recsys does (a service that kept dying).
 run: $(VENV)/.installed
-	$(BIN)/recsys up $(ARGS)
+	exec $(BIN)/recsys up $(ARGS)
 
 test: $(VENV)/.installed $(BUF)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

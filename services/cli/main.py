@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import sys
-import threading
+import time
 from pathlib import Path
 
 from recsys_client import RecsysClient, RecsysError
 from services.cli.experiments import run_report
 from services.cli.ingest import ingest
-from services.cli.suite import Suite
+from services.cli.suite import GaveUp, RestartPolicy, Suite, Supervisor
 from services.cli.training import catalog_argument, train_and_publish
 from services.console.launch import CONSOLE_PORT_OFFSET, RunningConsole, start_console
 from services.datasets.loaders import Dataset, load_dataset
@@ -25,6 +26,10 @@ from services.ranker.training import TrainConfig
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "amazon-scientific"
 DEFAULT_STATE = REPO_ROOT / "var"
+# `recsys up` trains a first model within this many seconds of epochs when there is no checkpoint, so a first run
+# serves within minutes; `recsys train` trains to early stopping.
+UP_TRAIN_BUDGET_S = 60.0
+EXIT_GAVE_UP = 3  # `recsys up`'s exit status when a service kept exiting and the suite was stopped
 
 
 def _offline() -> None:
@@ -45,7 +50,7 @@ def _dataset(args: argparse.Namespace) -> Dataset:
 
 
 def _train_config(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(max_epochs=args.epochs, seed=args.seed, max_seconds=args.max_train_seconds)
+    return TrainConfig(max_epochs=args.epochs, seed=args.seed, max_seconds=args.max_train_seconds or None)
 
 
 def command_train(args: argparse.Namespace) -> None:
@@ -88,30 +93,50 @@ def _print_sample(client: RecsysClient, dataset: Dataset) -> None:
         print(f"    {item.score:6.3f}  {item.title[:70]}\n            {item.reason}")
 
 
+class StopRequested(BaseException):
+    """SIGTERM or SIGINT reached `recsys up`: stop the suite at whatever step it is in."""
+
+
+def _stop_requested(signum: int, _frame: object) -> None:
+    raise StopRequested(signal.Signals(signum).name)
+
+
 def command_up(args: argparse.Namespace) -> None:
+    # From the first moment, so that a process manager's SIGTERM (which `make run` forwards to its child) stops
+    # training, start-up and loading too, not only the serving loop.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _stop_requested)
+    with contextlib.suppress(StopRequested):  # asked to stop, and stopped: exit status 0
+        _up(args)
+
+
+def _up(args: argparse.Namespace) -> None:
     state_dir: Path = args.state_dir
+    print(f"loading the dataset from {args.data} ...", flush=True)
     dataset = _dataset(args)
     print(f"dataset {dataset.name}: {len(dataset.items)} items, {len(dataset.interactions)} interactions")
     if latest_checkpoint(state_dir / "checkpoints") is None:
-        print("no ranker checkpoint yet: training one (once)")
-        train_and_publish(dataset, state_dir / "checkpoints", state_dir / "cache", _train_config(args))
+        _train_first_model(args, dataset)
 
     suite = Suite(args.port, state_dir)
     console: RunningConsole | None = None
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    policy = RestartPolicy(max_restarts=args.max_restarts, window_s=args.restart_window)
+    supervisor = Supervisor(suite, policy, say=lambda line: print(line, flush=True))
     try:
         suite.start()
         pids = ", ".join(f"{name} pid {process.pid}" for name, process in suite.processes.items())
-        print(f"started {pids} (logs in {state_dir / 'logs'})", flush=True)
-        suite.wait_until_serving()
+        print(f"started {pids} (logs in {state_dir / 'logs'}); waiting for each to report SERVING", flush=True)
+        started = time.monotonic()
+        suite.wait_until_serving(
+            on_serving=lambda name: print(f"  {name} SERVING after {time.monotonic() - started:.0f} s", flush=True)
+        )
         print("all five services report SERVING")
         if args.console:
             console = start_console(suite)
         marker = state_dir / "qdrant" / f"loaded-{dataset.content_hash()[:16]}"
         with RecsysClient(suite.address("gateway")) as client:
             if not marker.exists():
+                print("loading the catalog and its interactions through the gateway (once per state folder)")
                 try:
                     ingest(client, dataset)
                 except RecsysError as error:
@@ -124,20 +149,57 @@ def command_up(args: argparse.Namespace) -> None:
         print(f"\ngateway on {suite.address('gateway')}; try: grpcurl -plaintext {suite.address('gateway')} list")
         if console is not None:
             print(f"operator console on {console.url}")
+        print(
+            f"a service that exits is restarted (at most {policy.max_restarts} times within "
+            f"{policy.window_s:.0f} s, then `recsys up` stops all and exits with status {EXIT_GAVE_UP})"
+        )
         print("serving until Ctrl-C", flush=True)
-        while not stop.wait(1.0):
-            dead = [name for name, p in suite.processes.items() if p.poll() is not None]
-            if dead:
-                print(
-                    f"service {dead[0]} exited; stopping the suite. Log tail:\n{suite.tail(dead[0])}", file=sys.stderr
-                )
-                break
+        while True:
+            supervisor.check()
+            time.sleep(0.5)
+    except GaveUp as gave_up:
+        print(f"giving up: {gave_up}", file=sys.stderr, flush=True)
+        raise SystemExit(EXIT_GAVE_UP) from None
+    except StopRequested as stop:
+        print(f"\n{stop.args[0]} received", flush=True)
+        raise
     finally:
+        # A second Ctrl-C or SIGTERM must not cut the shutdown short and leave services running on their own.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
         if console is not None:
             console.stop()
         print("stopping the five services ...", flush=True)
         codes = suite.stop()
-        print("stopped: " + ", ".join(f"{name}={code}" for name, code in codes.items()))
+        print("stopped: " + ", ".join(f"{name}={code}" for name, code in codes.items()), flush=True)
+
+
+def _train_first_model(args: argparse.Namespace, dataset: Dataset) -> None:
+    budget = args.max_train_seconds
+    if budget is None:
+        print("no ranker checkpoint yet: training one (once; no time budget)", flush=True)
+    else:
+        print(
+            f"no ranker checkpoint yet: training a first one with a budget of {budget:.0f} s of epochs, so the suite "
+            "serves within minutes (once; `--max-train-seconds 0` trains without a budget)",
+            flush=True,
+        )
+    started = time.monotonic()
+    path, result = train_and_publish(
+        dataset, args.state_dir / "checkpoints", args.state_dir / "cache", _train_config(args)
+    )
+    print(
+        f"ranker trained in {time.monotonic() - started:.0f} s ({result.epochs} epochs): validation NDCG@10 "
+        f"{result.metrics.get('val_ndcg@10', float('nan')):.4f}; checkpoint {path}",
+        flush=True,
+    )
+    if budget is not None:
+        print(
+            f"for the full model (early stopping without a time budget) run, now or while the suite serves:\n"
+            f"  .venv/bin/recsys train --data {args.data} --state-dir {args.state_dir}\n"
+            "the running ranker picks up the newer checkpoint by itself",
+            flush=True,
+        )
 
 
 def command_console(args: argparse.Namespace) -> None:
@@ -160,18 +222,30 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--state-dir", type=Path, default=DEFAULT_STATE, help="checkpoints, index, logs")
         command.add_argument("--epochs", type=int, default=40, help="most training epochs (early stopping)")
         command.add_argument("--seed", type=int, default=0)
-        command.add_argument("--max-train-seconds", type=float, default=None, help="wall-clock cap on training")
+        command.add_argument(
+            "--max-train-seconds", type=float, default=None, help="wall-clock cap on training epochs (0: none)"
+        )
 
     up = commands.add_parser("up", help="train if needed, start the five services, load the data, serve")
     data_options(up)
     up.add_argument("--port", type=int, default=50050, help="gateway port; the backends take the next four")
+    up.add_argument(
+        "--max-restarts",
+        type=int,
+        default=RestartPolicy.max_restarts,
+        help="restarts of one service allowed within --restart-window before `recsys up` stops all and exits "
+        f"with status {EXIT_GAVE_UP} (default %(default)s)",
+    )
+    up.add_argument(
+        "--restart-window", type=float, default=RestartPolicy.window_s, help="seconds (default %(default)s)"
+    )
     up.add_argument(
         "--no-console",
         dest="console",
         action="store_false",
         help=f"do not start the operator console (HTTP on the gateway port + {CONSOLE_PORT_OFFSET})",
     )
-    up.set_defaults(handler=command_up)
+    up.set_defaults(handler=command_up, max_train_seconds=UP_TRAIN_BUDGET_S)
 
     train = commands.add_parser("train", help="train the ranker and publish a versioned checkpoint")
     data_options(train)
