@@ -6,11 +6,13 @@ from __future__ import annotations
 import argparse
 import hashlib
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from services.cli.progress import heartbeat
 from services.common.catalogs import CATALOG_RULE, DEFAULT_CATALOG, check_catalog
 from services.datasets.loaders import CatalogItem, Dataset
 from services.embedding.app import load_encoder
@@ -90,6 +92,9 @@ def train_and_publish(
     if leader:
         distributed.barrier()
     ids = [item.item_id for item in dataset.items]
-    result = train_ranker(dataset, (ids, vectors), config, progress=leader)
+    # The epochs draw a bar; choosing the item graph and the fusion weights on validation after them draws none.
+    step = "training the ranker (epochs, then the item graph and fusion weights chosen on validation)"
+    with heartbeat(step) if leader else nullcontext():
+        result = train_ranker(dataset, (ids, vectors), config, progress=leader)
     path = save_checkpoint(root, result, embedding_model_id=model_id) if leader else None
     return path, result
