@@ -25,6 +25,7 @@ from services.common.errors import (
     ServiceError,
     UnavailableError,
 )
+from services.common.input_rules import REQUEST_ID_RULE, accepted_request_id
 from services.common.logging import configure_logging, deadline_var, request_id_var
 from services.common.metrics import MetricsServer
 from services.common.settings import ServiceSettings
@@ -115,8 +116,11 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         quiet = _is_open(method)
 
         async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            request_id = str(metadata.get(REQUEST_ID_KEY) or uuid.uuid4().hex)
+            given = metadata.get(REQUEST_ID_KEY)
+            request_id = accepted_request_id(given) or uuid.uuid4().hex
             token = request_id_var.set(request_id)
+            if given and given != request_id:
+                log.warning("x-request-id replaced", given_chars=len(given), rule=REQUEST_ID_RULE)
             remaining = context.time_remaining()
             if remaining is None:
                 remaining = self._default_deadline_s
