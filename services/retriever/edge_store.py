@@ -1,9 +1,10 @@
-"""The default backend: Qdrant's engine in process (qdrant-edge-py), three shards under one folder.
+"""The default backend: Qdrant's engine in process (qdrant-edge-py), four shards under one folder.
 
-Layout of `data_dir`: `users/`, `feedback/` (impressions, vectorless points) and `items` (the live shards);
-`items` is a symlink to `items.<generation>/`, and an index build writes the next generation beside it and
-moves the link when done. Shards are created on first start and loaded on restart (a folder made before the
-feedback log existed gains `feedback/` on its next start).
+Layout of `data_dir`: `users/`, `events/` and `feedback/` (vectorless points: user snapshots, events,
+impressions; see `eventlog.py`) and `items` (the live shards); `items` is a symlink to `items.<generation>/`,
+and an index build writes the next generation beside it and moves the link when done. Shards are created on
+first start and loaded on restart; a folder written before the event log existed (histories inside the users'
+points) is moved into it on its next start.
 
 Durability: the WAL is on, and `update` writes it through a shared memory map before it returns (measured:
 no fsync or msync per update; 2,000 updates followed by SIGKILL all come back on load), so an acknowledged
@@ -11,8 +12,10 @@ write survives a kill -9 of the process. A crash of the machine loses what the k
 `sync_writes=True` closes that gap by flushing the shards before a write is acknowledged, one flush shared by
 every writer waiting at that moment (group commit; cost in docs/reliability.md).
 
-Locking: `_write_lock` serialises every write (and makes `append_user_events` atomic); searches and reads
-share `_rw`, which only an index swap takes exclusively. The engine is safe for concurrent reads and writes.
+Locking: item writes take `_write_lock` (an index swap replays the items written during its build under it);
+searches and reads share `_rw`, which only an index swap takes exclusively. Users, events and impressions need
+no lock of ours (`eventlog.py`): the engine is safe for concurrent reads and writes, and the data model needs
+no lock between writers. One process owns the folder (the engine locks its WAL).
 The items shard never builds its HNSW index by itself (see `indexing.py`): `start_index_build()` does it in a
 child process on a copy and swaps the result in.
 """

@@ -218,9 +218,11 @@ class Retrieval:
         self._check_query_size(filter, exclude_ids)
         return await self._query("popular", self.store.popular, limit, filter, exclude_ids, offset)
 
-    async def append_user_events(self, user_id: str, events: Sequence[UserEvent]) -> UserProfile:
+    async def append_user_events(self, user_id: str, events: Sequence[UserEvent]) -> tuple[UserProfile, list[str]]:
+        """The profile after the events, and the recommendation ids they named that no impression has."""
         self._check_batch(len(events), "events")
-        return await self._run(self.store.append_user_events, user_id, events)
+        profile = await self._run(self.store.append_user_events, user_id, events)
+        return profile, await self._run(self.store.unknown_recommendations, events)
 
     async def get_user(self, user_id: str) -> UserProfile:
         return await self._run(self.store.get_user, user_id)

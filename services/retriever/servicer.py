@@ -82,6 +82,7 @@ def _profile(profile: UserProfile) -> pb.UserProfile:
                 timestamp=e.timestamp,
                 weight=e.weight,
                 recommendation_id=e.recommendation_id,
+                event_id=e.event_id,
             )
             for e in profile.events
         ],
@@ -191,10 +192,11 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
     ) -> pb.AppendUserEventsResponse:
         retrieval = await self._catalogs.for_read(request.catalog)
         events = [
-            UserEvent(e.item_id, e.event_type, e.timestamp, e.weight, e.recommendation_id) for e in request.events
+            UserEvent(e.item_id, e.event_type, e.timestamp, e.weight, e.recommendation_id, e.event_id)
+            for e in request.events
         ]
-        profile = await retrieval.append_user_events(request.user_id, events)
-        return pb.AppendUserEventsResponse(profile=_profile(profile))
+        profile, unknown = await retrieval.append_user_events(request.user_id, events)
+        return pb.AppendUserEventsResponse(profile=_profile(profile), unknown_recommendation_ids=unknown)
 
     async def GetUserProfile(
         self, request: pb.GetUserProfileRequest, context: grpc.aio.ServicerContext

@@ -204,18 +204,20 @@ class ListPopularItemsResponse(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[ScoredItem, _Mapping]]] = ...) -> None: ...
 
 class UserEvent(_message.Message):
-    __slots__ = ("item_id", "event_type", "timestamp", "weight", "recommendation_id")
+    __slots__ = ("item_id", "event_type", "timestamp", "weight", "recommendation_id", "event_id")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
     RECOMMENDATION_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     event_type: str
     timestamp: float
     weight: float
     recommendation_id: str
-    def __init__(self, item_id: _Optional[str] = ..., event_type: _Optional[str] = ..., timestamp: _Optional[float] = ..., weight: _Optional[float] = ..., recommendation_id: _Optional[str] = ...) -> None: ...
+    event_id: str
+    def __init__(self, item_id: _Optional[str] = ..., event_type: _Optional[str] = ..., timestamp: _Optional[float] = ..., weight: _Optional[float] = ..., recommendation_id: _Optional[str] = ..., event_id: _Optional[str] = ...) -> None: ...
 
 class AppendUserEventsRequest(_message.Message):
     __slots__ = ("user_id", "events", "catalog")
@@ -247,10 +249,12 @@ class UserProfile(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., events: _Optional[_Iterable[_Union[UserEvent, _Mapping]]] = ..., shown_counts: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class AppendUserEventsResponse(_message.Message):
-    __slots__ = ("profile",)
+    __slots__ = ("profile", "unknown_recommendation_ids")
     PROFILE_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_RECOMMENDATION_IDS_FIELD_NUMBER: _ClassVar[int]
     profile: UserProfile
-    def __init__(self, profile: _Optional[_Union[UserProfile, _Mapping]] = ...) -> None: ...
+    unknown_recommendation_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, profile: _Optional[_Union[UserProfile, _Mapping]] = ..., unknown_recommendation_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetUserProfileRequest(_message.Message):
     __slots__ = ("user_id", "catalog")

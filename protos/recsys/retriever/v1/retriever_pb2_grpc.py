@@ -155,7 +155,8 @@ class RetrieverServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def AppendUserEvents(self, request, context):
-        """Appends events to a user's history, recomputes the profile vector and item popularity.
+        """Appends events to a user's history, recomputes the profile vector and item popularity. Idempotent per
+        event_id: a retry, through any replica, counts nothing twice.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
