@@ -149,11 +149,15 @@ class LocalRetrieval:
             [domain.Item(i.item_id, tuple(float(v) for v in i.vector), dict(i.payload)) for i in items]
         )
 
-    async def append_events(self, catalog: str, user_id: str, events: Sequence[HistoryEvent]) -> None:
-        await self.retrieval.append_user_events(
+    async def append_events(self, catalog: str, user_id: str, events: Sequence[HistoryEvent]) -> list[str]:
+        _, unknown = await self.retrieval.append_user_events(
             user_id,
-            [domain.UserEvent(e.item_id, e.event_type, e.timestamp, e.weight, e.recommendation_id) for e in events],
+            [
+                domain.UserEvent(e.item_id, e.event_type, e.timestamp, e.weight, e.recommendation_id, e.event_id)
+                for e in events
+            ],
         )
+        return unknown
 
     async def get_profile(self, catalog: str, user_id: str) -> Profile | None:
         try:

@@ -66,6 +66,7 @@ class GatewayApp:
                     "GetUserProfile",
                     "GetImpressions",
                     "RecordImpression",
+                    "AppendUserEvents",  # idempotent per event id
                 ],
             ),
             (settings.ranker_address, ranker_pb2, "RankerService", ["ScoreCandidates"]),

@@ -37,6 +37,8 @@ Response = TypeVar("Response")
 # Calls with a fallback (query cleaning and embedding, ranking) take at most this share of the caller's
 # remaining time, so the fallback still has time to answer.
 OPTIONAL_SHARE = 0.5
+# An idempotent write's first try takes at most this share of the time left, so a retry still fits in it.
+FIRST_TRY_SHARE = 0.5
 
 
 async def _call(
@@ -297,7 +299,7 @@ class RetrieverClient:
         response = await _call("retriever", self._stub.UpsertItems, request, self._timeout_s)
         return int(response.upserted)
 
-    async def append_events(self, catalog: str, user_id: str, events: Sequence[HistoryEvent]) -> None:
+    async def append_events(self, catalog: str, user_id: str, events: Sequence[HistoryEvent]) -> list[str]:
         request = retriever_pb2.AppendUserEventsRequest(
             user_id=user_id,
             events=[
@@ -307,12 +309,23 @@ class RetrieverClient:
                     timestamp=e.timestamp,
                     weight=e.weight,
                     recommendation_id=e.recommendation_id,
+                    event_id=e.event_id,
                 )
                 for e in events
             ],
             catalog=catalog,
         )
-        await _call("retriever", self._stub.AppendUserEvents, request, self._timeout_s)
+        # Every event carries its id, so a repeat counts nothing twice: a first try that ran out of time (the
+        # retriever may have stored the events and answered too late) is tried once more in the time left.
+        call = self._stub.AppendUserEvents
+        try:
+            response = await _call("retriever", call, request, self._timeout_s, FIRST_TRY_SHARE)
+        except BackendUnavailableError as error:
+            cause = error.__cause__
+            if not (isinstance(cause, grpc.aio.AioRpcError) and cause.code() == grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise
+            response = await _call("retriever", call, request, self._timeout_s)
+        return list(response.unknown_recommendation_ids)
 
     async def get_profile(self, catalog: str, user_id: str) -> Profile | None:
         request = retriever_pb2.GetUserProfileRequest(user_id=user_id, catalog=catalog)

@@ -60,6 +60,7 @@ class HistoryEvent:
     timestamp: float
     weight: float
     recommendation_id: str = ""
+    event_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -94,12 +95,20 @@ class NewItem:
 
 
 @dataclass(frozen=True)
+class RecordedEvents:
+    recorded: int
+    # Recommendation ids the events named that no recorded recommendation has (nothing attributed to them).
+    unknown_recommendation_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class EventRecord:
     user_id: str
     item_id: str
     event_type: str
     timestamp: float
     recommendation_id: str = ""
+    event_id: str = ""  # empty: derived from the content (services.common.events.derived_event_id)
 
 
 @dataclass(frozen=True)
@@ -227,7 +236,10 @@ class RetrievalPort(Protocol):
 
     async def upsert_items(self, catalog: str, items: Sequence[NewItem]) -> int: ...
 
-    async def append_events(self, catalog: str, user_id: str, events: Sequence[HistoryEvent]) -> None: ...
+    async def append_events(self, catalog: str, user_id: str, events: Sequence[HistoryEvent]) -> list[str]:
+        """Appends the events (idempotent per event id); returns the recommendation ids they named that the
+        retriever has no impression of."""
+        ...
 
     async def get_profile(self, catalog: str, user_id: str) -> Profile | None: ...
 

@@ -16,6 +16,8 @@ import structlog
 
 from services.common.catalogs import DEFAULT_CATALOG, check_catalog
 from services.common.errors import InvalidArgumentError, NotFoundError, ServiceError, UnavailableError
+from services.common.events import MAX_EVENT_ID_CHARS, derived_event_id, event_time_problem
+from services.common.input_rules import check_id, has_words
 from services.gateway.experiments import Arm, ArmSettings, Experiments
 from services.gateway.fallbacks import PopularCache, matches, raw_query
 from services.gateway.model import (
@@ -27,11 +29,13 @@ from services.gateway.model import (
     HistoryEvent,
     Impression,
     ItemFilter,
+    ItemText,
     NewItem,
     Profile,
     RankingPort,
     Recommendation,
     RecommendResult,
+    RecordedEvents,
     RetrievalPort,
     SearchResult,
     StoredItem,
@@ -737,7 +741,7 @@ class Recommender:
         written = await self.retrieval.upsert_items(catalog, items)
         return written, sum(t.truncated for t in texts)
 
-    async def record_events(self, events: Sequence[EventRecord], catalog: str = DEFAULT_CATALOG) -> int:
+    async def record_events(self, events: Sequence[EventRecord], catalog: str = DEFAULT_CATALOG) -> RecordedEvents:
         check_catalog(catalog)
         if not events:
             raise InvalidArgumentError("events is empty: send at least one event")
@@ -751,12 +755,17 @@ class Recommender:
             self._check_id(event.item_id, f"events[{index}].item_id")
             if event.event_type not in self.event_weights:
                 raise InvalidArgumentError(f"events[{index}] has unknown type {event.event_type!r}")
-            if not (math.isfinite(event.timestamp) and 0 <= event.timestamp <= now + 86_400):
-                raise InvalidArgumentError(f"events[{index}] time is not a valid time up to now")
+            problem = event_time_problem(event.timestamp, now)
+            if problem:
+                raise InvalidArgumentError(f"events[{index}].{problem}")
             if len(event.recommendation_id) > MAX_RECOMMENDATION_ID_CHARS:
                 raise InvalidArgumentError(
                     f"events[{index}].recommendation_id has {len(event.recommendation_id)} characters; pass the "
                     "recommendation_id a Recommend response gave"
+                )
+            if len(event.event_id) > MAX_EVENT_ID_CHARS:
+                raise InvalidArgumentError(
+                    f"events[{index}].event_id has {len(event.event_id)} characters; the limit is {MAX_EVENT_ID_CHARS}"
                 )
         # Check every item first, so a bad event stores nothing.
         items = list(dict.fromkeys(e.item_id for e in events))
@@ -770,20 +779,29 @@ class Recommender:
         by_user: dict[str, list[HistoryEvent]] = {}
         for event in sorted(events, key=lambda e: e.timestamp):
             weight = self.event_weights[event.event_type]
+            # An id derived from the content, so a retry of this call (ours or the caller's) counts once.
+            event_id = event.event_id or derived_event_id(
+                event.user_id, event.item_id, event.event_type, event.timestamp, event.recommendation_id
+            )
             by_user.setdefault(event.user_id, []).append(
-                HistoryEvent(event.item_id, event.event_type, event.timestamp, weight, event.recommendation_id)
+                HistoryEvent(
+                    event.item_id, event.event_type, event.timestamp, weight, event.recommendation_id, event_id
+                )
             )
         # Bounded fan-out: a batch of many users must not exceed the retriever's admission limit.
         parallel = asyncio.Semaphore(self.limits.max_parallel_writes)
+        unknown: list[str] = []
 
         async def append(user_id: str, user_events: list[HistoryEvent]) -> None:
             async with parallel:
                 # In time order, in batches the retriever accepts.
                 for start in range(0, len(user_events), step):
-                    await self.retrieval.append_events(catalog, user_id, user_events[start : start + step])
+                    unknown.extend(
+                        await self.retrieval.append_events(catalog, user_id, user_events[start : start + step])
+                    )
 
         await asyncio.gather(*(append(u, evs) for u, evs in by_user.items()))
-        return len(events)
+        return RecordedEvents(len(events), tuple(dict.fromkeys(unknown)))
 
     async def delete_user(self, user_id: str, catalog: str = DEFAULT_CATALOG) -> None:
         check_catalog(catalog)

@@ -184,10 +184,19 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 raise InvalidArgumentError(f"events[{index}].type {event.type} is not a known EventType")
             timestamp = event.time.seconds + event.time.nanos / 1e9 if event.HasField("time") else now
             events.append(
-                EventRecord(event.user_id, event.item_id, EVENT_TYPES[event.type], timestamp, event.recommendation_id)
+                EventRecord(
+                    event.user_id,
+                    event.item_id,
+                    EVENT_TYPES[event.type],
+                    timestamp,
+                    event.recommendation_id,
+                    event.event_id,
+                )
             )
-        recorded = await self._recommender.record_events(events, request.catalog)
-        return pb.RecordEventsResponse(recorded=recorded)
+        result = await self._recommender.record_events(events, request.catalog)
+        return pb.RecordEventsResponse(
+            recorded=result.recorded, unknown_recommendation_ids=result.unknown_recommendation_ids
+        )
 
     async def DeleteUser(
         self, request: pb.DeleteUserRequest, context: grpc.aio.ServicerContext

@@ -110,9 +110,9 @@ class SwitchableRetrieval(FakeRetrieval):
         self._check()
         return await super().candidates(catalog, vector, limit, item_filter, exclude_ids, include_ids, history_ids)
 
-    async def append_events(self, catalog: str, user_id: str, events: Sequence[HistoryEvent]) -> None:
+    async def append_events(self, catalog: str, user_id: str, events: Sequence[HistoryEvent]) -> list[str]:
         self._check()
-        await super().append_events(catalog, user_id, events)
+        return await super().append_events(catalog, user_id, events)
 
     async def upsert_items(self, catalog: str, items: Sequence[NewItem]) -> int:
         self._check()

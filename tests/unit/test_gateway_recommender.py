@@ -143,12 +143,13 @@ class FakeRetrieval:
             stored[item.item_id] = StoredItem(item.item_id, 0.0, item.payload, item.vector)
         return len(items)
 
-    async def append_events(self, catalog: str, user_id: str, events: Sequence[HistoryEvent]) -> None:
+    async def append_events(self, catalog: str, user_id: str, events: Sequence[HistoryEvent]) -> list[str]:
         old = self.profiles.get((catalog, user_id))
         history = (*(old.events if old else ()), *events)
         vectors = [v for e in history if (v := self._catalog(catalog)[e.item_id].vector) is not None]
         shown = {i: n for i, n in (old.shown_counts if old else {}).items() if i not in {e.item_id for e in events}}
         self.profiles[(catalog, user_id)] = Profile(user_id, unit(*np.sum(vectors, axis=0)), history, shown)
+        return []
 
     async def get_profile(self, catalog: str, user_id: str) -> Profile | None:
         return self.profiles.get((catalog, user_id))
@@ -423,7 +424,8 @@ async def test_events_over_many_items_are_checked_in_retriever_sized_batches() -
     retrieval.get_items = counting  # type: ignore[method-assign]
     limits = RecommenderLimits(retriever_batch=2)
     recommender = Recommender(FakeText(), FakeEmbedding(), retrieval, FakeRanking(), limits, Blend(), {"view": 1.0})
-    assert await recommender.record_events([EventRecord("u", i, "view", float(n)) for n, i in enumerate("abcde")]) == 5
+    recorded = await recommender.record_events([EventRecord("u", i, "view", float(n)) for n, i in enumerate("abcde")])
+    assert recorded.recorded == 5
     assert asked == [2, 2, 1]
     assert [e.item_id for e in retrieval.profiles[("", "u")].events] == list("abcde")
 

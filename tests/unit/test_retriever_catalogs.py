@@ -129,34 +129,29 @@ async def test_longest_name_and_digits_are_fine(tmp_path: Path) -> None:
             assert info.items == 1
 
 
-async def test_reads_of_an_unwritten_catalog_are_empty_and_create_nothing(tmp_path: Path) -> None:
+async def test_calls_on_an_unwritten_catalog_are_not_found_and_create_nothing(tmp_path: Path) -> None:
     async with running(tmp_path) as stub:
         c = "ghost"
         query = pb.SearchQuery(vector=_vector(1), limit=5)
-        assert not (await stub.SearchItems(pb.SearchItemsRequest(catalog=c, queries=[query]))).results[0].items
-        assert not (await stub.ListPopularItems(pb.ListPopularItemsRequest(catalog=c, limit=5))).items
-        assert not (await stub.GetItems(pb.GetItemsRequest(catalog=c, item_ids=["x"], skip_missing=True))).items
-        assert (await stub.DeleteItems(pb.DeleteItemsRequest(catalog=c, item_ids=["x"]))).deleted == 0
-        info = await stub.GetCollectionInfo(pb.GetCollectionInfoRequest(catalog=c))
-        assert (info.items, info.users, info.dimension) == (0, 0, DIM)
-        listed = await stub.ListImpressions(pb.ListImpressionsRequest(catalog=c, limit=10))
-        assert not listed.impressions and not listed.next_page_token
         event = pb.UserEvent(item_id="x", event_type="view", timestamp=1.0, weight=1.0)
         for call in (
-            stub.GetItems(pb.GetItemsRequest(catalog=c, item_ids=["x"])),
+            stub.SearchItems(pb.SearchItemsRequest(catalog=c, queries=[query])),
+            stub.ListPopularItems(pb.ListPopularItemsRequest(catalog=c, limit=5)),
+            stub.GetItems(pb.GetItemsRequest(catalog=c, item_ids=["x"], skip_missing=True)),
+            stub.DeleteItems(pb.DeleteItemsRequest(catalog=c, item_ids=["x"])),
+            stub.GetCollectionInfo(pb.GetCollectionInfoRequest(catalog=c)),
+            stub.ListImpressions(pb.ListImpressionsRequest(catalog=c, limit=10)),
             stub.RecommendItems(pb.RecommendItemsRequest(catalog=c, positive_ids=["x"], limit=3)),
             stub.GetUserProfile(pb.GetUserProfileRequest(catalog=c, user_id="u")),
             stub.DeleteUser(pb.DeleteUserRequest(catalog=c, user_id="u")),
             stub.AppendUserEvents(pb.AppendUserEventsRequest(catalog=c, user_id="u", events=[event])),
             stub.GetImpressions(pb.GetImpressionsRequest(catalog=c, recommendation_id="r")),
         ):
-            code, _ = await _code(call)
-            assert code == grpc.StatusCode.NOT_FOUND
+            code, details = await _code(call)
+            assert code == grpc.StatusCode.NOT_FOUND and "catalog 'ghost' does not exist" in details, details
         # Bad input is still bad input, and a rejected write creates nothing either.
-        code, details = await _code(
-            stub.SearchItems(pb.SearchItemsRequest(catalog=c, queries=[pb.SearchQuery(vector=[1.0], limit=5)]))
-        )
-        assert code == grpc.StatusCode.INVALID_ARGUMENT and "dimension" in details
+        code, _ = await _code(stub.GetItems(pb.GetItemsRequest(catalog="Ghost", item_ids=["x"])))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
         code, _ = await _code(stub.UpsertItems(pb.UpsertItemsRequest(catalog=c)))
         assert code == grpc.StatusCode.INVALID_ARGUMENT
         bad = pb.Impression(recommendation_id="", page=1)
@@ -176,10 +171,11 @@ async def test_max_catalogs(tmp_path: Path) -> None:
         ):
             code, details = await _code(call)
             assert code == grpc.StatusCode.FAILED_PRECONDITION and "RETRIEVER_MAX_CATALOGS" in details
-        # Existing catalogs and the default still take writes; reads of the refused one are empty.
+        # Existing catalogs and the default still take writes; the refused one does not exist.
         await stub.UpsertItems(pb.UpsertItemsRequest(catalog="one", items=_items("x", 2)))
         await stub.UpsertItems(pb.UpsertItemsRequest(items=_items("x", 1)))
-        assert (await stub.GetCollectionInfo(pb.GetCollectionInfoRequest(catalog="three"))).items == 0
+        code, _ = await _code(stub.GetCollectionInfo(pb.GetCollectionInfoRequest(catalog="three")))
+        assert code == grpc.StatusCode.NOT_FOUND
     assert sorted(p.name for p in (tmp_path / "catalogs").iterdir()) == ["one", "two"]
     # After a restart the existing catalogs still count.
     async with running(tmp_path, max_catalogs=2) as stub:
