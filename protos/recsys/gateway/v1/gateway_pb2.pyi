@@ -150,7 +150,7 @@ class RecommendRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., query: _Optional[str] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., exclude_seen: _Optional[bool] = ..., page_token: _Optional[str] = ..., catalog: _Optional[str] = ..., context_item_ids: _Optional[_Iterable[str]] = ..., diversity: _Optional[float] = ..., max_per_category: _Optional[int] = ..., boosts: _Optional[_Iterable[_Union[Boost, _Mapping]]] = ..., pins: _Optional[_Iterable[_Union[Pin, _Mapping]]] = ..., blocked_item_ids: _Optional[_Iterable[str]] = ..., explain: _Optional[bool] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("items", "next_page_token", "strategy", "model_version", "degraded", "degraded_stages", "recommendation_id", "experiment", "arm", "page", "stage_ms")
+    __slots__ = ("items", "next_page_token", "strategy", "model_version", "degraded", "degraded_stages", "recommendation_id", "experiment", "arm", "page", "stage_ms", "warnings")
     class StageMsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -169,6 +169,7 @@ class RecommendResponse(_message.Message):
     ARM_FIELD_NUMBER: _ClassVar[int]
     PAGE_FIELD_NUMBER: _ClassVar[int]
     STAGE_MS_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
     next_page_token: str
     strategy: str
@@ -180,7 +181,8 @@ class RecommendResponse(_message.Message):
     arm: str
     page: int
     stage_ms: _containers.ScalarMap[str, float]
-    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., strategy: _Optional[str] = ..., model_version: _Optional[str] = ..., degraded: _Optional[bool] = ..., degraded_stages: _Optional[_Iterable[str]] = ..., recommendation_id: _Optional[str] = ..., experiment: _Optional[str] = ..., arm: _Optional[str] = ..., page: _Optional[int] = ..., stage_ms: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., strategy: _Optional[str] = ..., model_version: _Optional[str] = ..., degraded: _Optional[bool] = ..., degraded_stages: _Optional[_Iterable[str]] = ..., recommendation_id: _Optional[str] = ..., experiment: _Optional[str] = ..., arm: _Optional[str] = ..., page: _Optional[int] = ..., stage_ms: _Optional[_Mapping[str, float]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetSimilarItemsRequest(_message.Message):
     __slots__ = ("item_id", "k", "filter", "catalog")
@@ -195,10 +197,12 @@ class GetSimilarItemsRequest(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., catalog: _Optional[str] = ...) -> None: ...
 
 class GetSimilarItemsResponse(_message.Message):
-    __slots__ = ("items",)
+    __slots__ = ("items", "warnings")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
-    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SearchItemsRequest(_message.Message):
     __slots__ = ("query", "k", "filter", "catalog")
@@ -213,14 +217,16 @@ class SearchItemsRequest(_message.Message):
     def __init__(self, query: _Optional[str] = ..., k: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., catalog: _Optional[str] = ...) -> None: ...
 
 class SearchItemsResponse(_message.Message):
-    __slots__ = ("items", "degraded", "degraded_stages")
+    __slots__ = ("items", "degraded", "degraded_stages", "warnings")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_STAGES_FIELD_NUMBER: _ClassVar[int]
+    WARNINGS_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
     degraded: bool
     degraded_stages: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., degraded: _Optional[bool] = ..., degraded_stages: _Optional[_Iterable[str]] = ...) -> None: ...
+    warnings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ..., degraded: _Optional[bool] = ..., degraded_stages: _Optional[_Iterable[str]] = ..., warnings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CatalogItem(_message.Message):
     __slots__ = ("item_id", "title", "description", "categories", "attributes")
@@ -253,18 +259,20 @@ class UpsertItemsResponse(_message.Message):
     def __init__(self, upserted: _Optional[int] = ..., truncated: _Optional[int] = ...) -> None: ...
 
 class Event(_message.Message):
-    __slots__ = ("user_id", "item_id", "type", "time", "recommendation_id")
+    __slots__ = ("user_id", "item_id", "type", "time", "recommendation_id", "event_id")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     RECOMMENDATION_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     item_id: str
     type: EventType
     time: _timestamp_pb2.Timestamp
     recommendation_id: str
-    def __init__(self, user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., type: _Optional[_Union[EventType, str]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recommendation_id: _Optional[str] = ...) -> None: ...
+    event_id: str
+    def __init__(self, user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., type: _Optional[_Union[EventType, str]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., recommendation_id: _Optional[str] = ..., event_id: _Optional[str] = ...) -> None: ...
 
 class RecordEventsRequest(_message.Message):
     __slots__ = ("events", "catalog")
@@ -275,10 +283,12 @@ class RecordEventsRequest(_message.Message):
     def __init__(self, events: _Optional[_Iterable[_Union[Event, _Mapping]]] = ..., catalog: _Optional[str] = ...) -> None: ...
 
 class RecordEventsResponse(_message.Message):
-    __slots__ = ("recorded",)
+    __slots__ = ("recorded", "unknown_recommendation_ids")
     RECORDED_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_RECOMMENDATION_IDS_FIELD_NUMBER: _ClassVar[int]
     recorded: int
-    def __init__(self, recorded: _Optional[int] = ...) -> None: ...
+    unknown_recommendation_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, recorded: _Optional[int] = ..., unknown_recommendation_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DeleteUserRequest(_message.Message):
     __slots__ = ("user_id", "catalog")

@@ -106,7 +106,8 @@ class GatewayServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RecordEvents(self, request, context):
-        """Records interactions. The user's next Recommend reflects them.
+        """Records interactions. The user's next Recommend, through any replica, reflects them. Safe to retry:
+        each event counts once per event_id.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
