@@ -154,6 +154,8 @@ class RecommendResult:
     arm: str = ""
     # Wall time of each stage, milliseconds.
     stage_ms: Mapping[str, float] = field(default_factory=dict)
+    # Rules of the request that could not act on this answer, each saying why (see rules.category_warnings).
+    warnings: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

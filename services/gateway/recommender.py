@@ -58,6 +58,7 @@ from services.gateway.rules import (
     Rotation,
     Rules,
     boost_scores,
+    category_warnings,
     place_pins,
     rotation_penalties,
     select_page,
@@ -279,12 +280,7 @@ class Recommender:
         return k
 
     def _check_id(self, value: str, what: str) -> None:
-        if not value or not value.strip():
-            raise InvalidArgumentError(f"{what} is empty: give the id")
-        if len(value) > self.limits.max_id_chars:
-            raise InvalidArgumentError(
-                f"{what} has {len(value)} characters; ids are at most {self.limits.max_id_chars}"
-            )
+        check_id(value, what, self.limits.max_id_chars)
 
     def _check_filter(self, item_filter: ItemFilter) -> None:
         if item_filter.size() > self.limits.max_filter_conditions:
@@ -297,6 +293,26 @@ class Recommender:
             raise InvalidArgumentError(
                 f"the query has {len(query)} characters; the limit is {self.limits.max_query_chars}: shorten it"
             )
+
+    @staticmethod
+    def _check_cleaned_query(cleaned: str) -> None:
+        # Markup, emoji or symbols alone embed to a vector that means nothing: it would answer arbitrary items.
+        if not has_words(cleaned):
+            raise InvalidArgumentError(
+                "query has no letters or digits after cleaning (only markup, emoji or symbols): send words, or no "
+                "query at all to Recommend"
+            )
+
+    @staticmethod
+    def _check_item_texts(texts: Sequence[ItemText]) -> None:
+        # An item's text starts with its title, so text without words means the title (the one required
+        # field) had none: name the caller's field, not the embedding service's.
+        for index, text in enumerate(texts):
+            if not has_words(text.text):
+                raise InvalidArgumentError(
+                    f"items[{index}].title has no text after cleaning (only markup, emoji or symbols): give the "
+                    "item a title in words"
+                )
 
     def _check_recommend(self, request: RecommendQuery) -> None:
         check_catalog(request.catalog)
@@ -342,9 +358,9 @@ class Recommender:
             cache = self.popular_caches[catalog] = PopularCache(self.retrieval, catalog, self.limits.popular_cache_size)
         return cache
 
-    async def _query_vector(self, query: str, degraded: list[str], optional: bool) -> tuple[str, np.ndarray] | None:
-        """The query as cleaned (what reasons quote, never the raw text) and its vector; None when nothing
-        searchable is left. A preprocessor outage falls back to the raw text without control characters; an
+    async def _query_vector(self, query: str, degraded: list[str], optional: bool) -> tuple[str, np.ndarray]:
+        """The query as cleaned (what reasons quote, never the raw text) and its vector; INVALID_ARGUMENT when
+        nothing searchable is left. A preprocessor outage falls back to the raw text without control characters; an
         embedding outage raises UnavailableError. An optional query (one with a fallback) is embedded on a short
         deadline; a required one may use the caller's whole remaining time."""
         try:
@@ -353,8 +369,7 @@ class Recommender:
             log.warning("preprocessor unavailable; embedding the raw query", error=str(error))
             degraded.append("preprocessor")
             cleaned = raw_query(query)
-        if not cleaned:
-            return None
+        self._check_cleaned_query(cleaned)
         if optional:
             return cleaned, await self.embedding.embed_query(cleaned)
         vectors = await self.embedding.embed([cleaned])
@@ -588,7 +603,9 @@ class Recommender:
             )
         await clock.time("record", self._record_impression(request, labels, items, degraded))
         strategy = strategy if target is not None else "popular"
-        return labels.result(tuple(items), selection.has_more, strategy, model_version, _stages(degraded))
+        result = labels.result(tuple(items), selection.has_more, strategy, model_version, _stages(degraded))
+        categories = [candidate.categories for candidate in candidates]
+        return replace(result, warnings=category_warnings(rules, request.item_filter, categories))
 
     async def _record_impression(
         self, request: RecommendQuery, labels: _Labels, items: Sequence[Recommendation], degraded: list[str]
@@ -687,10 +704,7 @@ class Recommender:
         self._check_filter(item_filter)
         k = self._k(k)
         degraded: list[str] = []
-        queried = await self._query_vector(query, degraded, optional=False)
-        if queried is None:
-            raise InvalidArgumentError("the query has no searchable text after cleaning (markup or symbols only)")
-        cleaned, vector = queried
+        cleaned, vector = await self._query_vector(query, degraded, optional=False)
         found = await self.retrieval.search(catalog, vector, k, item_filter, [])
         reason = f"Matches {quote(cleaned)}"
         items = tuple(Recommendation(i.item_id, i.score, reason, i.title, i.categories) for i in found)
@@ -725,6 +739,7 @@ class Recommender:
             if clash:
                 raise InvalidArgumentError(f"items[{index}] attributes use reserved names {sorted(clash)}: rename them")
         texts = await self.text.build_item_texts(records)
+        self._check_item_texts(texts)
         vectors = await self.embedding.embed([t.text for t in texts])
         items = [
             NewItem(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from services.common.errors import InvalidArgumentError
-from services.gateway.model import StoredItem
+from services.gateway.model import ItemFilter, StoredItem
 
 MAX_BOOSTS = 32
 MAX_BOOST_WEIGHT = 10.0
@@ -241,3 +241,24 @@ def place_pins(page: Sequence[str], pins: Sequence[Pin], k: int) -> list[tuple[s
             break
         placed.append((following, False))
     return placed
+
+
+def category_warnings(
+    rules: Rules, item_filter: ItemFilter, candidate_categories: Sequence[Sequence[str]]
+) -> tuple[str, ...]:
+    """The category rules of a request that could not act on these candidates, each with why. A catalog whose
+    items were stored without categories would otherwise ignore a category filter, boost or cap in silence."""
+    warnings: list[str] = []
+    if item_filter.categories_any and not candidate_categories:
+        warnings.append(
+            "filter.categories_any left no item: category names match exactly, and a catalog whose items were "
+            "stored without categories has none to match"
+        )
+    if candidate_categories and not any(candidate_categories):
+        why = f"none of the {len(candidate_categories)} candidates has a category (items stored without categories)"
+        if rules.max_per_category > 0:
+            warnings.append(f"max_per_category had no effect: {why}")
+        warnings += [
+            f"boosts[{index}] had no effect: {why}" for index, boost in enumerate(rules.boosts) if boost.category
+        ]
+    return tuple(warnings)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import math
 import time
 
@@ -23,7 +24,7 @@ from services.gateway.model import (
     RecommendResult,
 )
 from services.gateway.recommender import PageRef, Recommender, RecommendQuery
-from services.gateway.rules import Boost, Pin, Rules
+from services.gateway.rules import Boost, Pin, Rules, category_warnings
 
 EVENT_TYPES = {
     pb.EVENT_TYPE_UNSPECIFIED: "view",
@@ -35,21 +36,43 @@ EVENT_TYPES = {
 _PAGE_PREFIX = "rec:"
 
 
-def encode_page_token(page: PageRef) -> str:
-    return base64.urlsafe_b64encode(f"{_PAGE_PREFIX}{page.recommendation_id}:{page.page}".encode()).decode()
+def request_fingerprint(request: pb.RecommendRequest) -> str:
+    """What binds a page token to its request: a hash of every field but the token itself."""
+    fields = pb.RecommendRequest()
+    fields.CopyFrom(request)
+    fields.ClearField("page_token")
+    return hashlib.sha256(fields.SerializeToString(deterministic=True)).hexdigest()[:16]
 
 
-def decode_page_token(token: str) -> PageRef | None:
-    """The page a token asks for; None for no token (the first page)."""
+def encode_page_token(page: PageRef, fingerprint: str) -> str:
+    text = f"{_PAGE_PREFIX}{fingerprint}:{page.recommendation_id}:{page.page}"
+    return base64.urlsafe_b64encode(text.encode()).decode()
+
+
+def decode_page_token(token: str, fingerprint: str) -> PageRef | None:
+    """The page a token asks for; None for no token (the first page). A token issued for a request with other
+    fields (user, query, k, filter, rules) is refused: its pages would silently answer another request."""
     if not token:
         return None
+    page, bound_to = _read_page_token(token)
+    if bound_to != fingerprint:
+        raise InvalidArgumentError(
+            "page_token belongs to a different request: send the request that returned it with only page_token "
+            "changed, or no page_token for a new first page"
+        )
+    return page
+
+
+def _read_page_token(token: str) -> tuple[PageRef, str]:
+    """The page and the request fingerprint a token carries."""
     try:
         text = base64.urlsafe_b64decode(token.encode()).decode()
         if text.startswith(_PAGE_PREFIX):
-            recommendation_id, page = text.removeprefix(_PAGE_PREFIX).rsplit(":", 1)
+            bound_to, rest = text.removeprefix(_PAGE_PREFIX).split(":", 1)
+            recommendation_id, page = rest.rsplit(":", 1)
             number = int(page)
             if recommendation_id and len(recommendation_id) <= MAX_RECOMMENDATION_ID_CHARS and 2 <= number <= 10_000:
-                return PageRef(recommendation_id, number)
+                return PageRef(recommendation_id, number), bound_to
     except (binascii.Error, UnicodeDecodeError, ValueError):
         pass
     raise InvalidArgumentError("page_token is not one this service issued: pass next_page_token back unchanged")
@@ -113,6 +136,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self._recommender = recommender
 
     async def Recommend(self, request: pb.RecommendRequest, context: grpc.aio.ServicerContext) -> pb.RecommendResponse:
+        fingerprint = request_fingerprint(request)
         result = await self._recommender.recommend(
             RecommendQuery(
                 user_id=request.user_id,
@@ -124,13 +148,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 context_item_ids=tuple(request.context_item_ids),
                 rules=to_rules(request),
                 explain=request.explain,
-                page=decode_page_token(request.page_token),
+                page=decode_page_token(request.page_token, fingerprint),
             )
         )
         next_page = PageRef(result.recommendation_id, result.page + 1)
         return pb.RecommendResponse(
             items=[_recommended(r, result, request.explain) for r in result.items],
-            next_page_token=encode_page_token(next_page) if result.has_more and result.items else "",
+            next_page_token=encode_page_token(next_page, fingerprint) if result.has_more and result.items else "",
             strategy=result.strategy,
             model_version=result.model_version,
             degraded=bool(result.degraded),
@@ -140,22 +164,27 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
             arm=result.arm,
             page=result.page,
             stage_ms=dict(result.stage_ms),
+            warnings=list(result.warnings),
         )
 
     async def GetSimilarItems(
         self, request: pb.GetSimilarItemsRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetSimilarItemsResponse:
-        found = await self._recommender.similar_items(
-            request.item_id, request.k, to_filter(request.filter), request.catalog
-        )
-        return pb.GetSimilarItemsResponse(items=[_item(r) for r in found])
+        item_filter = to_filter(request.filter)
+        found = await self._recommender.similar_items(request.item_id, request.k, item_filter, request.catalog)
+        warnings = category_warnings(Rules(), item_filter, [r.categories for r in found])
+        return pb.GetSimilarItemsResponse(items=[_item(r) for r in found], warnings=warnings)
 
     async def SearchItems(
         self, request: pb.SearchItemsRequest, context: grpc.aio.ServicerContext
     ) -> pb.SearchItemsResponse:
-        found = await self._recommender.search(request.query, request.k, to_filter(request.filter), request.catalog)
+        item_filter = to_filter(request.filter)
+        found = await self._recommender.search(request.query, request.k, item_filter, request.catalog)
         return pb.SearchItemsResponse(
-            items=[_item(r) for r in found.items], degraded=bool(found.degraded), degraded_stages=list(found.degraded)
+            items=[_item(r) for r in found.items],
+            degraded=bool(found.degraded),
+            degraded_stages=list(found.degraded),
+            warnings=category_warnings(Rules(), item_filter, [r.categories for r in found.items]),
         )
 
     async def UpsertItems(

@@ -3,6 +3,7 @@ validation."""
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Sequence
 
 import numpy as np
@@ -432,8 +433,11 @@ async def test_events_over_many_items_are_checked_in_retriever_sized_batches() -
 
 def test_page_tokens_round_trip_and_reject_forgeries() -> None:
     page = PageRef("0123abcd", 3)
-    assert decode_page_token(encode_page_token(page)) == page
-    assert decode_page_token("") is None
-    for bad in ("zzz", "b2Zmc2V0OnRlbg==", "!!", encode_page_token(PageRef("x", 1))):
-        with pytest.raises(InvalidArgumentError, match="page_token"):
-            decode_page_token(bad)
+    assert decode_page_token(encode_page_token(page, "f1"), "f1") == page
+    assert decode_page_token("", "f1") is None
+    unbound = base64.urlsafe_b64encode(b"rec:0123abcd:3").decode()  # the format before tokens were bound
+    for bad in ("zzz", "b2Zmc2V0OnRlbg==", "!!", encode_page_token(PageRef("x", 1), "f1"), unbound):
+        with pytest.raises(InvalidArgumentError, match="page_token is not one this service issued"):
+            decode_page_token(bad, "f1")
+    with pytest.raises(InvalidArgumentError, match="page_token belongs to a different request"):
+        decode_page_token(encode_page_token(page, "f1"), "f2")
