@@ -305,13 +305,14 @@ class Recommender:
 
     @staticmethod
     def _check_item_texts(texts: Sequence[ItemText]) -> None:
-        # An item's text starts with its title, so text without words means the title (the one required
-        # field) had none: name the caller's field, not the embedding service's.
+        # An item's text starts with its title, so an empty text means the title (the one required field) was
+        # empty after cleaning: name the caller's field, not the embedding service's. A title of symbols alone
+        # ("!!!" is a band) is still a title.
         for index, text in enumerate(texts):
-            if not has_words(text.text):
+            if not text.text.strip():
                 raise InvalidArgumentError(
-                    f"items[{index}].title has no text after cleaning (only markup, emoji or symbols): give the "
-                    "item a title in words"
+                    f"items[{index}].title has no text after cleaning (only markup or invisible characters): give "
+                    "the item a title"
                 )
 
     def _check_recommend(self, request: RecommendQuery) -> None:
