@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import quote, urlencode
 
 import jinja2
 from fastapi import FastAPI, Query, Request, Response
@@ -139,14 +140,18 @@ def console_app(open_console: Callable[[], AbstractAsyncContextManager[Console]]
 
     @app.get("/")
     async def home(user: str = "", item: str = "", catalog: str = "") -> RedirectResponse:
-        suffix = f"?catalog={catalog}" if catalog else ""
+        suffix = f"?{urlencode({'catalog': catalog})}" if catalog else ""
         if user:
-            return RedirectResponse(app.url_path_for("user_page", user_id=user) + suffix, status_code=303)
+            return RedirectResponse(
+                app.url_path_for("user_page", user_id=quote(user, safe="")) + suffix, status_code=303
+            )
         if item:
-            return RedirectResponse(app.url_path_for("item_page", item_id=item) + suffix, status_code=303)
+            return RedirectResponse(
+                app.url_path_for("item_page", item_id=quote(item, safe="")) + suffix, status_code=303
+            )
         return RedirectResponse(app.url_path_for("suite_page"), status_code=303)
 
-    @app.get("/users/{user_id}", response_class=HTMLResponse)
+    @app.get("/users/{user_id:path}", response_class=HTMLResponse)
     async def user_page(
         request: Request,
         user_id: str,
@@ -171,7 +176,7 @@ def console_app(open_console: Callable[[], AbstractAsyncContextManager[Console]]
         page = await current().user(user_id, catalog, options)
         return pages.TemplateResponse(request, "user.html", {"page": page, "catalogs": current().catalogs})
 
-    @app.get("/items/{item_id}", response_class=HTMLResponse)
+    @app.get("/items/{item_id:path}", response_class=HTMLResponse)
     async def item_page(request: Request, item_id: str, catalog: str = "") -> HTMLResponse:
         page = await current().item(item_id, catalog)
         return pages.TemplateResponse(request, "item.html", {"page": page, "catalogs": current().catalogs})

@@ -125,3 +125,14 @@ def test_the_token_is_asked_for() -> None:
         basic = base64.b64encode(b"operator:s3cret").decode()
         assert client.get("/suite", headers={"authorization": f"Basic {basic}"}).status_code == 200
         assert client.get("/healthz").status_code == 200
+
+
+def test_the_search_box_opens_a_page(client: TestClient) -> None:
+    user = client.get("/", params={"user": "a b/c", "catalog": "articles"}, follow_redirects=False)
+    assert user.status_code == 303 and user.headers["location"] == "/users/a%20b%2Fc?catalog=articles"
+    assert client.get("/", params={"item": "evil"}, follow_redirects=False).headers["location"] == "/items/evil"
+    assert client.get("/", follow_redirects=False).headers["location"] == "/suite"
+
+
+def test_ids_with_slashes_have_pages(client: TestClient) -> None:
+    assert "a b/c" in client.get("/users/a%20b%2Fc").text
