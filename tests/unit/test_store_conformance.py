@@ -625,3 +625,82 @@ def test_impressions_survive_reopen(factory: Factory) -> None:
     (got,) = reopened.get_impressions("r1")
     assert (got.item_ids, got.arm) == (("a", "b"), "b")
     assert dict(reopened.get_user("u1").shown_counts) == {"a": 1, "b": 1}
+
+
+# -- exactly once, input checks, deletes racing writes (issue 16; issue 20 part 5) -------------------------
+
+
+def test_an_event_id_counts_once_in_one_call_or_two(store: VectorStore, catalogue: list[Item]) -> None:
+    click = UserEvent("item-1", "click", 10.0, 2.0, recommendation_id="r1", event_id="e-1")
+    store.record_impression(_impression("r1", 1, "u", ["item-1", "item-2"]))
+    store.append_user_events("u", [click, click])
+    profile = store.append_user_events("u", [click, UserEvent("item-2", "view", 11.0, event_id="e-2")])
+    assert [e.event_id for e in profile.events] == ["e-1", "e-2"]
+    assert store.append_user_events("u", [click]).events == profile.events
+    assert store.get_items(["item-1"])[0].payload["popularity"] == 1
+    (shown,) = store.get_impressions("r1")
+    assert shown.engaged_item_ids == ("item-1",)
+    # Without an id, the content names the event: the same event again is a retry.
+    view = UserEvent("item-3", "view", 12.0)
+    store.append_user_events("u", [view])
+    store.append_user_events("u", [view])
+    assert store.get_items(["item-3"])[0].payload["popularity"] == 1
+    assert len(store.get_user("u").events) == 3
+
+
+@pytest.mark.parametrize(
+    ("event", "message"),
+    [
+        (UserEvent("item-1", "view", -1e12), "not Unix seconds"),
+        (UserEvent("item-1", "view", 1e300), "in the future"),
+        (UserEvent("item-1", "view", time.time() + 12 * 3600), r"12\.0 hours in the future; times up to 300 seconds"),
+        (UserEvent("item-1", "bogus", 1.0), "event_type 'bogus' is not one of view, click, add_to_cart, purchase"),
+        (UserEvent("item-1", "view", 1.0, weight=-5.0), "weight is -5.0; it must be above 0"),
+        (UserEvent("item-1", "view", 1.0, weight=math.nan), "finite"),
+        (UserEvent("item-1", "view", 1.0, event_id="x" * 129), "event_id"),
+    ],
+)
+def test_events_are_checked_like_the_gateway_checks_them(
+    store: VectorStore, catalogue: list[Item], event: UserEvent, message: str
+) -> None:
+    with pytest.raises(InvalidArgumentError, match=message):
+        store.append_user_events("u", [event])
+    assert store.count_users() == 0
+
+
+def test_a_small_clock_skew_is_accepted(store: VectorStore, catalogue: list[Item]) -> None:
+    profile = store.append_user_events("u", [UserEvent("item-1", "view", time.time() + 240)])
+    assert len(profile.events) == 1
+
+
+def test_delete_racing_writes_leaves_nothing_of_the_old_user(store: VectorStore, catalogue: list[Item]) -> None:
+    before = [UserEvent(f"item-{n}", "view", float(n), event_id=f"old-{n}") for n in range(10)]
+    store.append_user_events("u", before)
+    store.record_impression(_impression("r-old", 1, "u", ["item-1"]))
+    written: list[UserEvent] = []
+
+    def writer() -> None:
+        for n in range(20):
+            event = UserEvent(f"item-{n % 7}", "click", 100.0 + n, event_id=f"new-{n}")
+            store.append_user_events("u", [event])
+            written.append(event)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    store.delete_user("u")
+    with pytest.raises(NotFoundError):
+        store.get_impressions("r-old")
+    thread.join()
+    try:
+        history = store.get_user("u").events
+    except NotFoundError:
+        history = ()
+    ids = [e.event_id for e in history]
+    assert not any(i.startswith("old-") for i in ids)
+    assert len(ids) == len(set(ids)) and set(ids) <= {e.event_id for e in written}
+    # Popularity counts exactly the events that remain.
+    for n in range(10):
+        expected = sum(1 for e in history if e.item_id == f"item-{n}")
+        assert store.get_items([f"item-{n}"])[0].payload["popularity"] == expected
+    store.append_user_events("u", [UserEvent("item-9", "purchase", 500.0, event_id="fresh")])
+    assert "fresh" in [e.event_id for e in store.get_user("u").events]
