@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
@@ -12,6 +13,8 @@ import numpy as np
 
 from services.cli.training import embed_items
 from services.datasets.loaders import Dataset, detect_format, load_dataset
+from services.embedding.app import load_encoder
+from services.embedding.config import EmbeddingSettings
 from services.evaluation.queries import ROWS, query_evaluation
 from services.evaluation.report import plot, table, write_json
 from services.evaluation.runner import run_evaluation
@@ -152,16 +155,15 @@ def _served(args: argparse.Namespace, split: Split, text: np.ndarray, data_hash:
 
 
 def _queries(args: argparse.Namespace, dataset: Dataset, split: Split, text: np.ndarray) -> None:
-    gateway_address: str = args.through_gateway
-    host, _, port = gateway_address.rpartition(":")
     cases = split.val if args.validation_users else split.test
-    with (
-        grpc.insecure_channel(gateway_address) as gateway,
-        grpc.insecure_channel(f"{host}:{int(port) + 1}") as preprocessor,
-        grpc.insecure_channel(f"{host}:{int(port) + 2}") as embedding,
-    ):
+    encoder = load_encoder(EmbeddingSettings())  # the model that embedded `text`: query and items alike
+
+    def embed(texts: Sequence[str]) -> np.ndarray:
+        return np.stack([encoded.vector for encoded in encoder.encode(texts)])
+
+    with grpc.insecure_channel(args.through_gateway) as gateway:
         result = query_evaluation(
-            gateway, preprocessor, embedding, split, dataset.items, text, cases=cases, users=args.users, seed=args.seed
+            gateway, embed, split, dataset.items, text, cases=cases, users=args.users, seed=args.seed
         )
     who = "validation" if args.validation_users else "test"
     kinds = ", ".join(f"{n} from the {kind}" for kind, n in result.kinds.items())

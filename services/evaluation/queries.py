@@ -6,8 +6,8 @@ gateway's RecordEvents as a fresh user (``eval-<user id>``, deleted before and a
 scored on the same users: ``search only`` (SearchItems, no user), ``recommend only`` (Recommend, no query) and
 ``personalised+query`` (Recommend with the query), each for Recall@10 and NDCG@10 against the held-out item and
 for query fidelity: the share of its 10 whose cosine to the query is at least the 10th search-only result's. The
-cosines are the eval's own (item vectors embedded like the catalog's, the query cleaned and embedded by the
-suite's preprocessor and embedding service), so the three rows are measured alike.
+cosines are the eval's own (the item vectors and the query's from the embedding service's model, loaded here; the
+queries are plain words, which cleaning leaves as they are), so the three rows are measured alike.
 
 Reasons: every reason of the two Recommend answers that names an item (its explanation's evidence) is checked
 against the catalog: the share whose named item's cosine to the recommended one is in the top 5% of the catalog's
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -27,10 +27,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from recsys.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 from recsys.gateway.v1 import gateway_pb2 as pb
 from recsys.gateway.v1 import gateway_pb2_grpc
-from recsys.preprocessor.v1 import preprocessor_pb2, preprocessor_pb2_grpc
 from services.datasets.loaders import CatalogItem
 from services.evaluation.metrics import per_user_metrics
 from services.evaluation.served import history_events, sample_cases
@@ -128,8 +126,7 @@ def strong_cosine(vectors: np.ndarray, seed: int, percentile: float = STRONG_PER
 
 def query_evaluation(
     gateway: grpc.Channel,
-    preprocessor: grpc.Channel,
-    embedding: grpc.Channel,
+    embed: Callable[[Sequence[str]], np.ndarray],
     split: Split,
     items: Sequence[CatalogItem],
     text: np.ndarray,
@@ -141,9 +138,8 @@ def query_evaluation(
     timeout_s: float = 30.0,
 ) -> QueryResult:
     gateway_stub = gateway_pb2_grpc.GatewayServiceStub(gateway)
-    cleaner = preprocessor_pb2_grpc.PreprocessorServiceStub(preprocessor)
-    embedder = embedding_pb2_grpc.EmbeddingServiceStub(embedding)
     queries = derive_queries(sample_cases(cases, users, seed), items, seed)
+    query_vectors = np.asarray(embed([q.query for q in queries]), dtype=np.float32)
     versions: set[str] = set()
 
     def delete(name: str) -> None:
@@ -168,10 +164,6 @@ def query_evaluation(
         )
         delete(name)
         versions.update((alone.model_version, steered.model_version))
-        cleaned = cleaner.CleanTexts(preprocessor_pb2.CleanTextsRequest(texts=[query]), timeout=timeout_s)
-        embedded = embedder.EmbedTexts(
-            embedding_pb2.EmbedTextsRequest(texts=[cleaned.results[0].text]), timeout=timeout_s
-        )
         evidence = [
             (item.item_id, item.explanation.evidence)
             for response in (alone, steered)
@@ -184,7 +176,7 @@ def query_evaluation(
                 ROWS[1]: [i.item_id for i in alone.items],
                 ROWS[2]: [i.item_id for i in steered.items],
             },
-            np.asarray(embedded.embeddings[0].values, dtype=np.float32),
+            query_vectors[n],
             evidence,
         )
 
