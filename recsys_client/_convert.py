@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterable, Sequence
 
 from google.protobuf import struct_pb2, timestamp_pb2
@@ -107,6 +108,8 @@ def events_request(events: Iterable[Event], catalog: str) -> pb.RecordEventsRequ
                 type=EVENT_TYPES[event.type],
                 time=time,
                 recommendation_id=event.recommendation_id,
+                # Named once here, so every retry of this request carries the same ids and counts once.
+                event_id=event.event_id or uuid.uuid4().hex,
             )
         )
     return pb.RecordEventsRequest(events=protos, catalog=catalog)

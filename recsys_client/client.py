@@ -2,9 +2,9 @@
 
 Every call has a deadline (the client's `deadline` in seconds, or the call's), a request id (sent as
 `x-request-id`, new for each call unless given, carried by any error), and the bearer token when one is set.
-Reads (recommend, similar_items, search) and upsert_items (replacing an item by id is idempotent) are retried on
-UNAVAILABLE; record_events and delete_user are not, since a repeat would record events twice or answer
-NOT_FOUND.
+Reads (recommend, similar_items, search), upsert_items (replacing an item by id is idempotent) and record_events
+(every event carries an event_id, given by the client when the caller has none, so the gateway counts a repeat
+once) are retried on UNAVAILABLE; delete_user is not, since a repeat would answer NOT_FOUND.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from recsys_client.types import (
 )
 
 SERVICE = "recsys.gateway.v1.GatewayService"
-RETRIED_METHODS = ("Recommend", "GetSimilarItems", "SearchItems", "UpsertItems")
+RETRIED_METHODS = ("Recommend", "GetSimilarItems", "SearchItems", "UpsertItems", "RecordEvents")
 
 
 class RecsysClient:
@@ -162,7 +162,8 @@ class RecsysClient:
         deadline: float | None = None,
         request_id: str | None = None,
     ) -> int:
-        """Records interactions (all checked before any is stored); returns how many were stored."""
+        """Records interactions (all checked before any is stored); returns how many were recorded. Safe to
+        repeat: an event recorded again under its event_id counts once."""
         request = _convert.events_request(events, catalog)
         response: pb.RecordEventsResponse = self._call(self._stub.RecordEvents, request, deadline, request_id)
         return response.recorded

@@ -57,13 +57,15 @@ class CatalogItem:
 @dataclass(frozen=True)
 class Event:
     """One interaction. `time` defaults to when the gateway receives it; `recommendation_id` attributes the event
-    to the recommendation that showed the item."""
+    to the recommendation that showed the item; `event_id` names it, so that recording it again counts once (the
+    client gives each event without one a new id)."""
 
     user_id: str
     item_id: str
     type: EventType = "view"
     time: datetime | None = None
     recommendation_id: str = ""
+    event_id: str = ""
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from recsys_client import (
     Pin,
     RecsysClient,
 )
+from tests.conftest import REPO_ROOT
 from tests.integration.conftest import RunningSuite
 
 ABRASIVES = "Abrasive & Finishing Products"
@@ -142,3 +143,13 @@ async def test_operator_reads(suite: RunningSuite) -> None:
         assert await operator.health(suite.address("gateway"), "recsys.gateway.v1.GatewayService") == "SERVING"
         model = await operator.model_info()
         assert model is not None and model.version in model.available_versions
+
+
+def test_the_readme_example_runs(suite: RunningSuite, capsys: pytest.CaptureFixture[str]) -> None:
+    readme = (REPO_ROOT / "README.md").read_text()
+    start = readme.index("```python\nfrom recsys_client import")
+    example = readme[start + len("```python\n") : readme.index("```\n", start + 10)]
+    namespace: dict[str, object] = {}
+    exec(example.replace("localhost:50050", suite.address("gateway")), namespace)
+    assert len(capsys.readouterr().out.splitlines()) == 10
+    assert not {i.item_id for i in namespace["page"].items} & {i.item_id for i in namespace["more"].items}  # type: ignore[attr-defined]

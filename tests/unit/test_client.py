@@ -62,6 +62,10 @@ class ScriptedGateway(gateway_pb2_grpc.GatewayServiceServicer):
         self._arrive("RecordEvents", request, context)
         return pb.RecordEventsResponse(recorded=len(request.events))
 
+    def DeleteUser(self, request: pb.DeleteUserRequest, context: grpc.ServicerContext) -> pb.DeleteUserResponse:
+        self._arrive("DeleteUser", request, context)
+        return pb.DeleteUserResponse()
+
     def SearchItems(self, request: pb.SearchItemsRequest, context: grpc.ServicerContext) -> pb.SearchItemsResponse:
         self._arrive("SearchItems", request, context)
         context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "admission limit reached")
@@ -92,12 +96,23 @@ def test_a_read_is_retried_and_carries_deadline_request_id_and_token(gateway: tu
     assert item.explanation is not None and item.explanation.stage_scores == {"final": 1.5}
 
 
-def test_events_are_not_retried_and_errors_are_typed(gateway: tuple[ScriptedGateway, str]) -> None:
+def test_events_are_retried_under_the_same_event_ids(gateway: tuple[ScriptedGateway, str]) -> None:
+    servicer, address = gateway
+    when = datetime(2026, 1, 1, tzinfo=UTC)
+    with RecsysClient(address) as client:
+        recorded = client.record_events([Event("u1", "a", "purchase", time=when), Event("u1", "b", event_id="mine")])
+    assert recorded == 2 and servicer.calls["RecordEvents"] == 3
+    ids = [[event.event_id for event in request.events] for request in servicer.requests]
+    assert ids[0] == ids[1] == ids[2] and ids[0][1] == "mine" and len(ids[0][0]) == 32, "one id for every attempt"
+    assert ids[0][0] != ids[0][1]
+
+
+def test_deletion_and_overload_are_not_retried_and_errors_are_typed(gateway: tuple[ScriptedGateway, str]) -> None:
     servicer, address = gateway
     with RecsysClient(address) as client:
         with pytest.raises(UnavailableError) as raised:
-            client.record_events([Event("u1", "a", "purchase", time=datetime(2026, 1, 1, tzinfo=UTC))])
-        assert servicer.calls["RecordEvents"] == 1, "a repeat could store the events twice"
+            client.delete_user("u1")
+        assert servicer.calls["DeleteUser"] == 1, "a repeat after a lost answer would say NOT_FOUND"
         assert raised.value.message == "backend restarting" and len(raised.value.request_id) == 32
         assert "authorization" not in servicer.metadata[0]
         servicer.failures = 0
@@ -130,5 +145,5 @@ async def test_the_asyncio_client_retries_reads(gateway: tuple[ScriptedGateway, 
     async with AsyncRecsysClient(address) as client:
         result = await client.recommend("u1")
         with pytest.raises(UnavailableError):
-            await client.record_events([Event("u1", "a")])
-    assert result.recommendation_id == "r1" and servicer.calls == {"Recommend": 3, "RecordEvents": 1}
+            await client.delete_user("u1")
+    assert result.recommendation_id == "r1" and servicer.calls == {"Recommend": 3, "DeleteUser": 1}
