@@ -469,9 +469,10 @@ class EventLog:
                     )
                     for e in events_from_payload(payload.get("events"))
                 ]
-                self._engine.insert_events(
-                    [(event_point_id(user_id, e.event_id), event_payload(user_id, e)) for e in events]
-                )
+                if events:
+                    self._engine.insert_events(
+                        [(event_point_id(user_id, e.event_id), event_payload(user_id, e)) for e in events]
+                    )
                 if self._refresh_user(user_id) is None:
                     self._engine.write_user(
                         user_id, INCARNATION, {"incarnation": 1, VERSION_FIELD: INCARNATION, STATE_FIELD: DELETED}, None
