@@ -214,7 +214,7 @@ def _run_split(
                 lambdas[False],
                 mask=False,
                 neighbours=train_config.graph_neighbours,
-                max_users=train_config.graph_tune_users,
+                max_users=train_config.eval_users,
                 seed=train_config.seed,
             )
             ranker = replace_fusion(

@@ -170,17 +170,21 @@ def neighbourhood_ease(
     ``hoods[j]`` (from :func:`neighbourhoods`) only, for every (lambda, w) in ``settings`` (w already in count
     units): one sparse (n, n) matrix per setting, source items as rows. Each block of the Gram matrix is gathered
     once for all settings."""
-    n, width = hoods.shape
+    n = len(hoods)
+    sizes = (hoods < n).sum(1)
+    # Items with similar neighbourhood sizes are solved together, each batch at its own width: a few popular
+    # items with full neighbourhoods do not pad every other item's system to their size.
+    order = np.argsort(sizes, kind="stable")
     g_keys = _entry_keys(g)
     link_keys = _entry_keys(links) if any(w for _, w in settings) else None
     rows_out: list[np.ndarray] = []
     cols_out: list[np.ndarray] = []
     values_out: list[list[np.ndarray]] = [[] for _ in settings]
-    eye = np.eye(width)
-    upper = np.triu_indices(width)
     for start in range(0, n, batch):
-        items = np.arange(start, min(start + batch, n))
-        hood = hoods[items]  # (B, m), ascending within a row
+        items = order[start : start + batch]
+        width = max(1, int(sizes[items].max()))
+        hood = hoods[items, :width]  # (B, m), ascending within a row, padding last
+        eye, upper = np.eye(width), np.triu_indices(width)
         valid = hood < n
         # Both matrices are symmetric: the upper triangle of each block is looked up and mirrored.
         pairs = hood[:, upper[0]] * n + hood[:, upper[1]]

@@ -181,7 +181,8 @@ class ItemGraph:
         indices = torch.from_numpy(np.stack([cols[kept], rows[kept]]).astype(np.int64))  # transposed: target x source
         size = (weights.shape[1], weights.shape[0])
         text = None if known_text is None else _unit(np.asarray(known_text, dtype=np.float32))
-        return cls(torch.sparse_coo_tensor(indices, torch.from_numpy(values[kept]), size).coalesce(), text)
+        graph = torch.sparse_coo_tensor(indices, torch.from_numpy(values[kept]), size, check_invariants=False)
+        return cls(graph.coalesce(), text)
 
     def to_tensors(self) -> dict[str, Tensor]:
         t = self.transposed

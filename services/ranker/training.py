@@ -17,7 +17,7 @@ import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import scipy.sparse as sp
@@ -28,17 +28,24 @@ from tqdm.auto import tqdm
 from services.datasets.loaders import Dataset
 from services.evaluation.baselines import TextScorer, evaluate, unit_rows
 from services.evaluation.metrics import MetricSums
-from services.evaluation.splits import Case, Split, loo_split
+from services.evaluation.splits import Split, loo_split
 from services.ranker import distributed
 from services.ranker.graph import GraphChoice, fit_graph_weights, item_graph
 from services.ranker.model import Fusion, ItemGraph, ModelConfig, RankerModel, RankerScorer
 
+T = TypeVar("T")
 ItemVectors = Mapping[str, np.ndarray] | tuple[Sequence[str], np.ndarray]
 
 # Fusion weights are tried in units of each component's spread on validation, so one grid fits every data set.
 FUSION_GRID = (0.0, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
 TEXT_DECAYS = (1.0, 0.5, 0.25, 0.1)
 GRAPH_DECAYS = (1.0, 0.7, 0.4)
+FUSION_SCORES_BYTES = 2 * 1024**3
+
+
+def sample_cases(cases: Sequence[T], limit: int, seed: int) -> Sequence[T]:
+    """``cases`` itself when there are at most ``limit``, else a seeded sample of ``limit`` of them."""
+    return cases if len(cases) <= limit else random.Random(seed).sample(list(cases), limit)
 
 
 @dataclass(frozen=True)
@@ -68,7 +75,13 @@ class TrainConfig:
     # Each item's EASE column is solved over this many strongest co-occurring items (and its text neighbours):
     # the graph's cost grows with the catalog times this squared, not with the catalog cubed.
     graph_neighbours: int = 256
-    graph_tune_users: int = 10000  # validation users the item graph is picked on (a seeded sample)
+    # Validation (early stopping, the graph's search) and the reported metrics run on a seeded sample of this many
+    # users where there are more: full ranking costs users x catalog.
+    eval_users: int = 10000
+    # Beyond this many items a training step's softmax runs over the batch's own targets and history items plus
+    # ``sampled_negatives`` items drawn uniformly (mixed negative sampling, Yang et al. 2020), not the catalog.
+    full_softmax_up_to: int = 20000
+    sampled_negatives: int = 8192
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -158,7 +171,7 @@ def fit_ranker(
         text,
         ease_lambda,
         neighbours=config.graph_neighbours,
-        max_users=config.graph_tune_users,
+        max_users=config.eval_users,
         seed=config.seed,
     )
     graph = served_graph(graph_weights, split, sequence.item_ids, config, text)
@@ -168,11 +181,12 @@ def fit_ranker(
 
     metrics: dict[str, float] = {}
     k = config.k
-    for prefix, cases in (("val", split.val), ("test", split.test)):
+    test = sample_cases(split.test, config.eval_users, config.seed)
+    for prefix, cases in (("val", sample_cases(split.val, config.eval_users, config.seed)), ("test", test)):
         for name, value in evaluate(catalog_scorer(scorer, split, text), cases, mask=True, ks=(k,)).items():
             metrics[f"{prefix}_{name}"] = value
     text_only = TextScorer(unit_rows(torch.from_numpy(text)))
-    for name, value in evaluate(text_only, split.test, mask=True, ks=(k,)).items():
+    for name, value in evaluate(text_only, test, mask=True, ks=(k,)).items():
         metrics[f"text_only_{name}"] = value
     return TrainResult(
         state_dict=sequence.state_dict,
@@ -229,9 +243,10 @@ def tune_fusion(
 ) -> Fusion:
     """Fusion weights with the best validation NDCG@10: each decay first (its term alone), then coordinate ascent
     over the graph and text weights, two rounds, in units of each term's spread on validation."""
-    cases: Sequence[Case] = split.val
-    if len(cases) > max_users:
-        cases = random.Random(seed).sample(list(cases), max_users)
+    # Every term's scores of every sampled user over the whole catalog are held at once: the sample shrinks as
+    # the catalog grows, so they stay within FUSION_SCORES_BYTES.
+    held = 1 + len(GRAPH_DECAYS) + len(TEXT_DECAYS)
+    cases = sample_cases(split.val, min(max_users, max(1, FUSION_SCORES_BYTES // (4 * held * split.n_items))), seed)
     chunks = [cases[start : start + 512] for start in range(0, len(cases), 512)]
     # Tuned as at training time, over the items the model knows. Items new to it (the cold-start protocol's
     # held-out items) are never validation targets, and since they take the graph score of their nearest known
@@ -322,6 +337,8 @@ def fit_sequence_model(
     inputs, targets = _windows([position[list(seq)].tolist() for seq in split.train], config.max_len)
     lengths = (targets > 0).sum(1)
     all_ids = torch.arange(1, len(known) + 1, device=device)
+    sampled = len(known) > config.full_softmax_up_to
+    val_cases = sample_cases(split.val, config.eval_users, config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     started = time.perf_counter()
 
@@ -339,8 +356,12 @@ def fit_sequence_model(
             # Most sequences are short: cut the batch to its longest row and score real positions only.
             width = int(lengths[batch].max())
             x, y = inputs[batch, :width].to(device), targets[batch, :width].to(device)
+            if sampled:
+                x, y, ids = _sampled_vocabulary(x, y, len(known), config.sampled_negatives, generator)
+            else:
+                ids = all_ids
             # Pad index 0 maps to an all-zero row, so padded history positions stay empty.
-            items = torch.cat([table.new_zeros((1, config.dim)), model.item_repr(table[1:], all_ids)])
+            items = torch.cat([table.new_zeros((1, config.dim)), model.item_repr(table[ids], ids)])
             states = model.encode(items[x])
             real = y > 0
             logits = states[real] @ items[1:].T
@@ -351,7 +372,7 @@ def fit_sequence_model(
             optimizer.step()
             total += loss.item() * len(batch)
         scorer = RankerScorer(model=model, item_ids=vocabulary, device=config.device)
-        val = evaluate(CatalogScorer(scorer, split.item_ids, text), split.val, mask=True, ks=(config.k,))
+        val = evaluate(CatalogScorer(scorer, split.item_ids, text), val_cases, mask=True, ks=(config.k,))
         ndcg = val[f"ndcg@{config.k}"]
         bar.set_postfix(loss=f"{total / max(len(inputs), 1):.3f}", val_ndcg=f"{ndcg:.4f}")
         if ndcg > best_ndcg:
@@ -363,6 +384,18 @@ def fit_sequence_model(
     bar.close()
     state = {name: t.detach().cpu().clone() for name, t in best_state.items()}
     return SequenceFit(state, model_config, vocabulary, epochs, best_epoch)
+
+
+def _sampled_vocabulary(
+    x: Tensor, y: Tensor, n_items: int, negatives: int, generator: torch.Generator
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The batch's histories and targets re-indexed into a small vocabulary: the items they hold plus
+    ``negatives`` drawn uniformly from the catalog (1-based, 0 stays padding), and that vocabulary's item ids."""
+    drawn = torch.randint(1, n_items + 1, (negatives,), generator=generator).to(x.device)
+    ids = torch.unique(torch.cat([x[x > 0], y[y > 0], drawn]))
+    position = torch.zeros(n_items + 1, dtype=torch.long, device=x.device)
+    position[ids] = torch.arange(1, len(ids) + 1, device=x.device)
+    return position[x], position[y], ids
 
 
 def _seed_everything(seed: int) -> None:
