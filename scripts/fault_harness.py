@@ -1,13 +1,14 @@
 """Fault harness: the five services under a bounded concurrent load for a fixed time while each backend in
 turn is killed with SIGKILL and restarted. Counts answers by RPC, status code and degraded flag, measures
-latency percentiles, and audits afterwards that every acknowledged event and item is still stored. Prints a
-table; writes JSON.
+latency percentiles, and audits afterwards that every acknowledged item is stored and every event is stored
+exactly once (a RecordEvents that failed is retried once with the same event id, as a client would: an
+acknowledged event must be there once, a retried one never twice). Prints a table; writes JSON.
 
     .venv/bin/python scripts/fault_harness.py --duration 60 --concurrency 16 --json var/fault-harness.json
 
 A failure is an answer other than OK, RESOURCE_EXHAUSTED or a degraded OK that the killed backend does not
 explain (a write needs every backend on its path; Recommend has a fallback for each). Exit status 1 when
-there is a failure, a lost write, or the p99 latency exceeds the deadline.
+there is a failure, a lost or doubled write, or the p99 latency exceeds the deadline.
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ class Answer:
 class Ledger:
     """Writes the gateway acknowledged, to audit afterwards."""
 
-    events: list[tuple[str, str, float]] = field(default_factory=list)  # user, item, timestamp
+    events: list[tuple[str, str]] = field(default_factory=list)  # user, event id: acknowledged
+    attempted: list[tuple[str, str]] = field(default_factory=list)  # every event sent, acknowledged or not
     items: list[str] = field(default_factory=list)
 
 
@@ -126,11 +128,21 @@ class Load:
 
     async def record(self) -> bool:
         # A fresh user per write keeps every history far below the retriever's cap, so the audit is exact.
-        user, item, seconds = f"harness-user-{self._next()}", self.random.choice(self.items), time.time() - 60
+        number = self._next()
+        user, item, seconds = f"harness-user-{number}", self.random.choice(self.items), time.time() - 60
         moment = timestamp_pb2.Timestamp(seconds=int(seconds))
-        event = pb.Event(user_id=user, item_id=item, type=pb.EVENT_TYPE_CLICK, time=moment)
-        await self.stub.RecordEvents(pb.RecordEventsRequest(events=[event]), timeout=self.deadline_s)
-        self.ledger.events.append((user, item, float(int(seconds))))
+        event_id = f"harness-event-{number}"
+        event = pb.Event(user_id=user, item_id=item, type=pb.EVENT_TYPE_CLICK, time=moment, event_id=event_id)
+        request = pb.RecordEventsRequest(events=[event])
+        self.ledger.attempted.append((user, event_id))
+        try:
+            await self.stub.RecordEvents(request, timeout=self.deadline_s)
+        except grpc.aio.AioRpcError as error:
+            # The first try may have been stored without its answer arriving: the retry must not count it again.
+            if error.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise
+            await self.stub.RecordEvents(request, timeout=self.deadline_s)
+        self.ledger.events.append((user, event_id))
         return False
 
     async def upsert(self) -> bool:
@@ -193,20 +205,25 @@ async def audit(address: str, ledger: Ledger) -> dict[str, int]:
             wanted = ledger.items[start : start + 256]
             found = await stub.GetItems(retriever_pb2.GetItemsRequest(item_ids=wanted, skip_missing=True), timeout=30)
             missing_items += len(wanted) - len(found.items)
-        missing_events = 0
-        for user, item, seconds in ledger.events:
+        acknowledged = set(ledger.events)
+        missing_events = doubled_events = 0
+        for user, event_id in ledger.attempted:
             try:
                 profile = await stub.GetUserProfile(retriever_pb2.GetUserProfileRequest(user_id=user), timeout=30)
-            except grpc.aio.AioRpcError:
-                missing_events += 1
-                continue
-            if not any(e.item_id == item and e.timestamp == seconds for e in profile.profile.events):
-                missing_events += 1
+                copies = sum(e.event_id == event_id for e in profile.profile.events)
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+                copies = 0
+            missing_events += copies == 0 and (user, event_id) in acknowledged
+            doubled_events += max(0, copies - 1)
     return {
         "acknowledged_items": len(ledger.items),
         "missing_items": missing_items,
         "acknowledged_events": len(ledger.events),
+        "unacknowledged_events": len(ledger.attempted) - len(ledger.events),
         "missing_events": missing_events,
+        "doubled_events": doubled_events,
     }
 
 
@@ -280,7 +297,8 @@ def print_table(report: dict[str, Any]) -> None:
     )
     print(f"degraded answers by backend down: {summary['degraded_by_stage_down']}")
     print(
-        f"audit: {audit_['acknowledged_events']} acknowledged events, {audit_['missing_events']} missing; "
+        f"audit (exactly once): {audit_['acknowledged_events']} acknowledged events, {audit_['missing_events']} "
+        f"missing, {audit_['doubled_events']} doubled ({audit_['unacknowledged_events']} sent without an answer); "
         f"{audit_['acknowledged_items']} acknowledged items, {audit_['missing_items']} missing"
     )
 
@@ -373,6 +391,7 @@ def main() -> None:
     broken = (
         summary["failures"]
         or audited["missing_events"]
+        or audited["doubled_events"]
         or audited["missing_items"]
         or summary["p99_ms"] > summary["deadline_ms"]
     )
