@@ -77,6 +77,42 @@ GATEWAY_CASES: list[tuple[str, str, Any, grpc.StatusCode, str]] = [
     ),
     ("unknown user", "DeleteUser", pb.DeleteUserRequest(user_id="never-seen"), NOT_FOUND, "never-seen"),
     ("empty query", "SearchItems", pb.SearchItemsRequest(query="  ", k=5), INVALID, "query is empty"),
+    (
+        "markup-only title",
+        "UpsertItems",
+        pb.UpsertItemsRequest(items=[pb.CatalogItem(item_id="markup-only", title="<p><br/></p>")]),
+        INVALID,
+        "items[0].title has no text after cleaning",
+    ),
+    (
+        "zero-width user id",
+        "Recommend",
+        pb.RecommendRequest(user_id="\u200b\u200b", k=5),
+        INVALID,
+        "user_id is empty or has only invisible characters",
+    ),
+    ("emoji-only query", "SearchItems", pb.SearchItemsRequest(query="🎸🤘", k=5), INVALID, "no letters or digits"),
+    (
+        "emoji-only query in Recommend",
+        "Recommend",
+        pb.RecommendRequest(user_id="u", query="🎸", k=5),
+        INVALID,
+        "no letters or digits",
+    ),
+    (
+        "catalog that does not exist",
+        "SearchItems",
+        pb.SearchItemsRequest(query="glue", k=5, catalog="no-such-catalog"),
+        NOT_FOUND,
+        "catalog 'no-such-catalog' does not exist",
+    ),
+    (
+        "recommend from a catalog that does not exist",
+        "Recommend",
+        pb.RecommendRequest(user_id="u", k=5, catalog="no-such-catalog"),
+        NOT_FOUND,
+        "UpsertItems",
+    ),
 ]
 
 
@@ -95,6 +131,16 @@ def test_gateway_rejects(
 ) -> None:
     stub = gateway_pb2_grpc.GatewayServiceStub(gateway_channel)
     _check(getattr(stub, rpc), request_, code, message)
+
+
+def test_a_page_token_only_serves_its_own_request(gateway_channel: grpc.Channel) -> None:
+    stub = gateway_pb2_grpc.GatewayServiceStub(gateway_channel)
+    first = stub.Recommend(pb.RecommendRequest(k=3), timeout=30)
+    assert first.next_page_token
+    other = pb.RecommendRequest(k=3, query="glue", page_token=first.next_page_token)
+    _check(stub.Recommend, other, INVALID, "page_token belongs to a different request")
+    same = stub.Recommend(pb.RecommendRequest(k=3, page_token=first.next_page_token), timeout=30)
+    assert same.page == 2 and same.recommendation_id == first.recommendation_id
 
 
 def test_a_rejected_event_batch_stores_nothing(suite: RunningSuite, gateway_channel: grpc.Channel) -> None:
