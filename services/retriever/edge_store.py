@@ -756,9 +756,11 @@ class _EdgeLog:
         return [dict(r.payload or {}) for r in records]
 
     def event_counts(self, item_ids: Sequence[str]) -> dict[str, int]:
-        return _facet(
-            self._store._events, eventlog.ITEM_FIELD, _match_any(eventlog.ITEM_FIELD, item_ids), len(item_ids)
-        )
+        # One indexed count per item: a facet over a MatchAny of the ids took ~0.4 ms per id (180 ms for 450),
+        # a count ~0.02 ms.
+        events = self._store._events
+        counts = {i: events.count(CountRequest(exact=True, filter=_match(eventlog.ITEM_FIELD, i))) for i in item_ids}
+        return {i: n for i, n in counts.items() if n}
 
     def events_of_recommendations(self, recommendation_ids: Sequence[str]) -> list[dict[str, Any]]:
         return _scroll_all(self._store._events, _match_any(feedback.RECOMMENDATION_FIELD, recommendation_ids))
