@@ -2,9 +2,10 @@
 
 The default catalog (empty name) is the store the service always had: same folders or collections, no migration.
 A named catalog lives beside it, in the same layout:
-- embedded engine: `<data_dir>/catalogs/<name>/` (its own `items`, `users` and `feedback` shards);
-- Qdrant server: collections `<name>__items`, `<name>__users` and `<name>__feedback` (the default keeps
-  `items`, `users`, `feedback`; a catalog name cannot contain the upper case or dots a clash would need).
+- embedded engine: `<data_dir>/catalogs/<name>/` (its own `items`, `users`, `events` and `feedback` shards);
+- Qdrant server: collections `<name>__items`, `<name>__users`, `<name>__events` and `<name>__feedback` (the
+  default keeps `items`, `users`, `events`, `feedback`; a catalog name cannot contain the upper case or dots a
+  clash would need).
 
 Catalogs open lazily. A write that stores something (UpsertItems, RecordImpression) creates its catalog; any other
 call on a catalog that was never written is NOT_FOUND, naming the catalogs that exist (a typo must not read as an
