@@ -14,6 +14,7 @@ from pathlib import Path
 from recsys_client import RecsysClient, RecsysError
 from services.cli.experiments import run_report
 from services.cli.ingest import ingest
+from services.cli.progress import heartbeat
 from services.cli.suite import GaveUp, RestartPolicy, Suite, Supervisor
 from services.cli.training import catalog_argument, train_and_publish
 from services.console.launch import CONSOLE_PORT_OFFSET, RunningConsole, start_console
@@ -127,9 +128,10 @@ def _up(args: argparse.Namespace) -> None:
         pids = ", ".join(f"{name} pid {process.pid}" for name, process in suite.processes.items())
         print(f"started {pids} (logs in {state_dir / 'logs'}); waiting for each to report SERVING", flush=True)
         started = time.monotonic()
-        suite.wait_until_serving(
-            on_serving=lambda name: print(f"  {name} SERVING after {time.monotonic() - started:.0f} s", flush=True)
-        )
+        with heartbeat("starting the services (the embedding model loads, the ranker reads its checkpoint)"):
+            suite.wait_until_serving(
+                on_serving=lambda name: print(f"  {name} SERVING after {time.monotonic() - started:.0f} s", flush=True)
+            )
         print("all five services report SERVING")
         if args.console:
             console = start_console(suite)

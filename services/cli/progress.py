@@ -1,7 +1,9 @@
-"""Progress for steps that draw no bar of their own, so a long one never looks hung."""
+"""Progress for steps that draw no bar of their own, so a long one never looks hung. On stderr, beside tqdm's
+bars: stdout stays for results (`recsys train` prints its checkpoint as JSON there)."""
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,7 +21,7 @@ def heartbeat(step: str, every_s: float = 15.0) -> Iterator[None]:
 
     def beat() -> None:
         while not done.wait(every_s):
-            tqdm.write(f"{step}: {tqdm.format_interval(time.monotonic() - started)} elapsed")
+            tqdm.write(f"{step}: {tqdm.format_interval(time.monotonic() - started)} elapsed", file=sys.stderr)
 
     thread = threading.Thread(target=beat, name="heartbeat", daemon=True)
     thread.start()

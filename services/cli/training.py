@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import sys
 from collections.abc import Sequence
 from contextlib import nullcontext
 from pathlib import Path
@@ -86,7 +87,9 @@ def train_and_publish(
     read its cache instead of running the model."""
     root = catalog_root(checkpoint_dir, catalog)
     leader = distributed.is_leader()
-    if not leader:
+    if leader:
+        print("building the items' texts and loading the embedding model ...", file=sys.stderr, flush=True)
+    else:
         distributed.barrier()
     vectors, model_id = embed_items(dataset.items, cache_dir)
     if leader:
