@@ -50,7 +50,7 @@ def test_recommend_returns_typed_items_with_reasons_and_explanations(client: Rec
     for item in result.items:
         assert item.title and item.reason and isinstance(item.categories, tuple)
         assert item.explanation is not None and "final" in item.explanation.stage_scores
-    second = client.recommend(_user_with_history(suite), k=10, page_token=result.next_page_token)
+    second = client.recommend(_user_with_history(suite), k=10, explain=True, page_token=result.next_page_token)
     assert second.page == 2 and second.recommendation_id == result.recommendation_id
     assert not {i.item_id for i in result.items} & {i.item_id for i in second.items}
 
