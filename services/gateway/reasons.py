@@ -116,10 +116,10 @@ class SimilarityScale:
             return math.inf
 
     async def _measure(self, catalog: str) -> float:
-        sample = await self._retrieval.popular(
-            catalog, self._settings.calibration_sample, 0, ItemFilter(), [], with_vectors=True
-        )
-        vectors = [item.vector for item in sample if item.vector is not None]
+        sample = await self._retrieval.popular(catalog, self._settings.calibration_sample, 0, ItemFilter(), [])
+        # By id: the retriever's popular list leaves the vectors out.
+        stored = await self._retrieval.get_items(catalog, [item.item_id for item in sample], skip_missing=True)
+        vectors = [item.vector for item in stored if item.vector is not None]
         threshold = strong_similarity(
             np.stack(vectors) if vectors else np.zeros((0, 0)), self._settings.similar_percentile
         )

@@ -67,7 +67,8 @@ def genre(item_id: str) -> str:
 
 
 class CatalogRetrieval(FakeRetrieval):
-    """The fake retriever over this catalog; popularity is catalog order."""
+    """The fake retriever over this catalog; popularity is catalog order, and the popular list carries no vectors
+    (as the retriever's ListPopularItems)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -82,7 +83,11 @@ class CatalogRetrieval(FakeRetrieval):
         exclude_ids: Sequence[str],
         with_vectors: bool = False,
     ) -> list[StoredItem]:
-        kept = [i for i in self._catalog(catalog).values() if i.item_id not in exclude_ids]
+        kept = [
+            StoredItem(i.item_id, 0.0, i.payload)
+            for i in self._catalog(catalog).values()
+            if i.item_id not in exclude_ids
+        ]
         return kept[offset : offset + limit]
 
 
