@@ -79,6 +79,15 @@ class Impression:
 
 
 @dataclass(frozen=True)
+class GraphNeighbour:
+    """An item the ranker's item graph links to another: people with one in their history went on to it."""
+
+    item_id: str
+    # The graph's score; higher is better, comparable within one answer.
+    score: float
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     version: str
     # ISO 8601.
@@ -148,7 +157,7 @@ class AsyncOperatorClient:
         self._retriever = _Endpoint(retriever_address, RETRIEVER_SERVICE, RETRIEVER_READS, token, tls, deadline)
         self._retriever_stub = retriever_pb2_grpc.RetrieverServiceStub(self._retriever.channel)
         self._ranker = (
-            _Endpoint(ranker_address, RANKER_SERVICE, ("GetModelInfo",), token, tls, deadline)
+            _Endpoint(ranker_address, RANKER_SERVICE, ("GetModelInfo", "SuggestCandidates"), token, tls, deadline)
             if ranker_address
             else None
         )
@@ -245,3 +254,13 @@ class AsyncOperatorClient:
         return ModelInfo(
             response.version, response.created_at, response.embedding_model, tuple(response.available_versions)
         )
+
+    async def graph_neighbours(self, item_id: str, catalog: str = "", limit: int = 10) -> list[GraphNeighbour] | None:
+        """The items the ranker's item graph links to `item_id`, best first; None when no ranker address was
+        given."""
+        if self._ranker is None:
+            return None
+        stub = ranker_pb2_grpc.RankerServiceStub(self._ranker.channel)
+        request = ranker_pb2.SuggestCandidatesRequest(history_item_ids=[item_id], limit=limit, catalog=catalog)
+        response = await self._ranker.call(stub.SuggestCandidates, request)
+        return [GraphNeighbour(i, s) for i, s in zip(response.item_ids, response.scores, strict=True)]

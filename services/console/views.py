@@ -10,8 +10,8 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from recsys_client import Boost, Filter, Recommendations, RecommendedItem, RecsysError
+from recsys_client.operator import GraphNeighbour, IndexStatus, ModelInfo, StoredItem, UserHistory
 from recsys_client.operator import Impression as ImpressionRecord
-from recsys_client.operator import IndexStatus, ModelInfo, StoredItem, UserHistory
 from services.common.errors import InvalidArgumentError
 from services.gateway.experiments import ArmReport, Experiments, report
 from services.gateway.model import Impression
@@ -57,6 +57,9 @@ class Operator(Protocol):
         self, catalog: str = "", experiment: str = "", limit: int = 100_000
     ) -> AsyncIterator[ImpressionRecord]: ...
     async def model_info(self, catalog: str = "") -> ModelInfo | None: ...
+    async def graph_neighbours(
+        self, item_id: str, catalog: str = "", limit: int = 10
+    ) -> list[GraphNeighbour] | None: ...
 
 
 @dataclass(frozen=True)
@@ -90,12 +93,20 @@ class UserPage:
 
 
 @dataclass(frozen=True)
+class GraphRow:
+    item_id: str
+    title: str
+    # The graph's score, or the reason the gateway gave.
+    why: str
+
+
+@dataclass(frozen=True)
 class ItemPage:
     item_id: str
     catalog: str
     payload: dict[str, object]
     similar: tuple[RecommendedItem, ...]
-    graph_neighbours: list[RecommendedItem]
+    graph_neighbours: list[GraphRow]
     shown: int
     engaged: int
     converted: int
@@ -194,13 +205,11 @@ class Console:
         return UserPage(user_id, catalog, options, rows, recommendations)
 
     async def item(self, item_id: str, catalog: str) -> ItemPage:
-        stored, similar, session = await asyncio.gather(
+        stored, similar, graph = await asyncio.gather(
             self._operator.items([item_id], catalog),
             self._gateway.similar_items(item_id, k=10, catalog=catalog),
-            # As the only item of a session, the ranker's item graph proposes the item's neighbours there.
-            self._gateway.recommend(context_item_ids=[item_id], k=30, catalog=catalog, explain=True),
+            self._graph_rows(item_id, catalog),
         )
-        graph = [i for i in session.items if i.explanation is not None and i.explanation.evidence == "graph"]
         shown = engaged = converted = read = 0
         async for impression in self._operator.impressions(catalog, limit=self._scan_limit):
             read += 1
@@ -209,6 +218,20 @@ class Console:
             converted += item_id in impression.converted_item_ids
         payload = dict(stored[item_id].payload) if item_id in stored else {}
         return ItemPage(item_id, catalog, payload, similar, graph, shown, engaged, converted, read)
+
+    async def _graph_rows(self, item_id: str, catalog: str) -> list[GraphRow]:
+        """The ranker's item-graph neighbours when the console can reach the ranker; otherwise what the gateway
+        attributes to the graph when the item is a session's only item."""
+        neighbours = await self._operator.graph_neighbours(item_id, catalog)
+        if neighbours is not None:
+            titles = await self._operator.items([n.item_id for n in neighbours], catalog)
+            return [GraphRow(n.item_id, _title(titles, n.item_id), f"graph score {n.score:.3f}") for n in neighbours]
+        session = await self._gateway.recommend(context_item_ids=[item_id], k=30, catalog=catalog, explain=True)
+        return [
+            GraphRow(i.item_id, i.title, i.reason)
+            for i in session.items
+            if i.explanation is not None and i.explanation.evidence == "graph"
+        ]
 
     def configured_experiments(self) -> list[ExperimentChoice]:
         choices = []

@@ -143,6 +143,9 @@ async def test_operator_reads(suite: RunningSuite) -> None:
         assert await operator.health(suite.address("gateway"), "recsys.gateway.v1.GatewayService") == "SERVING"
         model = await operator.model_info()
         assert model is not None and model.version in model.available_versions
+        neighbours = await operator.graph_neighbours(SANDING_ROLL, limit=5)
+        assert neighbours is not None and len(neighbours) <= 5 and SANDING_ROLL not in {n.item_id for n in neighbours}
+        assert [n.score for n in neighbours] == sorted((n.score for n in neighbours), reverse=True)
 
 
 def test_the_readme_example_runs(suite: RunningSuite, capsys: pytest.CaptureFixture[str]) -> None:

@@ -13,7 +13,15 @@ import pytest
 from fastapi.testclient import TestClient
 
 from recsys_client import Boost, Explanation, Filter, NotFoundError, Recommendations, RecommendedItem
-from recsys_client.operator import HistoryEvent, Impression, IndexStatus, ModelInfo, StoredItem, UserHistory
+from recsys_client.operator import (
+    GraphNeighbour,
+    HistoryEvent,
+    Impression,
+    IndexStatus,
+    ModelInfo,
+    StoredItem,
+    UserHistory,
+)
 from services.console.app import console_app
 from services.console.views import Console
 from services.gateway.experiments import Experiments
@@ -55,6 +63,9 @@ class FakeGateway:
 
 
 class FakeOperator:
+    def __init__(self, without_ranker: bool = False) -> None:
+        self.without_ranker = without_ranker
+
     async def health(self, address: str, service: str) -> str:
         return "SERVING"
 
@@ -76,11 +87,15 @@ class FakeOperator:
     async def model_info(self, catalog: str = "") -> ModelInfo | None:
         return ModelInfo("v1", "2026-12-01T00:00:00Z", "all-MiniLM-L6-v2", ("v1",))
 
+    async def graph_neighbours(self, item_id: str, catalog: str = "", limit: int = 10) -> list[GraphNeighbour] | None:
+        return None if self.without_ranker else [GraphNeighbour("n1", 0.25)]
 
-def _client(token: str | None = None) -> TestClient:
+
+def _client(token: str | None = None, without_ranker: bool = False) -> TestClient:
     @asynccontextmanager
     async def open_console() -> AsyncIterator[Console]:
-        yield Console(FakeGateway(), FakeOperator(), {"gateway": "g:1"}, ["articles"], Experiments(), 100)
+        operator = FakeOperator(without_ranker)
+        yield Console(FakeGateway(), operator, {"gateway": "g:1"}, ["articles"], Experiments(), 100)
 
     return TestClient(console_app(open_console, token))
 
@@ -102,7 +117,9 @@ def test_pages_render(client: TestClient) -> None:
     user = client.get("/users/u1?q=glue&diversity=0.5&boost_category=Tools&boost_weight=2")
     assert user.status_code == 200 and "personalised" in user.text and "purchase" in user.text
     item = client.get("/items/evil")
-    assert "Graph pick" in item.text and 'id="graph"' in item.text
+    assert "graph score 0.250" in item.text and 'id="graph"' in item.text
+    with _client(without_ranker=True) as without:
+        assert "Graph pick" in without.get("/items/evil").text, "the gateway's graph-attributed items instead"
     suite = client.get("/suite")
     assert "SERVING" in suite.text and "articles" in suite.text and "exact search until built" in suite.text
     report = client.get("/experiments?name=trial")
