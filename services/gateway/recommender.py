@@ -144,9 +144,8 @@ def _with_boost(evidence: Evidence, item: StoredItem, boosts: Sequence[Boost]) -
         return evidence
     strongest = max(lifted, key=lambda boost: boost.weight)
     clause = f"boosted for {strongest.describe()}"
-    if not evidence.source:
-        return Evidence("boost", clause[0].upper() + clause[1:])
-    return Evidence(evidence.source, f"{evidence.reason}; {clause}")
+    # Without strong evidence the boost is the named reason, after the words for why the item is there.
+    return Evidence(evidence.source or "boost", f"{evidence.reason}; {clause}")
 
 
 class StageClock:

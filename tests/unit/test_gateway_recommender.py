@@ -319,8 +319,9 @@ async def test_rules_boost_pin_block(parts: tuple[Recommender, FakeRetrieval, Fa
     plain = await recommender.recommend(rq(query="glue", k=3))
     assert [i.item_id for i in plain.items][:2] in (["c", "d"], ["d", "c"])
     boosted = await recommender.recommend(rq(query="glue", k=3, rules=Rules(boosts=(Boost(5.0, category="measure"),))))
-    # The caliper does not match "glue": the boost alone is why it leads.
-    assert boosted.items[0].item_id == "e" and boosted.items[0].reason == "Boosted for category “measure”"
+    # The caliper does not match "glue": the boost is why it leads.
+    assert boosted.items[0].item_id == "e" and boosted.items[0].evidence == "boost"
+    assert boosted.items[0].reason == "Near your search “glue”; boosted for category “measure”"
     pinned = await recommender.recommend(rq(query="glue", k=3, rules=Rules(pins=(Pin("a", 2),), blocked=("d",))))
     assert [i.item_id for i in pinned.items][1] == "a" and pinned.items[1].pinned
     assert "d" not in [i.item_id for i in pinned.items]
