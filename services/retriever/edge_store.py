@@ -841,8 +841,8 @@ class _EdgeLog:
         return [dict(r.payload or {}) for r in records]
 
     def recorded_recommendations(self, recommendation_ids: Sequence[str]) -> set[str]:
-        field = feedback.RECOMMENDATION_FIELD
-        return set(_facet(self._store._feedback, field, _match_any(field, recommendation_ids), len(recommendation_ids)))
+        shard, field = self._store._feedback, feedback.RECOMMENDATION_FIELD  # counts, not a facet: see event_counts
+        return {r for r in recommendation_ids if shard.count(CountRequest(exact=True, filter=_match(field, r)))}
 
     def delete_impressions_of_user(self, user_id: str) -> int:
         self._store._check_open()

@@ -476,7 +476,7 @@ def test_edge_background_index_build(tmp_path: Path) -> None:
         assert reopened.count_items() == 2004
         assert reopened.index_ready
         folders = sorted(p.name for p in (tmp_path / "edge").iterdir())
-        assert folders == ["feedback", "items", "items.2", "users"]
+        assert folders == ["events", "feedback", "items", "items.2", "users"]
         assert (tmp_path / "edge" / "items").resolve().name == "items.2"
     finally:
         reopened.close()
@@ -653,7 +653,7 @@ def test_an_event_id_counts_once_in_one_call_or_two(store: VectorStore, catalogu
     [
         (UserEvent("item-1", "view", -1e12), "not Unix seconds"),
         (UserEvent("item-1", "view", 1e300), "in the future"),
-        (UserEvent("item-1", "view", time.time() + 12 * 3600), r"12\.0 hours in the future; times up to 300 seconds"),
+        (UserEvent("item-1", "view", time.time() + 12 * 3600), r"hours in the future; times up to 300 seconds"),
         (UserEvent("item-1", "bogus", 1.0), "event_type 'bogus' is not one of view, click, add_to_cart, purchase"),
         (UserEvent("item-1", "view", 1.0, weight=-5.0), "weight is -5.0; it must be above 0"),
         (UserEvent("item-1", "view", 1.0, weight=math.nan), "finite"),
