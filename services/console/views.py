@@ -221,8 +221,12 @@ class Console:
 
     async def _graph_rows(self, item_id: str, catalog: str) -> list[GraphRow]:
         """The ranker's item-graph neighbours when the console can reach the ranker; otherwise what the gateway
-        attributes to the graph when the item is a session's only item."""
-        neighbours = await self._operator.graph_neighbours(item_id, catalog)
+        attributes to the graph when the item is a session's only item (also when the ranker has no model for the
+        catalog)."""
+        try:
+            neighbours = await self._operator.graph_neighbours(item_id, catalog)
+        except RecsysError:
+            neighbours = None
         if neighbours is not None:
             titles = await self._operator.items([n.item_id for n in neighbours], catalog)
             return [GraphRow(n.item_id, _title(titles, n.item_id), f"graph score {n.score:.3f}") for n in neighbours]

@@ -88,6 +88,8 @@ class FakeOperator:
         return ModelInfo("v1", "2026-12-01T00:00:00Z", "all-MiniLM-L6-v2", ("v1",))
 
     async def graph_neighbours(self, item_id: str, catalog: str = "", limit: int = 10) -> list[GraphNeighbour] | None:
+        if catalog == "modelless":
+            raise NotFoundError(grpc.StatusCode.NOT_FOUND, "no model for catalog 'modelless'", "rid-3")
         return None if self.without_ranker else [GraphNeighbour("n1", 0.25)]
 
 
@@ -120,6 +122,7 @@ def test_pages_render(client: TestClient) -> None:
     assert "graph score 0.250" in item.text and 'id="graph"' in item.text
     with _client(without_ranker=True) as without:
         assert "Graph pick" in without.get("/items/evil").text, "the gateway's graph-attributed items instead"
+    assert "Graph pick" in client.get("/items/evil?catalog=modelless").text, "a catalog the ranker has no model for"
     suite = client.get("/suite")
     assert "SERVING" in suite.text and "articles" in suite.text and "exact search until built" in suite.text
     report = client.get("/experiments?name=trial")
