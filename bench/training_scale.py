@@ -42,7 +42,14 @@ from services.datasets.loaders import CatalogItem, Dataset, Interaction
 from services.evaluation.splits import Split, loo_split
 from services.ranker.checkpoints import load_scorer, save_checkpoint
 from services.ranker.graph import fit_graph_weights
-from services.ranker.training import TrainConfig, TrainResult, fit_sequence_model, served_graph, tune_fusion
+from services.ranker.training import (
+    TrainConfig,
+    TrainResult,
+    fit_sequence_model,
+    graph_neighbours,
+    served_graph,
+    tune_fusion,
+)
 
 ADJECTIVES = ("compact", "heavy-duty", "precision", "digital", "portable", "stainless", "industrial", "lab-grade")
 NOUNS = ("caliper", "pipette", "multimeter", "beaker", "soldering iron", "microscope", "scale", "thermometer")
@@ -175,7 +182,7 @@ def run_catalog(n_items: int, args: argparse.Namespace, config: TrainConfig) -> 
         text = cluster_vectors(dataset, args.seed)
     with measured(stages, "item graph") as stage:
         weights, choice = fit_graph_weights(
-            split, text, neighbours=config.graph_neighbours, max_users=config.eval_users, seed=config.seed
+            split, text, neighbours=graph_neighbours(config, n_items), max_users=config.eval_users, seed=config.seed
         )
         stage.note = f"{weights.nnz} weights; lambda {choice.ease_lambda:g}, text k {choice.text_neighbours}"
     with measured(stages, "transformer") as stage:

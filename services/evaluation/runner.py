@@ -42,6 +42,7 @@ from services.ranker.training import (
     TrainConfig,
     fit_ranker,
     fit_sequence_model,
+    graph_neighbours,
     replace_fusion,
     served_graph,
     tune_fusion,
@@ -213,7 +214,7 @@ def _run_split(
                 text,
                 lambdas[False],
                 mask=False,
-                neighbours=train_config.graph_neighbours,
+                neighbours=graph_neighbours(train_config, split.n_items),
                 max_users=train_config.eval_users,
                 seed=train_config.seed,
             )
