@@ -16,11 +16,28 @@ MAX_CLOCK_SKEW_S = 300.0
 MAX_EVENT_WEIGHT = 1000.0
 
 
-def derived_event_id(user_id: str, item_id: str, event_type: str, timestamp: float, recommendation_id: str) -> str:
-    """The id of an event sent without one, from its content: the same event sent again (a retry) gets the
-    same id and counts once. Two genuinely separate events differ in at least their time."""
+def derived_event_id(
+    user_id: str, item_id: str, event_type: str, timestamp: float, recommendation_id: str, occurrence: int = 0
+) -> str:
+    """The id of an event sent without one, from its content: the same event sent again in another call (a
+    retry) gets the same id and counts once. `occurrence` numbers identical events within one call (0 for the
+    first), so two purchases of one item in one call stay two, and a retry of that call numbers them alike."""
     content = json.dumps([user_id, item_id, event_type, repr(float(timestamp)), recommendation_id])
-    return "derived:" + hashlib.sha256(content.encode()).hexdigest()[:40]
+    base = "derived:" + hashlib.sha256(content.encode()).hexdigest()[:40]
+    return f"{base}-{occurrence}" if occurrence else base
+
+
+class EventIdDeriver:
+    """Derives the ids of one call's events, numbering identical ones (see derived_event_id)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, int] = {}
+
+    def __call__(self, user_id: str, item_id: str, event_type: str, timestamp: float, recommendation_id: str) -> str:
+        base = derived_event_id(user_id, item_id, event_type, timestamp, recommendation_id)
+        occurrence = self._seen.get(base, 0)
+        self._seen[base] = occurrence + 1
+        return derived_event_id(user_id, item_id, event_type, timestamp, recommendation_id, occurrence)
 
 
 def event_time_problem(timestamp: float, now: float) -> str:

@@ -16,7 +16,7 @@ import structlog
 
 from services.common.catalogs import DEFAULT_CATALOG, check_catalog
 from services.common.errors import InvalidArgumentError, NotFoundError, ServiceError, UnavailableError
-from services.common.events import MAX_EVENT_ID_CHARS, derived_event_id, event_time_problem
+from services.common.events import MAX_EVENT_ID_CHARS, EventIdDeriver, event_time_problem
 from services.common.input_rules import check_id, has_words
 from services.gateway.experiments import Arm, ArmSettings, Experiments
 from services.gateway.fallbacks import PopularCache, matches, raw_query
@@ -792,12 +792,14 @@ class Recommender:
             )
         )
         by_user: dict[str, list[HistoryEvent]] = {}
-        for event in sorted(events, key=lambda e: e.timestamp):
+        # Ids derived from the content, in the call's order, so a retry of this call (ours or the caller's)
+        # counts once.
+        derive = EventIdDeriver()
+        ids = [
+            e.event_id or derive(e.user_id, e.item_id, e.event_type, e.timestamp, e.recommendation_id) for e in events
+        ]
+        for event, event_id in sorted(zip(events, ids, strict=True), key=lambda pair: pair[0].timestamp):
             weight = self.event_weights[event.event_type]
-            # An id derived from the content, so a retry of this call (ours or the caller's) counts once.
-            event_id = event.event_id or derived_event_id(
-                event.user_id, event.item_id, event.event_type, event.timestamp, event.recommendation_id
-            )
             by_user.setdefault(event.user_id, []).append(
                 HistoryEvent(
                     event.item_id, event.event_type, event.timestamp, weight, event.recommendation_id, event_id

@@ -38,7 +38,7 @@ import structlog
 from services.common.errors import InvalidArgumentError, UnavailableError
 from services.common.events import (
     MAX_EVENT_ID_CHARS,
-    derived_event_id,
+    EventIdDeriver,
     event_time_problem,
     event_type_problem,
     event_weight_problem,
@@ -153,11 +153,13 @@ def event_point_id(user_id: str, event_id: str) -> uuid.UUID:
 
 
 def validate_events(user_id: str, events: Sequence[UserEvent], now: float | None = None) -> list[UserEvent]:
-    """The events with their ids (derived from the content where none was given), each id once. Checks what
-    the gateway checks: a known type, a time up to the clock skew past now, a weight above 0."""
+    """The events with their ids (derived from the content where none was given, identical events of the call
+    numbered), each id once. Checks what the gateway checks: a known type, a time up to the clock skew past now,
+    a weight above 0."""
     if not events:
         raise InvalidArgumentError("events is empty: give at least one event")
     now = time.time() if now is None else now
+    derive = EventIdDeriver()
     out: dict[str, UserEvent] = {}
     for index, event in enumerate(events):
         where = f"events[{index}]"
@@ -183,7 +185,7 @@ def validate_events(user_id: str, events: Sequence[UserEvent], now: float | None
                 f"from the event's content)"
             )
         if not event_id:
-            event_id = derived_event_id(user_id, event.item_id, event.event_type, event.timestamp, rid)
+            event_id = derive(user_id, event.item_id, event.event_type, event.timestamp, rid)
         out.setdefault(
             event_id, replace(event, timestamp=float(event.timestamp), weight=float(event.weight), event_id=event_id)
         )
@@ -463,10 +465,9 @@ class EventLog:
         while batch := self._engine.legacy_users(256):
             for payload in batch:
                 user_id = str(payload.get(USER_ID_FIELD, ""))
+                derive = EventIdDeriver()
                 events = [
-                    replace(
-                        e, event_id=derived_event_id(user_id, e.item_id, e.event_type, e.timestamp, e.recommendation_id)
-                    )
+                    replace(e, event_id=derive(user_id, e.item_id, e.event_type, e.timestamp, e.recommendation_id))
                     for e in events_from_payload(payload.get("events"))
                 ]
                 if events:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from services.common.events import derived_event_id, event_time_problem, event_type_problem, event_weight_problem
+from services.common.events import (
+    EventIdDeriver,
+    derived_event_id,
+    event_time_problem,
+    event_type_problem,
+    event_weight_problem,
+)
 
 NOW = 1_800_000_000.0
 
@@ -21,6 +27,11 @@ def test_a_derived_event_id_names_the_content() -> None:
     }
     assert first not in others and len(others) == 5
     assert len(first) <= 128
+    # Within one call, identical events are numbered: two purchases stay two, and a retry numbers them alike.
+    derive, again = EventIdDeriver(), EventIdDeriver()
+    ids = [derive("u", "sku-1", "purchase", 5.0, "") for _ in range(2)]
+    assert ids[0] == derived_event_id("u", "sku-1", "purchase", 5.0, "") != ids[1]
+    assert ids == [again("u", "sku-1", "purchase", 5.0, "") for _ in range(2)]
 
 
 @pytest.mark.parametrize(

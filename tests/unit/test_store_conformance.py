@@ -646,6 +646,12 @@ def test_an_event_id_counts_once_in_one_call_or_two(store: VectorStore, catalogu
     store.append_user_events("u", [view])
     assert store.get_items(["item-3"])[0].payload["popularity"] == 1
     assert len(store.get_user("u").events) == 3
+    # Two identical events in one call are two (two purchases at the same second); a retry of the call adds none.
+    twice = [UserEvent("item-4", "purchase", 13.0), UserEvent("item-4", "purchase", 13.0)]
+    store.append_user_events("u", twice)
+    store.append_user_events("u", twice)
+    assert store.get_items(["item-4"])[0].payload["popularity"] == 2
+    assert len(store.get_user("u").events) == 5
 
 
 @pytest.mark.parametrize(
