@@ -3,11 +3,13 @@ and every service still serving afterwards."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recsys.embedding.v1 import embedding_pb2, embedding_pb2_grpc
@@ -74,6 +76,15 @@ GATEWAY_CASES: list[tuple[str, str, Any, grpc.StatusCode, str]] = [
         pb.RecordEventsRequest(events=[pb.Event(user_id="ghost-user", item_id="no-such-item")]),
         NOT_FOUND,
         "no-such-item",
+    ),
+    (
+        "event 12 hours ahead of the clock",  # accepted before (up to a day ahead) while the message said "up to now"
+        "RecordEvents",
+        pb.RecordEventsRequest(
+            events=[pb.Event(user_id="u", item_id="no-such-item", time=Timestamp(seconds=int(time.time()) + 43_200))]
+        ),
+        INVALID,
+        "hours in the future; times up to 300 seconds ahead of the server's clock are accepted",
     ),
     ("unknown user", "DeleteUser", pb.DeleteUserRequest(user_id="never-seen"), NOT_FOUND, "never-seen"),
     ("empty query", "SearchItems", pb.SearchItemsRequest(query="  ", k=5), INVALID, "query is empty"),
@@ -173,6 +184,15 @@ def test_backends_reject(suite: RunningSuite) -> None:
         nan = retriever_pb2.Item(item_id="nan-item", vector=[float("nan")] * 384)
         _check(stub.UpsertItems, retriever_pb2.UpsertItemsRequest(items=[nan]), INVALID, "nan-item")
         _check(stub.GetItems, retriever_pb2.GetItemsRequest(item_ids=["nan-item"]), NOT_FOUND, "nan-item")
+        # The retriever checks events as the gateway does (all of these were stored before).
+        for event, message in (
+            (retriever_pb2.UserEvent(item_id="x", event_type="view", timestamp=-1e12, weight=1), "not Unix seconds"),
+            (retriever_pb2.UserEvent(item_id="x", event_type="view", timestamp=1e300, weight=1), "in the future"),
+            (retriever_pb2.UserEvent(item_id="x", event_type="bogus", timestamp=1, weight=1), "is not one of view"),
+            (retriever_pb2.UserEvent(item_id="x", event_type="view", timestamp=1, weight=-5), "above 0"),
+        ):
+            request = retriever_pb2.AppendUserEventsRequest(user_id="checked-user", events=[event])
+            _check(stub.AppendUserEvents, request, INVALID, message)
     with grpc.insecure_channel(suite.address("ranker")) as channel:
         stub = ranker_pb2_grpc.RankerServiceStub(channel)
         task = ranker_pb2.ScoringTask(candidates=[ranker_pb2.ItemVector(item_id="a", vector=[0.5] * 7)])
