@@ -27,6 +27,7 @@ from services.retriever.store import Item, UserEvent
 
 TYPES = (("view", 1.0), ("click", 2.0), ("add_to_cart", 3.0), ("purchase", 4.0))
 BATCH = 500
+START = time.time() - 10**7  # event times: in the past (the retriever refuses times ahead of its clock)
 
 
 def events_for(rng: random.Random, items: int, start: float, count: int) -> list[UserEvent]:
@@ -48,7 +49,7 @@ def fill(store: EdgeVectorStore, args: argparse.Namespace) -> float:
     for user in range(args.users):
         for offset in range(0, args.events_per_user, BATCH):
             count = min(BATCH, args.events_per_user - offset)
-            store.append_user_events(f"u{user}", events_for(picker, args.items, 1e9 + offset, count))
+            store.append_user_events(f"u{user}", events_for(picker, args.items, START + offset, count))
         if user % 100 == 99:
             rate = (user + 1) * args.events_per_user / (time.perf_counter() - started)
             print(f"  {user + 1} users filled, {rate:,.0f} events/s", flush=True)
@@ -84,7 +85,7 @@ def main() -> None:
             reads.append(1000 * (time.perf_counter() - started))
         history = len(profile.events)
         writes: dict[int, list[float]] = {1: [], 10: []}
-        clock = 2e9
+        clock = START + args.events_per_user  # after every filled event, still in the past
         for size, calls in ((1, args.writes), (10, args.writes // 4)):
             for _ in range(calls):
                 events = events_for(rng, args.items, clock, size)
