@@ -17,7 +17,8 @@ import pytest
 from qdrant_client import QdrantClient
 
 from services.retriever.client_store import ClientVectorStore
-from services.retriever.edge_store import EdgeVectorStore
+from services.retriever.edge_store import EdgeVectorStore, _EdgeLog
+from services.retriever.eventlog import EventLog
 from services.retriever.profiles import history_profile
 from services.retriever.store import Impression, Item, ReadWriteLock, UserEvent, VectorStore
 
@@ -38,6 +39,7 @@ def second_replica(store: EdgeVectorStore) -> EdgeVectorStore:
     twin = copy.copy(store)
     twin._write_lock = threading.RLock()
     twin._rw = ReadWriteLock()
+    twin._log = EventLog(_EdgeLog(twin), MAX_HISTORY, HALF_LIFE)  # its writes take the twin's locks
     return twin
 
 
