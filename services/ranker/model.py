@@ -186,7 +186,8 @@ class ItemGraph:
 
     def to_tensors(self) -> dict[str, Tensor]:
         t = self.transposed
-        out = {"indices": t.indices(), "values": t.values(), "size": torch.tensor(t.shape)}
+        # int32 indices: 12 bytes a weight instead of 20 (the graph is most of a large catalog's checkpoint).
+        out = {"indices": t.indices().to(torch.int32), "values": t.values(), "size": torch.tensor(t.shape)}
         if self.known_text is not None:
             out["known_text"] = torch.from_numpy(self.known_text.astype(np.float16))  # half the size, same argmax
         return out
@@ -194,7 +195,7 @@ class ItemGraph:
     @classmethod
     def from_tensors(cls, data: Mapping[str, Tensor]) -> ItemGraph:
         size = tuple(int(v) for v in data["size"])
-        coo = torch.sparse_coo_tensor(data["indices"], data["values"], size, check_invariants=True)
+        coo = torch.sparse_coo_tensor(data["indices"].long(), data["values"], size, check_invariants=True)
         text = data.get("known_text")
         return cls(coo.coalesce(), None if text is None else text.float().numpy())
 
