@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
@@ -107,8 +106,10 @@ def command_up(args: argparse.Namespace) -> None:
     # training, start-up and loading too, not only the serving loop.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _stop_requested)
-    with contextlib.suppress(StopRequested):  # asked to stop, and stopped: exit status 0
+    try:
         _up(args)
+    except StopRequested as stop:  # asked to stop, and stopped: exit status 0
+        print(f"{stop.args[0]} received: stopped", flush=True)
 
 
 def _up(args: argparse.Namespace) -> None:
@@ -162,9 +163,6 @@ def _up(args: argparse.Namespace) -> None:
     except GaveUp as gave_up:
         print(f"giving up: {gave_up}", file=sys.stderr, flush=True)
         raise SystemExit(EXIT_GAVE_UP) from None
-    except StopRequested as stop:
-        print(f"\n{stop.args[0]} received", flush=True)
-        raise
     finally:
         # A second Ctrl-C or SIGTERM must not cut the shutdown short and leave services running on their own.
         for sig in (signal.SIGINT, signal.SIGTERM):

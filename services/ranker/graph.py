@@ -246,7 +246,7 @@ def fit_graph_weights(
     ease_lambda: float | None = None,
     *,
     mask: bool = True,
-    neighbours: int | None = 256,
+    neighbours: int | None = 128,
     max_users: int | None = None,
     seed: int = 0,
 ) -> tuple[sp.csr_matrix, GraphChoice]:

@@ -99,8 +99,9 @@ def test_pages_do_not_repeat(suite: RunningSuite, gateway: gateway_pb2_grpc.Gate
 
 
 def test_popular_pages_do_not_repeat(gateway: gateway_pb2_grpc.GatewayServiceStub) -> None:
-    first = gateway.Recommend(pb.RecommendRequest(user_id=_new_user(), k=5))
-    second = gateway.Recommend(pb.RecommendRequest(user_id=_new_user(), k=5, page_token=first.next_page_token))
+    user = _new_user()
+    first = gateway.Recommend(pb.RecommendRequest(user_id=user, k=5))
+    second = gateway.Recommend(pb.RecommendRequest(user_id=user, k=5, page_token=first.next_page_token))
     assert first.strategy == second.strategy == "popular"
     assert not {i.item_id for i in first.items} & {i.item_id for i in second.items}
     for page in (first, second):  # scores compare within one response
