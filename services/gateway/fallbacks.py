@@ -1,5 +1,5 @@
 """What the gateway serves when a backend is down: a cache of popular items for a retriever outage, and the
-raw query text for a preprocessor outage."""
+query without markup and control characters for a preprocessor outage."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ from collections.abc import Sequence
 from typing import Any
 
 from services.gateway.model import ItemFilter, RetrievalPort, StoredItem
+from services.preprocessor.markup import remove_markup
 
 
 def raw_query(text: str) -> str:
-    """The query as typed, without control characters and with single spaces: what the embedding model can
-    read when the preprocessor cannot clean it. The length was checked against the query limit before."""
-    printable = "".join(ch if unicodedata.category(ch)[0] != "C" else " " for ch in text)
+    """The query as typed, without markup (the preprocessor's own parser), control characters and repeated
+    spaces: what the embedding model can read, and reasons may quote, when the preprocessor cannot clean it.
+    The length was checked against the query limit before."""
+    printable = "".join(ch if unicodedata.category(ch)[0] != "C" else " " for ch in remove_markup(text, complete=True))
     return " ".join(printable.split())
 
 

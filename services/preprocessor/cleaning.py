@@ -19,13 +19,12 @@ import sys
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from html import unescape
-from html.parser import HTMLParser
 from types import MappingProxyType
 
 import phonenumbers
 
 from services.common.attributes import format_attribute_value
+from services.preprocessor.markup import remove_markup
 from services.preprocessor.tokens import CHARS_PER_TOKEN_BOUND, TokenBudget
 
 EMAIL_PLACEHOLDER = "[EMAIL]"
@@ -36,17 +35,6 @@ PHONE_PLACEHOLDER = "[PHONE]"
 # (digit blocks and punctuation are bounded by its pattern), an unfinished tag or entity is held back by the
 # parser.
 _WINDOW_EDGE_MARGIN = 2048
-
-# Tags that separate words when rendered; inline tags (<b>, <a>, <span>) do not ("un<b>believ</b>able").
-_BLOCK_TAGS = frozenset(
-    {
-        "address", "article", "aside", "blockquote", "br", "dd", "details", "dialog", "div", "dl", "dt",
-        "fieldset", "figcaption", "figure", "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6", "header",
-        "hr", "li", "main", "nav", "ol", "option", "p", "pre", "section", "summary", "table", "tbody", "td",
-        "tfoot", "th", "thead", "title", "tr", "ul",
-    }
-)  # fmt: skip
-_SKIPPED_TAGS = frozenset({"script", "style"})
 
 # RFC 5322 "atext" for the local part (Unicode letters allowed, as in internationalised addresses),
 # dot-separated atoms, and a hostname of labels ending in an alphabetic or punycode TLD. The look-behind makes
@@ -96,62 +84,6 @@ class ItemFields:
     categories: tuple[str, ...] = ()
     brand: str = ""
     attributes: Mapping[str, str | float | bool] = field(default_factory=lambda: MappingProxyType({}))
-
-
-class _TextExtractor(HTMLParser):
-    """Collects the character data of a document; entities are unescaped by the parser (convert_charrefs)."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=True)
-        self._pieces: list[str] = []
-        self._skip_depth = 0
-        self._separate = False
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in _SKIPPED_TAGS:
-            self._skip_depth += 1
-        elif tag in _BLOCK_TAGS:
-            self._separate = True
-
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        # <br/>: a separator, and never opens a skipped element.
-        if tag in _BLOCK_TAGS:
-            self._separate = True
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag in _SKIPPED_TAGS:
-            self._skip_depth = max(0, self._skip_depth - 1)
-        elif tag in _BLOCK_TAGS:
-            self._separate = True
-
-    def handle_data(self, data: str) -> None:
-        if self._skip_depth or not data:
-            return
-        # One space between blocks, added only where neither side has whitespace already, so that markup
-        # removal alone does not make the whitespace step report a change.
-        if self._separate and self._pieces and not self._pieces[-1][-1].isspace() and not data[0].isspace():
-            self._pieces.append(" ")
-        self._separate = False
-        self._pieces.append(data)
-
-    def text(self) -> str:
-        return "".join(self._pieces)
-
-
-def _remove_markup(text: str, complete: bool) -> str:
-    """Text content of ``text``.
-
-    With ``complete=False`` (a window of a longer text) an unfinished tag, comment or entity at the end is
-    held back by the parser instead of being emitted as text.
-    """
-    if "<" not in text:
-        # No tags: skip the parser, but still decode entities ("Tom &amp; Jerry").
-        return unescape(text) if "&" in text else text
-    extractor = _TextExtractor()
-    extractor.feed(text)
-    if complete:
-        extractor.close()
-    return extractor.text()
 
 
 @functools.cache
@@ -297,7 +229,7 @@ class TextPreprocessor:
                 changes.add(kind)
             return after
 
-        text = step(ChangeKind.MARKUP_REMOVED, text, _remove_markup(text, complete))
+        text = step(ChangeKind.MARKUP_REMOVED, text, remove_markup(text, complete))
         if not unicodedata.is_normalized("NFKC", text):
             text = step(ChangeKind.UNICODE_NORMALISED, text, unicodedata.normalize("NFKC", text))
         text = step(ChangeKind.CONTROL_CHARACTERS_REMOVED, text, _control_re().sub("", text))

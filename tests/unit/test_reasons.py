@@ -8,7 +8,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from services.gateway.model import EventRecord, ItemFilter, Ranking, StoredItem
+from services.common.errors import UnavailableError
+from services.gateway.model import CatalogRecord, EventRecord, ItemFilter, ItemText, Ranking, StoredItem
 from services.gateway.reasons import strong_similarity
 from services.gateway.recommender import RecommendQuery
 from tests.unit.music_catalog import CatalogRetrieval, HistoryRanker, recommender
@@ -106,6 +107,29 @@ async def test_reasons_quote_the_cleaned_query() -> None:
     assert steered.items[0].reason == "Matches your search “wood glue”"
     for item in (*found.items, *steered.items):
         assert "<" not in item.reason and "\u202e" not in item.reason
+
+
+class DownText:
+    """The text port while the preprocessor is down."""
+
+    async def clean_query(self, text: str) -> str:
+        raise UnavailableError("the preprocessor service did not answer (UNAVAILABLE); retry")
+
+    async def build_item_texts(self, records: Sequence[CatalogRecord]) -> list[ItemText]:
+        raise UnavailableError("the preprocessor service did not answer (UNAVAILABLE); retry")
+
+
+async def test_reasons_never_quote_markup_while_the_preprocessor_is_down() -> None:
+    retrieval = CatalogRetrieval()
+    recommending = recommender(retrieval, HistoryRanker(retrieval))
+    recommending.text = DownText()
+    raw = "<img src=x onerror=alert(1)>wood \u202eglue"
+    found = await recommending.search(raw, 2, ItemFilter())
+    assert found.degraded == ("preprocessor",)
+    assert found.items[0].reason == "Matches “wood glue”"
+    steered = await recommending.recommend(RecommendQuery(query=raw, k=2))
+    assert steered.degraded == ("preprocessor",)
+    assert steered.items[0].reason == "Matches your search “wood glue”"
 
 
 def test_the_similarity_bar_is_a_high_percentile_of_the_catalog_s_pairs() -> None:
