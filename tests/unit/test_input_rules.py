@@ -15,7 +15,7 @@ from recsys.gateway.v1 import gateway_pb2 as pb
 from recsys.retriever.v1 import retriever_pb2
 from services.common.errors import InvalidArgumentError
 from services.common.server import REQUEST_ID_KEY
-from services.gateway.model import CatalogRecord, ItemText, StoredItem
+from services.gateway.model import CatalogRecord, HistoryEvent, ItemText, StoredItem
 from services.gateway.recommender import Recommender
 from services.gateway.servicer import GatewayServicer
 from services.retriever.store import validate_id
@@ -163,3 +163,31 @@ async def test_category_rules_on_a_catalog_without_categories_say_they_did_nothi
         None,  # type: ignore[arg-type]
     )
     assert not plain.warnings
+
+
+class AttributingRetrieval(FakeRetrieval):
+    """Names the recommendation ids no recorded impression has, as the retriever's AppendUserEvents does."""
+
+    async def append_events(self, catalog: str, user_id: str, events: Sequence[HistoryEvent]) -> list[str]:
+        await super().append_events(catalog, user_id, events)
+        issued = {rid for c, rid in self.impressions if c == catalog}
+        return [e.recommendation_id for e in events if e.recommendation_id and e.recommendation_id not in issued]
+
+
+async def test_a_recommendation_id_never_issued_is_named_in_the_response(parts: Parts) -> None:
+    recommender, _, _ = parts
+    recommender.retrieval = AttributingRetrieval()
+    servicer = GatewayServicer(recommender)
+    shown = await servicer.Recommend(pb.RecommendRequest(user_id="u", k=2), None)  # type: ignore[arg-type]
+    request = pb.RecordEventsRequest(
+        events=[
+            pb.Event(user_id="u", item_id="a", recommendation_id=shown.recommendation_id),
+            pb.Event(user_id="u", item_id="b", recommendation_id="never-issued"),
+            pb.Event(user_id="v", item_id="c", recommendation_id="never-issued"),
+            pb.Event(user_id="v", item_id="d"),
+        ]
+    )
+    response = await servicer.RecordEvents(request, None)  # type: ignore[arg-type]
+    # Every event is stored; the id no Recommend gave is named once, so the caller's wiring bug is visible.
+    assert response.recorded == 4
+    assert list(response.unknown_recommendation_ids) == ["never-issued"]
