@@ -1,7 +1,8 @@
 """`make run` as an operator meets it: each service killed with SIGKILL in turn is restarted while the others keep
 serving (Recommend answers throughout, degraded at most, and is whole again soon after); a service that keeps
 dying makes `make run` exit non-zero; a SIGTERM to the make process alone stops the whole suite. Runs its own
-small suite (60 items) through the Makefile's `run` target."""
+small suite (60 items, no checkpoint: the first run's training lines are checked too) through the Makefile's
+`run` target."""
 
 from __future__ import annotations
 
@@ -168,7 +169,15 @@ class Writer:
         return [event for event in self.acknowledged if event not in stored]
 
 
-def test_each_killed_service_is_restarted_and_one_that_keeps_dying_stops_make_run(make_run: MakeRun) -> None:
+def test_each_killed_service_is_restarted_and_one_that_keeps_dying_stops_make_run(
+    make_run: MakeRun, tmp_path: Path
+) -> None:
+    # A first run (no checkpoint) says that it trains within a budget and which command trains the full model.
+    make_run.wait_for(r"^no ranker checkpoint yet: training a first one with a budget of 20 s of epochs", 0)
+    data, state = tmp_path / "home" / "amazon-scientific", tmp_path / "state"
+    make_run.wait_for(
+        rf"^  \.venv/bin/recsys train --data {re.escape(str(data))} --state-dir {re.escape(str(state))}$", 0
+    )
     dataset = load_dataset(SCIENTIFIC, limit_items=LIMIT_ITEMS)
     sequences = dataset.sequences()
     user = max(sequences, key=lambda u: (len(sequences[u]), u))
