@@ -222,9 +222,11 @@ class LocalRanking:
         scores, version = await self.service.score([request])
         return Ranking(scores[0], version)
 
-    async def suggest(self, catalog: str, model_version: str, history_ids: Sequence[str], limit: int) -> list[str]:
+    async def suggest(
+        self, catalog: str, model_version: str, history_ids: Sequence[str], limit: int
+    ) -> list[tuple[str, float]]:
         suggested, _ = await self.service.suggest(history_ids, limit, catalog, model_version)
-        return [item_id for item_id, _ in suggested]
+        return suggested
 
 
 async def local_recommender(
