@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from recsys_client import RecsysClient
 from services.cli.training import embed_items
 from services.datasets.loaders import Dataset, detect_format, load_dataset
 from services.embedding.app import load_encoder
@@ -110,7 +111,7 @@ def _served(args: argparse.Namespace, split: Split, text: np.ndarray, data_hash:
     host, _, port = gateway_address.rpartition(":")
     retriever_address = args.retriever or f"{host}:{int(port) + 3}"
     gateway_settings = GatewaySettings()  # the served gateway's settings, from the same environment
-    with grpc.insecure_channel(gateway_address) as gateway, grpc.insecure_channel(retriever_address) as retriever:
+    with RecsysClient(gateway_address) as gateway, grpc.insecure_channel(retriever_address) as retriever:
         result = served_evaluation(
             gateway,
             retriever,
@@ -161,7 +162,7 @@ def _queries(args: argparse.Namespace, dataset: Dataset, split: Split, text: np.
     def embed(texts: Sequence[str]) -> np.ndarray:
         return np.stack([encoded.vector for encoded in encoder.encode(texts)])
 
-    with grpc.insecure_channel(args.through_gateway) as gateway:
+    with RecsysClient(args.through_gateway) as gateway:
         result = query_evaluation(
             gateway, embed, split, dataset.items, text, cases=cases, users=args.users, seed=args.seed
         )

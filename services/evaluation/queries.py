@@ -22,16 +22,14 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-import grpc
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from recsys.gateway.v1 import gateway_pb2 as pb
-from recsys.gateway.v1 import gateway_pb2_grpc
+from recsys_client import RecsysClient
 from services.datasets.loaders import CatalogItem
 from services.evaluation.metrics import per_user_metrics
-from services.evaluation.served import history_events, sample_cases
+from services.evaluation.served import delete_user, history_events, sample_cases
 from services.evaluation.splits import Case, Split
 
 ROWS = ("search only", "recommend only", "personalised+query")
@@ -125,7 +123,7 @@ def strong_cosine(vectors: np.ndarray, seed: int, percentile: float = STRONG_PER
 
 
 def query_evaluation(
-    gateway: grpc.Channel,
+    gateway: RecsysClient,
     embed: Callable[[Sequence[str]], np.ndarray],
     split: Split,
     items: Sequence[CatalogItem],
@@ -137,38 +135,28 @@ def query_evaluation(
     workers: int = 4,
     timeout_s: float = 30.0,
 ) -> QueryResult:
-    gateway_stub = gateway_pb2_grpc.GatewayServiceStub(gateway)
     queries = derive_queries(sample_cases(cases, users, seed), items, seed)
     query_vectors = np.asarray(embed([q.query for q in queries]), dtype=np.float32)
     versions: set[str] = set()
 
-    def delete(name: str) -> None:
-        try:
-            gateway_stub.DeleteUser(pb.DeleteUserRequest(user_id=name), timeout=timeout_s)
-        except grpc.RpcError as error:
-            if error.code() != grpc.StatusCode.NOT_FOUND:
-                raise
-
     def ask(n: int) -> Answer:
         case, query = queries[n].case, queries[n].query
         name = f"eval-{case.user_id}"
-        delete(name)
+        delete_user(gateway, name, timeout_s)
         history = [split.item_ids[i] for i in case.history]
         events = history_events(name, history)
         for start in range(0, len(events), 1000):
-            gateway_stub.RecordEvents(pb.RecordEventsRequest(events=events[start : start + 1000]), timeout=timeout_s)
-        searched = gateway_stub.SearchItems(pb.SearchItemsRequest(query=query, k=K), timeout=timeout_s)
-        alone = gateway_stub.Recommend(pb.RecommendRequest(user_id=name, k=K, explain=True), timeout=timeout_s)
-        steered = gateway_stub.Recommend(
-            pb.RecommendRequest(user_id=name, query=query, k=K, explain=True), timeout=timeout_s
-        )
-        delete(name)
+            gateway.record_events(events[start : start + 1000], deadline=timeout_s)
+        searched = gateway.search(query, k=K, deadline=timeout_s)
+        alone = gateway.recommend(name, k=K, explain=True, deadline=timeout_s)
+        steered = gateway.recommend(name, query=query, k=K, explain=True, deadline=timeout_s)
+        delete_user(gateway, name, timeout_s)
         versions.update((alone.model_version, steered.model_version))
         evidence = [
             (item.item_id, item.explanation.evidence)
             for response in (alone, steered)
             for item in response.items
-            if item.explanation.evidence
+            if item.explanation is not None and item.explanation.evidence
         ]
         return Answer(
             {

@@ -11,20 +11,20 @@ It is the one place where serving can lose what full ranking finds.
 
 from __future__ import annotations
 
+import contextlib
 import random
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import grpc
 import numpy as np
 import torch
-from google.protobuf import timestamp_pb2
 from tqdm.auto import tqdm
 
-from recsys.gateway.v1 import gateway_pb2 as pb
-from recsys.gateway.v1 import gateway_pb2_grpc
 from recsys.retriever.v1 import retriever_pb2, retriever_pb2_grpc
+from recsys_client import Event, NotFoundError, RecsysClient
 from services.evaluation.baselines import evaluate
 from services.evaluation.metrics import KS, per_user_metrics
 from services.evaluation.splits import Case, Split
@@ -56,16 +56,21 @@ def sample_cases(cases: Sequence[Case], users: int, seed: int) -> list[Case]:
     return cases if len(cases) <= users else random.Random(seed).sample(cases, users)
 
 
-def history_events(user_id: str, history: Sequence[str]) -> list[pb.Event]:
-    events = []
-    for position, item_id in enumerate(history):
-        time = timestamp_pb2.Timestamp(seconds=BASE_TIME + position)
-        events.append(pb.Event(user_id=user_id, item_id=item_id, type=pb.EVENT_TYPE_VIEW, time=time))
-    return events
+def history_events(user_id: str, history: Sequence[str]) -> list[Event]:
+    return [
+        Event(user_id, item_id, "view", time=datetime.fromtimestamp(BASE_TIME + position, UTC))
+        for position, item_id in enumerate(history)
+    ]
+
+
+def delete_user(gateway: RecsysClient, user_id: str, timeout_s: float) -> None:
+    """Deletes the user if the suite knows it: a replay starts from nothing and leaves nothing behind."""
+    with contextlib.suppress(NotFoundError):
+        gateway.delete_user(user_id, deadline=timeout_s)
 
 
 def served_evaluation(
-    gateway: grpc.Channel,
+    gateway: RecsysClient,
     retriever: grpc.Channel,
     split: Split,
     text: np.ndarray,
@@ -80,26 +85,18 @@ def served_evaluation(
     workers: int = 8,
     timeout_s: float = 30.0,
 ) -> ServedResult:
-    gateway_stub = gateway_pb2_grpc.GatewayServiceStub(gateway)
     retriever_stub = retriever_pb2_grpc.RetrieverServiceStub(retriever)
     cases = sample_cases(split.test, users, seed)
     names = [f"eval-{case.user_id}" for case in cases]
 
-    def delete(name: str) -> None:
-        try:
-            gateway_stub.DeleteUser(pb.DeleteUserRequest(user_id=name), timeout=timeout_s)
-        except grpc.RpcError as error:
-            if error.code() != grpc.StatusCode.NOT_FOUND:
-                raise
-
     def replay(n: int) -> tuple[list[str], str, tuple[bool, bool]]:
         case, name = cases[n], names[n]
-        delete(name)
+        delete_user(gateway, name, timeout_s)
         history = [split.item_ids[i] for i in case.history]
-        for start in range(0, len(history), 1000):
-            batch = history_events(name, history)[start : start + 1000]
-            gateway_stub.RecordEvents(pb.RecordEventsRequest(events=batch), timeout=timeout_s)
-        response = gateway_stub.Recommend(pb.RecommendRequest(user_id=name, k=k), timeout=timeout_s)
+        events = history_events(name, history)
+        for start in range(0, len(events), 1000):
+            gateway.record_events(events[start : start + 1000], deadline=timeout_s)
+        response = gateway.recommend(name, k=k, deadline=timeout_s)
         profile = retriever_stub.GetUserProfile(retriever_pb2.GetUserProfileRequest(user_id=name), timeout=timeout_s)
         query = retriever_pb2.SearchQuery(
             vector=profile.profile.vector, limit=candidate_pool, exclude_ids=list(dict.fromkeys(history))
@@ -109,7 +106,7 @@ def served_evaluation(
         suggested = {item_id for item_id, _ in scorer.suggest(history[-history_for_ranking:], graph_candidates)}
         targets = [split.item_ids[t] for t in case.targets]
         in_pool = (any(t in nearest | suggested for t in targets), any(t in nearest for t in targets))
-        delete(name)
+        delete_user(gateway, name, timeout_s)
         return [item.item_id for item in response.items], response.model_version, in_pool
 
     with ThreadPoolExecutor(workers) as executor:
