@@ -22,7 +22,9 @@ from recsys_client.types import (
     Pin,
     Recommendations,
     RecommendedItem,
+    RecordResult,
     SearchResults,
+    SimilarItems,
     UpsertResult,
 )
 
@@ -41,10 +43,12 @@ __all__ = [
     "Pin",
     "Recommendations",
     "RecommendedItem",
+    "RecordResult",
     "RecsysClient",
     "RecsysError",
     "ResourceExhaustedError",
     "SearchResults",
+    "SimilarItems",
     "UnauthenticatedError",
     "UnavailableError",
     "UpsertResult",

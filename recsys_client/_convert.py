@@ -17,7 +17,9 @@ from recsys_client.types import (
     Pin,
     Recommendations,
     RecommendedItem,
+    RecordResult,
     SearchResults,
+    SimilarItems,
     UpsertResult,
 )
 
@@ -147,6 +149,7 @@ def recommendations(response: pb.RecommendResponse) -> Recommendations:
         arm=response.arm,
         page=response.page,
         stage_ms=dict(response.stage_ms),
+        warnings=tuple(response.warnings),
     )
 
 
@@ -155,12 +158,20 @@ def search_results(response: pb.SearchItemsResponse) -> SearchResults:
         items=tuple(recommended_item(item) for item in response.items),
         degraded=response.degraded,
         degraded_stages=tuple(response.degraded_stages),
+        warnings=tuple(response.warnings),
     )
 
 
-def similar_items(response: pb.GetSimilarItemsResponse) -> tuple[RecommendedItem, ...]:
-    return tuple(recommended_item(item) for item in response.items)
+def similar_items(response: pb.GetSimilarItemsResponse) -> SimilarItems:
+    items = tuple(recommended_item(item) for item in response.items)
+    return SimilarItems(items=items, warnings=tuple(response.warnings))
 
 
 def upsert_result(response: pb.UpsertItemsResponse) -> UpsertResult:
     return UpsertResult(upserted=response.upserted, truncated=response.truncated)
+
+
+def record_result(response: pb.RecordEventsResponse) -> RecordResult:
+    return RecordResult(
+        recorded=response.recorded, unknown_recommendation_ids=tuple(response.unknown_recommendation_ids)
+    )

@@ -2,9 +2,11 @@
 
 Every call has a deadline (the client's `deadline` in seconds, or the call's), a request id (sent as
 `x-request-id`, new for each call unless given, carried by any error), and the bearer token when one is set.
-Reads (recommend, similar_items, search), upsert_items (replacing an item by id is idempotent) and record_events
-(every event carries an event_id, given by the client when the caller has none, so the gateway counts a repeat
-once) are retried on UNAVAILABLE; delete_user is not, since a repeat would answer NOT_FOUND.
+Retried on UNAVAILABLE, because repeating them is safe: the reads (recommend, similar_items, search);
+upsert_items, since it replaces each item by its id, so a repeat after a lost answer writes the same records
+again and leaves the catalog as one call would (the item's popularity survives a replace); and record_events,
+since every event carries an event_id (given by the client when the caller has none) and the gateway counts a
+repeated id once. delete_user is not retried: a repeat after a lost answer would say NOT_FOUND.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from recsys_client.types import (
     Filter,
     Pin,
     Recommendations,
-    RecommendedItem,
+    RecordResult,
     SearchResults,
+    SimilarItems,
     UpsertResult,
 )
 
@@ -123,7 +126,7 @@ class RecsysClient:
         catalog: str = "",
         deadline: float | None = None,
         request_id: str | None = None,
-    ) -> tuple[RecommendedItem, ...]:
+    ) -> SimilarItems:
         """Items most like `item_id` (NotFoundError when unknown)."""
         request = pb.GetSimilarItemsRequest(item_id=item_id, k=k, filter=_convert.filter_proto(filter), catalog=catalog)
         return _convert.similar_items(self._call(self._stub.GetSimilarItems, request, deadline, request_id))
@@ -161,12 +164,12 @@ class RecsysClient:
         catalog: str = "",
         deadline: float | None = None,
         request_id: str | None = None,
-    ) -> int:
-        """Records interactions (all checked before any is stored); returns how many were recorded. Safe to
-        repeat: an event recorded again under its event_id counts once."""
+    ) -> RecordResult:
+        """Records interactions (all checked before any is stored): how many were recorded, and the
+        recommendation ids among them the suite never issued. Safe to repeat: an event recorded again under its
+        event_id counts once."""
         request = _convert.events_request(events, catalog)
-        response: pb.RecordEventsResponse = self._call(self._stub.RecordEvents, request, deadline, request_id)
-        return response.recorded
+        return _convert.record_result(self._call(self._stub.RecordEvents, request, deadline, request_id))
 
     def delete_user(
         self, user_id: str, *, catalog: str = "", deadline: float | None = None, request_id: str | None = None
@@ -265,7 +268,7 @@ class AsyncRecsysClient:
         catalog: str = "",
         deadline: float | None = None,
         request_id: str | None = None,
-    ) -> tuple[RecommendedItem, ...]:
+    ) -> SimilarItems:
         """See RecsysClient.similar_items."""
         request = pb.GetSimilarItemsRequest(item_id=item_id, k=k, filter=_convert.filter_proto(filter), catalog=catalog)
         return _convert.similar_items(await self._call(self._stub.GetSimilarItems, request, deadline, request_id))
@@ -303,11 +306,10 @@ class AsyncRecsysClient:
         catalog: str = "",
         deadline: float | None = None,
         request_id: str | None = None,
-    ) -> int:
+    ) -> RecordResult:
         """See RecsysClient.record_events."""
         request = _convert.events_request(events, catalog)
-        response: pb.RecordEventsResponse = await self._call(self._stub.RecordEvents, request, deadline, request_id)
-        return response.recorded
+        return _convert.record_result(await self._call(self._stub.RecordEvents, request, deadline, request_id))
 
     async def delete_user(
         self, user_id: str, *, catalog: str = "", deadline: float | None = None, request_id: str | None = None

@@ -9,6 +9,8 @@ from types import TracebackType
 from typing import Any, Self
 
 import grpc
+import numpy as np
+import numpy.typing as npt
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -46,6 +48,8 @@ class StoredItem:
     item_id: str
     # Title, categories, brand, attributes and the store's popularity count.
     payload: dict[str, Any]
+    # The item's embedding (float32, the collection's dimension); None unless asked for with with_vectors.
+    vector: npt.NDArray[np.float32] | None = None
 
 
 @dataclass(frozen=True)
@@ -194,14 +198,24 @@ class AsyncOperatorClient:
             shown_counts=dict(profile.shown_counts),
         )
 
-    async def items(self, item_ids: Sequence[str], catalog: str = "") -> dict[str, StoredItem]:
-        """The stored items by id; unknown ids are left out."""
+    async def items(
+        self, item_ids: Sequence[str], catalog: str = "", *, with_vectors: bool = False
+    ) -> dict[str, StoredItem]:
+        """The stored items by id; unknown ids are left out. with_vectors: each with its embedding as a float32
+        array (GetItems sends it as a proto3 packed `repeated float`, little-endian float32 on the wire)."""
         if not item_ids:
             return {}
-        request = retriever_pb2.GetItemsRequest(item_ids=list(item_ids), skip_missing=True, catalog=catalog)
+        request = retriever_pb2.GetItemsRequest(
+            item_ids=list(item_ids), with_vectors=with_vectors, skip_missing=True, catalog=catalog
+        )
         response = await self._retriever.call(self._retriever_stub.GetItems, request)
         return {
-            item.item_id: StoredItem(item.item_id, json_format.MessageToDict(item.payload)) for item in response.items
+            item.item_id: StoredItem(
+                item.item_id,
+                json_format.MessageToDict(item.payload),
+                np.asarray(item.vector, dtype=np.float32) if with_vectors else None,
+            )
+            for item in response.items
         }
 
     async def index_status(self, catalog: str = "") -> IndexStatus:

@@ -108,6 +108,16 @@ class Recommendations:
     page: int
     # Wall time per stage in milliseconds ("total", "retrieval", "ranker", ...).
     stage_ms: Mapping[str, float]
+    # Rules of the request that could not act, each saying why (a category rule on items stored without
+    # categories, ...); empty when every rule acted.
+    warnings: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SimilarItems:
+    items: tuple[RecommendedItem, ...]
+    # Rules of the request that could not act, each saying why (a categories_any that left no item).
+    warnings: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -115,6 +125,8 @@ class SearchResults:
     items: tuple[RecommendedItem, ...]
     degraded: bool
     degraded_stages: tuple[str, ...]
+    # As SimilarItems.warnings.
+    warnings: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -122,3 +134,11 @@ class UpsertResult:
     upserted: int
     # Items whose text was cut to the model's token budget.
     truncated: int
+
+
+@dataclass(frozen=True)
+class RecordResult:
+    # Events stored; one recorded before under its event_id counts here but is stored once.
+    recorded: int
+    # Recommendation ids the events named that the suite never issued: nothing was attributed to them.
+    unknown_recommendation_ids: tuple[str, ...]

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
 
-from recsys_client import Boost, Filter, Recommendations, RecommendedItem, RecsysError
+from recsys_client import Boost, Filter, Recommendations, RecsysError, SimilarItems
 from recsys_client.operator import GraphNeighbour, IndexStatus, ModelInfo, StoredItem, UserHistory
 from recsys_client.operator import Impression as ImpressionRecord
 from services.common.errors import InvalidArgumentError
@@ -43,7 +43,7 @@ class Gateway(Protocol):
         explain: bool = False,
     ) -> Recommendations: ...
 
-    async def similar_items(self, item_id: str, *, k: int = 10, catalog: str = "") -> tuple[RecommendedItem, ...]: ...
+    async def similar_items(self, item_id: str, *, k: int = 10, catalog: str = "") -> SimilarItems: ...
 
 
 class Operator(Protocol):
@@ -105,7 +105,7 @@ class ItemPage:
     item_id: str
     catalog: str
     payload: dict[str, object]
-    similar: tuple[RecommendedItem, ...]
+    similar: SimilarItems
     graph_neighbours: list[GraphRow]
     shown: int
     engaged: int

@@ -9,8 +9,10 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import grpc
+import numpy as np
 import pytest
 
+from recsys.retriever.v1 import retriever_pb2, retriever_pb2_grpc
 from recsys_client import (
     AsyncOperatorClient,
     AsyncRecsysClient,
@@ -21,6 +23,7 @@ from recsys_client import (
     InvalidArgumentError,
     NotFoundError,
     Pin,
+    RecordResult,
     RecsysClient,
 )
 from tests.conftest import REPO_ROOT
@@ -82,9 +85,21 @@ def test_session_filter_rules_and_catalog_options_reach_the_gateway(client: Recs
 
 def test_similar_items_and_search(client: RecsysClient) -> None:
     similar = client.similar_items(SANDING_ROLL, k=5)
-    assert len(similar) == 5 and SANDING_ROLL not in {item.item_id for item in similar}
+    assert len(similar.items) == 5 and SANDING_ROLL not in {item.item_id for item in similar.items}
+    assert similar.warnings == ()
     found = client.search("sanding sponge", k=5)
     assert len(found.items) == 5 and found.items[0].score >= found.items[-1].score
+
+
+def test_the_gateways_warnings_reach_the_results(client: RecsysClient) -> None:
+    nowhere = Filter(categories_any=["No such category"])
+    for result in (
+        client.recommend(query="glue", k=5, filter=nowhere),
+        client.similar_items(SANDING_ROLL, k=5, filter=nowhere),
+        client.search("glue", k=5, filter=nowhere),
+    ):
+        assert not result.items
+        assert len(result.warnings) == 1 and result.warnings[0].startswith("filter.categories_any left no item")
 
 
 def test_writes_then_delete_user(client: RecsysClient) -> None:
@@ -99,9 +114,14 @@ def test_writes_then_delete_user(client: RecsysClient) -> None:
     assert written.upserted == 2
     user = "client-user"
     when = datetime(2026, 11, 28, 10, tzinfo=UTC)
-    assert client.record_events([Event(user, "c-1", "purchase", time=when)], catalog=catalog) == 1
+    recorded = client.record_events([Event(user, "c-1", "purchase", time=when)], catalog=catalog)
+    assert recorded == RecordResult(recorded=1, unknown_recommendation_ids=())
     result = client.recommend(user, k=1, catalog=catalog)
     assert [item.item_id for item in result.items] == ["c-2"], "the purchased item is seen and left out"
+    attributed = Event(user, "c-2", "click", time=when, recommendation_id=result.recommendation_id)
+    stray = Event(user, "c-2", "view", time=when, recommendation_id="never-issued")
+    recorded = client.record_events([attributed, stray], catalog=catalog)
+    assert recorded == RecordResult(recorded=2, unknown_recommendation_ids=("never-issued",))
     client.delete_user(user, catalog=catalog)
     with pytest.raises(NotFoundError) as raised:
         client.delete_user(user, catalog=catalog)
@@ -124,7 +144,7 @@ async def test_the_asyncio_client(suite: RunningSuite) -> None:
     async with AsyncRecsysClient(suite.address("gateway"), deadline=30) as client:
         result = await client.recommend(_user_with_history(suite), k=10)
         assert len(result.items) == 10
-        assert len(await client.similar_items(SANDING_ROLL, k=3)) == 3
+        assert len((await client.similar_items(SANDING_ROLL, k=3)).items) == 3
         assert (await client.search("glue", k=3)).items
         with pytest.raises(InvalidArgumentError):
             await client.search("", k=3)
@@ -137,6 +157,19 @@ async def test_operator_reads(suite: RunningSuite) -> None:
         assert len(history.events) == len(suite.dataset.sequences()[user])
         items = await operator.items([SANDING_ROLL, "no-such-item"])
         assert list(items) == [SANDING_ROLL] and items[SANDING_ROLL].payload["title"]
+        assert items[SANDING_ROLL].vector is None, "vectors only when asked for"
+        vector = (await operator.items([SANDING_ROLL], with_vectors=True))[SANDING_ROLL].vector
+        assert vector is not None and vector.dtype == np.float32 and vector.shape == (384,)
+        # The stored vector itself: scored against the item it scores cosine 1, and the retriever's packed
+        # search (vector_f32, little-endian float32) sends the same values back.
+        async with grpc.aio.insecure_channel(suite.address("retriever")) as channel:
+            query = retriever_pb2.SearchQuery(
+                vector=vector.tolist(), limit=1, with_vectors=True, only_ids=[SANDING_ROLL], packed=True
+            )
+            search = retriever_pb2_grpc.RetrieverServiceStub(channel).SearchItems
+            found = (await search(retriever_pb2.SearchItemsRequest(queries=[query]), timeout=30)).results[0].items[0]
+        assert found.item_id == SANDING_ROLL and found.score == pytest.approx(1.0, abs=1e-5)
+        assert np.array_equal(np.frombuffer(found.vector_f32, dtype="<f4"), vector)
         status = await operator.index_status()
         assert status.items >= 400 and status.dimension == 384
         assert status.unindexed_vectors == status.items - status.indexed_vectors

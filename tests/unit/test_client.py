@@ -20,6 +20,7 @@ from recsys_client import (
     Event,
     Filter,
     Pin,
+    RecordResult,
     RecsysClient,
     ResourceExhaustedError,
     UnavailableError,
@@ -55,12 +56,26 @@ class ScriptedGateway(gateway_pb2_grpc.GatewayServiceServicer):
             explanation=pb.Explanation(stage_scores={"final": 1.5}, evidence="b"),
         )
         return pb.RecommendResponse(
-            items=[item], strategy="personalised", recommendation_id="r1", page=1, stage_ms={"total": 3.0}
+            items=[item],
+            strategy="personalised",
+            recommendation_id="r1",
+            page=1,
+            stage_ms={"total": 3.0},
+            warnings=["max_per_category had no effect"],
+        )
+
+    def GetSimilarItems(
+        self, request: pb.GetSimilarItemsRequest, context: grpc.ServicerContext
+    ) -> pb.GetSimilarItemsResponse:
+        self._arrive("GetSimilarItems", request, context)
+        return pb.GetSimilarItemsResponse(
+            items=[pb.RecommendedItem(item_id="b", score=0.9)], warnings=["categories_any left no item"]
         )
 
     def RecordEvents(self, request: pb.RecordEventsRequest, context: grpc.ServicerContext) -> pb.RecordEventsResponse:
         self._arrive("RecordEvents", request, context)
-        return pb.RecordEventsResponse(recorded=len(request.events))
+        unknown = sorted({e.recommendation_id for e in request.events if e.recommendation_id not in ("", "r1")})
+        return pb.RecordEventsResponse(recorded=len(request.events), unknown_recommendation_ids=unknown)
 
     def DeleteUser(self, request: pb.DeleteUserRequest, context: grpc.ServicerContext) -> pb.DeleteUserResponse:
         self._arrive("DeleteUser", request, context)
@@ -101,10 +116,21 @@ def test_events_are_retried_under_the_same_event_ids(gateway: tuple[ScriptedGate
     when = datetime(2026, 1, 1, tzinfo=UTC)
     with RecsysClient(address) as client:
         recorded = client.record_events([Event("u1", "a", "purchase", time=when), Event("u1", "b", event_id="mine")])
-    assert recorded == 2 and servicer.calls["RecordEvents"] == 3
+    assert recorded.recorded == 2 and servicer.calls["RecordEvents"] == 3
     ids = [[event.event_id for event in request.events] for request in servicer.requests]
     assert ids[0] == ids[1] == ids[2] and ids[0][1] == "mine" and len(ids[0][0]) == 32, "one id for every attempt"
     assert ids[0][0] != ids[0][1]
+
+
+def test_warnings_and_unknown_recommendation_ids_reach_the_results(gateway: tuple[ScriptedGateway, str]) -> None:
+    servicer, address = gateway
+    servicer.failures = 0
+    with RecsysClient(address) as client:
+        assert client.recommend("u1").warnings == ("max_per_category had no effect",)
+        similar = client.similar_items("a")
+        assert [i.item_id for i in similar.items] == ["b"] and similar.warnings == ("categories_any left no item",)
+        events = [Event("u1", "a", recommendation_id="r1"), Event("u1", "b", recommendation_id="never-issued")]
+        assert client.record_events(events) == RecordResult(recorded=2, unknown_recommendation_ids=("never-issued",))
 
 
 def test_deletion_and_overload_are_not_retried_and_errors_are_typed(gateway: tuple[ScriptedGateway, str]) -> None:

@@ -12,7 +12,7 @@ import grpc
 import pytest
 from fastapi.testclient import TestClient
 
-from recsys_client import Boost, Explanation, Filter, NotFoundError, Recommendations, RecommendedItem
+from recsys_client import Boost, Explanation, Filter, NotFoundError, Recommendations, RecommendedItem, SimilarItems
 from recsys_client.operator import (
     GraphNeighbour,
     HistoryEvent,
@@ -54,12 +54,14 @@ class FakeGateway:
     ) -> Recommendations:
         self.queries.append(query)
         items = (_item("evil", HOSTILE), _item("g1", "Graph pick", "graph"))
-        return Recommendations(items, "", "personalised", "v1", False, (), "r1", "", "", 1, {"total": 4.0})
+        warnings = ("max_per_category had no effect: none of the 2 candidates has a category",)
+        return Recommendations(items, "", "personalised", "v1", False, (), "r1", "", "", 1, {"total": 4.0}, warnings)
 
-    async def similar_items(self, item_id: str, *, k: int = 10, catalog: str = "") -> tuple[RecommendedItem, ...]:
+    async def similar_items(self, item_id: str, *, k: int = 10, catalog: str = "") -> SimilarItems:
         if item_id == "missing":
             raise NotFoundError(grpc.StatusCode.NOT_FOUND, "item 'missing' is not in the catalog", "rid-9")
-        return (_item("s1", HOSTILE),)
+        # A warning quotes the request's category, which is as untrusted as item text.
+        return SimilarItems((_item("s1", HOSTILE),), (f"categories_any [{HOSTILE!r}] left no item",))
 
 
 class FakeOperator:
@@ -118,8 +120,10 @@ def test_untrusted_text_is_escaped(client: TestClient, path: str) -> None:
 def test_pages_render(client: TestClient) -> None:
     user = client.get("/users/u1?q=glue&diversity=0.5&boost_category=Tools&boost_weight=2")
     assert user.status_code == 200 and "personalised" in user.text and "purchase" in user.text
+    assert '<p class="warning">max_per_category had no effect' in user.text
     item = client.get("/items/evil")
     assert "graph score 0.250" in item.text and 'id="graph"' in item.text
+    assert '<p class="warning">categories_any [&#39;&lt;script&gt;' in item.text
     with _client(without_ranker=True) as without:
         assert "Graph pick" in without.get("/items/evil").text, "the gateway's graph-attributed items instead"
     assert "Graph pick" in client.get("/items/evil?catalog=modelless").text, "a catalog the ranker has no model for"
