@@ -1,7 +1,8 @@
 """The operator console in a real browser (Debian's headless chromium driven by Playwright) against the five real
 services: a user's page with ten recommendations and their reasons, a new query that changes the list, an item's
 page, an experiment's report and the suite's state; item text with a <script> shows as text. The screenshots in
-docs/ (shown in the README) are taken here."""
+docs/ (shown in the README) are taken here, written there only with RECSYS_UPDATE_SCREENSHOTS=1 (else to the
+test's tmp_path), so a plain `make test` leaves a clean clone clean."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ playwright_api = pytest.importorskip("playwright.async_api", reason="pip install
 
 CHROMIUM = Path(os.environ.get("RECSYS_CHROMIUM", "/usr/bin/chromium"))
 INSTALL = "apt-get update && apt-get install -y chromium"
-SCREENSHOTS = REPO_ROOT / "docs"
+DOCS = REPO_ROOT / "docs"
 HOSTILE_TITLE = '<script>document.title="pwned"</script>Glue that <b>escapes</b>'
 DEMO_CATALOG = "console-demo"
 
@@ -70,6 +71,12 @@ async def demo_experiment(suite: RunningSuite) -> str:
 
 
 @pytest.fixture
+def screenshots(tmp_path: Path) -> Path:
+    """docs/ when the tracked screenshots are to be refreshed, else pytest's own folder for this test."""
+    return DOCS if os.environ.get("RECSYS_UPDATE_SCREENSHOTS") == "1" else tmp_path
+
+
+@pytest.fixture
 async def page() -> AsyncIterator[playwright_api.Page]:
     async with playwright_api.async_playwright() as playwright:
         browser = await playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
@@ -88,7 +95,7 @@ async def _titles(page: playwright_api.Page) -> list[str]:
 
 
 async def test_an_operator_browses_a_user_an_item_an_experiment_and_the_suite(
-    suite: RunningSuite, page: playwright_api.Page, demo_experiment: str
+    suite: RunningSuite, page: playwright_api.Page, demo_experiment: str, screenshots: Path
 ) -> None:
     console = _console_url(suite)
     user = _user_with_history(suite)
@@ -101,7 +108,7 @@ async def test_an_operator_browses_a_user_an_item_an_experiment_and_the_suite(
     # Other tests may have recorded events for the user since the data was loaded.
     assert await page.locator("#history tbody tr").count() >= len(suite.dataset.sequences()[user])
     before = await _titles(page)
-    await page.screenshot(path=SCREENSHOTS / "console-user.png", full_page=True)
+    await page.screenshot(path=screenshots / "console-user.png", full_page=True)
 
     await page.fill("input[name=q]", "waterproof glue")
     await page.click("#options button")
@@ -113,17 +120,17 @@ async def test_an_operator_browses_a_user_an_item_an_experiment_and_the_suite(
     await page.wait_for_url("**/items/**")
     assert (await page.locator("#item-title").inner_text()).strip() == after[0]
     assert await page.locator("#similar tbody tr").count() == 10
-    await page.screenshot(path=SCREENSHOTS / "console-item.png", full_page=True)
+    await page.screenshot(path=screenshots / "console-item.png", full_page=True)
 
     await page.goto(f"{console}/experiments?name={demo_experiment}&catalog={DEMO_CATALOG}")
     assert await page.locator("#chart rect").count() == 4, "click-through and conversion bars of two arms"
     assert await page.locator("#arms tbody tr").count() == 2
-    await page.screenshot(path=SCREENSHOTS / "console-experiments.png", full_page=True)
+    await page.screenshot(path=screenshots / "console-experiments.png", full_page=True)
 
     await page.goto(f"{console}/suite")
     assert await page.locator("#health td.ok").count() == 5, "the five services report SERVING"
     assert await page.locator("#catalogs tbody tr").count() >= 1
-    await page.screenshot(path=SCREENSHOTS / "console-suite.png", full_page=True)
+    await page.screenshot(path=screenshots / "console-suite.png", full_page=True)
 
 
 async def test_a_script_in_an_item_title_shows_as_text(
