@@ -61,6 +61,14 @@ def authorized(header: str, token: str) -> bool:
     return False
 
 
+def load_experiments(path: Path | None) -> Experiments:
+    """The gateway's experiments file, read as the gateway reads it. No file at the path reads as no experiments:
+    deploy/components/console mounts it from a ConfigMap that exists only where experiments run."""
+    if path is not None and not path.exists():
+        return Experiments()
+    return Experiments.from_file(path)
+
+
 def build_app(settings: ConsoleSettings) -> FastAPI:
     token = (settings.auth_token.get_secret_value() if settings.auth_token is not None else "") or None
     addresses = {
@@ -74,7 +82,7 @@ def build_app(settings: ConsoleSettings) -> FastAPI:
         )
         if address
     }
-    experiments = Experiments.from_file(settings.experiments_file)
+    experiments = load_experiments(settings.experiments_file)
 
     @asynccontextmanager
     async def open_console() -> AsyncIterator[Console]:

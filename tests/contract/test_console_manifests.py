@@ -33,6 +33,7 @@ from tests.contract.test_manifests import (
 
 COMPONENT = DEPLOY / "components" / "console"
 CONSOLE_PORT = 8080
+EXPERIMENTS_DIR = "/etc/recsys/experiments"
 
 
 @cache
@@ -85,7 +86,7 @@ def test_container_follows_the_rules(component: Manifests) -> None:
     assert security["readOnlyRootFilesystem"] and not security["allowPrivilegeEscalation"]
     assert security["capabilities"]["drop"] == ["ALL"] and security["runAsUser"] == UID
     assert {"cpu", "memory"} <= set(container["resources"]["requests"]) <= set(container["resources"]["limits"])
-    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/tmp"}
+    assert {m["mountPath"] for m in container["volumeMounts"]} == {"/tmp", EXPERIMENTS_DIR}
     assert container["command"] == ["python", "-m", "services.console"] and container["image"] == "recsys"
     assert container["ports"] == [{"name": "http", "containerPort": CONSOLE_PORT, "protocol": "TCP"}]
     for probe in ("readinessProbe", "livenessProbe"):
@@ -103,6 +104,19 @@ def test_settings_point_at_the_gateway_and_the_retriever(component: Manifests) -
     service = component.get("Service", "console")["spec"]
     assert _selects(service["selector"], component.pod_labels("console"))
     assert service["ports"][0]["targetPort"] == "http" and service["ports"][0]["port"] == CONSOLE_PORT
+
+
+def test_the_experiments_file_comes_from_an_optional_configmap(component: Manifests) -> None:
+    """The gateway's experiments file, where one runs: the console starts (listing none) without the ConfigMap."""
+    env = {e["name"]: e for e in component.container("console")["env"]}
+    path = Path(env["CONSOLE_EXPERIMENTS_FILE"]["value"])
+    mounts = {m["mountPath"]: m for m in component.container("console")["volumeMounts"]}
+    mount = mounts[str(path.parent)]
+    assert mount["readOnly"] is True
+    volume = next(v for v in component.pod_spec("console")["volumes"] if v["name"] == mount["name"])
+    config_map = volume["configMap"]
+    assert config_map["name"] == "recsys-experiments" and config_map["optional"] is True
+    assert config_map["items"] == [{"key": "experiments.json", "path": path.name}]
 
 
 def test_the_console_reaches_only_the_gateway_and_the_retriever(rendered: Manifests) -> None:

@@ -5,8 +5,10 @@ tests/integration/test_console_browser.py."""
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import grpc
 import pytest
@@ -22,7 +24,7 @@ from recsys_client.operator import (
     StoredItem,
     UserHistory,
 )
-from services.console.app import console_app
+from services.console.app import console_app, load_experiments
 from services.console.views import Console
 from services.gateway.experiments import Experiments
 
@@ -160,3 +162,16 @@ def test_the_search_box_opens_a_page(client: TestClient) -> None:
 
 def test_ids_with_slashes_have_pages(client: TestClient) -> None:
     assert "a b/c" in client.get("/users/a%20b%2Fc").text
+
+
+def test_an_absent_experiments_file_reads_as_none_and_a_broken_one_fails(tmp_path: Path) -> None:
+    # The Kubernetes component mounts the file from an optional ConfigMap: absent where no experiment runs.
+    assert load_experiments(tmp_path / "experiments.json").for_catalog("") is None
+    written = tmp_path / "written.json"
+    arms = [{"name": "control", "weight": 1}, {"name": "diverse", "weight": 1}]
+    written.write_text(json.dumps({"experiments": [{"name": "trial", "catalog": "", "arms": arms}]}))
+    experiment = load_experiments(written).for_catalog("")
+    assert experiment is not None and [arm.name for arm in experiment.arms] == ["control", "diverse"]
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(ValueError, match="is not valid"):
+        load_experiments(tmp_path / "broken.json")
