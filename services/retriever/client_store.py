@@ -70,7 +70,7 @@ _SCHEMA_TYPES: Mapping[FieldType, models.PayloadSchemaType] = {
 }
 
 
-USER_INDEXES = {eventlog.STATE_FIELD: FieldType.KEYWORD, eventlog.VERSION_FIELD: FieldType.INTEGER}
+USER_INDEXES = {eventlog.STATE_FIELD: FieldType.KEYWORD, eventlog.IMPRESSIONS_FIELD: FieldType.INTEGER}
 FEEDBACK_INDEXES = {**dict.fromkeys(feedback.INDEXED_FIELDS, FieldType.KEYWORD), "timestamp": FieldType.FLOAT}
 EVENT_INDEXES = {
     **dict.fromkeys(eventlog.EVENT_KEYWORD_FIELDS, FieldType.KEYWORD),
@@ -588,14 +588,28 @@ class _ClientLog:
     def events_of_recommendations(self, recommendation_ids: Sequence[str]) -> list[dict[str, Any]]:
         return self._scroll_all(self._store._events, _match_any(feedback.RECOMMENDATION_FIELD, recommendation_ids))
 
-    def event_items_of_user(self, user_id: str) -> set[str]:
-        of_user = _match(USER_ID_FIELD, user_id)
-        return set(self._facet(self._store._events, eventlog.ITEM_FIELD, of_user, self.count_events(user_id)))
+    def events_of_user(self, user_id: str) -> list[tuple[uuid.UUID, str]]:
+        out: list[tuple[uuid.UUID, str]] = []
+        offset: Any = None
+        while True:
+            with self._store._engine():
+                records, offset = self._client.scroll(
+                    self._store._events,
+                    scroll_filter=_match(USER_ID_FIELD, user_id),
+                    limit=1024,
+                    offset=offset,
+                    with_payload=[eventlog.ITEM_FIELD],
+                    with_vectors=False,
+                )
+            out.extend((uuid.UUID(str(r.id)), str((r.payload or {})[eventlog.ITEM_FIELD])) for r in records)
+            if offset is None:
+                return out
 
-    def delete_events_of_user(self, user_id: str) -> None:
-        selector = models.FilterSelector(filter=_match(USER_ID_FIELD, user_id))
+    def delete_events(self, point_ids: Sequence[uuid.UUID]) -> None:
         with self._store._engine():
-            self._client.delete(self._store._events, points_selector=selector, wait=True)
+            self._client.delete(
+                self._store._events, points_selector=models.PointIdsList(points=_pids(point_ids)), wait=True
+            )
 
     def read_user(self, user_id: str) -> tuple[dict[str, Any], tuple[float, ...] | None] | None:
         with self._store._engine():
@@ -604,11 +618,24 @@ class _ClientLog:
             )
         return (dict(records[0].payload or {}), as_vector(records[0].vector)) if records else None
 
-    def write_user(self, user_id: str, version: int, payload: dict[str, Any], vector: tuple[float, ...] | None) -> None:
+    def write_user(
+        self, user_id: str, version: eventlog.Version, payload: dict[str, Any], vector: tuple[float, ...] | None
+    ) -> None:
         older = models.Filter(
             should=[
-                models.FieldCondition(key=eventlog.VERSION_FIELD, range=models.Range(lte=version)),
-                models.IsEmptyCondition(is_empty=models.PayloadField(key=eventlog.VERSION_FIELD)),
+                models.IsEmptyCondition(is_empty=models.PayloadField(key=eventlog.IMPRESSIONS_FIELD)),
+                models.FieldCondition(key=eventlog.INCARNATION_FIELD, range=models.Range(lt=version.incarnation)),
+                models.Filter(
+                    must=[
+                        models.FieldCondition(
+                            key=eventlog.INCARNATION_FIELD, match=models.MatchValue(value=version.incarnation)
+                        ),
+                        models.FieldCondition(key=eventlog.EVENTS_FIELD, range=models.Range(lte=version.events)),
+                        models.FieldCondition(
+                            key=eventlog.IMPRESSIONS_FIELD, range=models.Range(lte=version.impressions)
+                        ),
+                    ]
+                ),
             ]
         )
         point = models.PointStruct(
@@ -619,7 +646,8 @@ class _ClientLog:
 
     def legacy_users(self, limit: int) -> list[dict[str, Any]]:
         unversioned = models.Filter(
-            must=[models.IsEmptyCondition(is_empty=models.PayloadField(key=eventlog.VERSION_FIELD))]
+            must=[models.IsEmptyCondition(is_empty=models.PayloadField(key=eventlog.IMPRESSIONS_FIELD))],
+            must_not=[models.FieldCondition(key=eventlog.STATE_FIELD, match=models.MatchValue(value=eventlog.DELETED))],
         )
         with self._store._engine():
             records, _ = self._client.scroll(

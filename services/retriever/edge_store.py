@@ -41,7 +41,6 @@ from qdrant_edge import (
     EdgeOptimizersConfig,
     EdgeShard,
     EdgeVectorParams,
-    FacetRequest,
     FieldCondition,
     HasIdCondition,
     HnswIndexConfig,
@@ -105,7 +104,7 @@ from services.retriever.store import (
 
 logger = logging.getLogger(__name__)
 
-USER_INDEXES = {eventlog.STATE_FIELD: FieldType.KEYWORD, eventlog.VERSION_FIELD: FieldType.INTEGER}
+USER_INDEXES = {eventlog.STATE_FIELD: FieldType.KEYWORD, eventlog.IMPRESSIONS_FIELD: FieldType.INTEGER}
 FEEDBACK_INDEXES = {**dict.fromkeys(feedback.INDEXED_FIELDS, FieldType.KEYWORD), "timestamp": FieldType.FLOAT}
 EVENT_INDEXES = {
     **dict.fromkeys(eventlog.EVENT_KEYWORD_FIELDS, FieldType.KEYWORD),
@@ -696,11 +695,6 @@ def _scroll_all(shard: EdgeShard, filter: EdgeFilter) -> list[dict[str, Any]]:
             return out
 
 
-def _facet(shard: EdgeShard, field: str, filter: EdgeFilter, limit: int) -> dict[str, int]:
-    response = shard.facet(FacetRequest(field, limit=max(limit, 1), exact=True, filter=filter))
-    return {str(hit.value): int(hit.count) for hit in response.hits}
-
-
 class _EdgeLog:
     """The event log's engine calls (`eventlog.LogEngine`) on the store's shards. Item reads share the read
     lock an index swap takes; popularity writes take the write lock, which a swap's replay of the items
@@ -765,25 +759,44 @@ class _EdgeLog:
     def events_of_recommendations(self, recommendation_ids: Sequence[str]) -> list[dict[str, Any]]:
         return _scroll_all(self._store._events, _match_any(feedback.RECOMMENDATION_FIELD, recommendation_ids))
 
-    def event_items_of_user(self, user_id: str) -> set[str]:
-        of_user = _match(USER_ID_FIELD, user_id)
-        return set(_facet(self._store._events, eventlog.ITEM_FIELD, of_user, self.count_events(user_id)))
+    def events_of_user(self, user_id: str) -> list[tuple[uuid.UUID, str]]:
+        out: list[tuple[uuid.UUID, str]] = []
+        offset: Any = None
+        while True:
+            request = ScrollRequest(
+                offset=offset, limit=1024, filter=_match(USER_ID_FIELD, user_id), with_payload=True, with_vector=False
+            )
+            records, offset = self._store._events.scroll(request)
+            out.extend((uuid.UUID(str(r.id)), str((r.payload or {})[eventlog.ITEM_FIELD])) for r in records)
+            if offset is None:
+                return out
 
-    def delete_events_of_user(self, user_id: str) -> None:
+    def delete_events(self, point_ids: Sequence[uuid.UUID]) -> None:
         self._store._check_open()
-        self._store._events.update(UpdateOperation.delete_points_by_filter(_match(USER_ID_FIELD, user_id)))
+        self._store._events.update(UpdateOperation.delete_points(list(point_ids)))
 
     def read_user(self, user_id: str) -> tuple[dict[str, Any], tuple[float, ...] | None] | None:
         self._store._check_open()
         records = self._store._users.retrieve([user_point_id(user_id)], True, True)
         return (dict(records[0].payload or {}), as_vector(records[0].vector)) if records else None
 
-    def write_user(self, user_id: str, version: int, payload: dict[str, Any], vector: tuple[float, ...] | None) -> None:
+    def write_user(
+        self, user_id: str, version: eventlog.Version, payload: dict[str, Any], vector: tuple[float, ...] | None
+    ) -> None:
         self._store._check_open()
         older = EdgeFilter(
             should=[
-                FieldCondition(key=eventlog.VERSION_FIELD, range=RangeFloat(lte=float(version))),
-                IsEmptyCondition(eventlog.VERSION_FIELD),
+                IsEmptyCondition(eventlog.IMPRESSIONS_FIELD),
+                FieldCondition(key=eventlog.INCARNATION_FIELD, range=RangeFloat(lt=float(version.incarnation))),
+                EdgeFilter(
+                    must=[
+                        FieldCondition(key=eventlog.INCARNATION_FIELD, match=MatchValue(version.incarnation)),
+                        FieldCondition(key=eventlog.EVENTS_FIELD, range=RangeFloat(lte=float(version.events))),
+                        FieldCondition(
+                            key=eventlog.IMPRESSIONS_FIELD, range=RangeFloat(lte=float(version.impressions))
+                        ),
+                    ]
+                ),
             ]
         )
         point = Point(user_point_id(user_id), list(vector) if vector is not None else {}, payload)
@@ -792,7 +805,10 @@ class _EdgeLog:
     def legacy_users(self, limit: int) -> list[dict[str, Any]]:
         request = ScrollRequest(
             limit=limit,
-            filter=EdgeFilter(must=[IsEmptyCondition(eventlog.VERSION_FIELD)]),
+            filter=EdgeFilter(
+                must=[IsEmptyCondition(eventlog.IMPRESSIONS_FIELD)],
+                must_not=[FieldCondition(key=eventlog.STATE_FIELD, match=MatchValue(eventlog.DELETED))],
+            ),
             with_payload=True,
             with_vector=False,
         )

@@ -10,13 +10,16 @@ guarantee; this is how it is kept:
   read. The writer counts again after setting it; when the count moved on meanwhile it sets it again, so
   whichever writer finishes last leaves it right.
 - **A user's point** in `users` is a snapshot: the newest `max_history` events, the profile vector computed
-  from them, and the shown counts computed from the user's newest impressions. It carries a version,
-  incarnation x 2^32 + (events + impressions counted before it was computed), and is never written over a
-  newer version (a conditional upsert, which the engine applies atomically). A writer returns once the
-  stored version covers its own writes, so the user's next read, through any replica, sees them.
-- **DeleteUser** first writes a tombstone of the next incarnation, then deletes the user's events and
-  impressions: a snapshot computed from the old events is older than the tombstone and is refused. Events
-  that land after the delete start a fresh user.
+  from them, and the shown counts computed from the user's newest impressions. It carries a `Version`: the
+  user's incarnation and the events and impressions counted before it was computed. It replaces the stored
+  point only when that is of an older incarnation or saw no more events and no more impressions (a
+  conditional upsert, which the engine applies atomically), so no snapshot replaces one that saw more of
+  either. A writer returns once the stored snapshot saw at least what it counted after its own writes, so
+  the user's next read, through any replica, sees them.
+- **DeleteUser** first writes a tombstone of the next incarnation, then deletes the events it lists and the
+  user's impressions, then writes a second tombstone: a snapshot computed from the old events is older than
+  one of the two and is refused or replaced. Events that land after the listing stay and start a fresh
+  user, whose snapshot the delete writes before it returns.
 - **Impressions** are points keyed by (recommendation id, page). What they led to (engaged, converted) is
   read from the events that name the recommendation, never written onto the impression, so two writers
   never change one impression's attribution.
@@ -63,11 +66,12 @@ EVENT_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "recsys:retriever:event")
 ITEM_FIELD = "item_id"
 TIMESTAMP_FIELD = "timestamp"
 EVENT_KEYWORD_FIELDS = (USER_ID_FIELD, ITEM_FIELD, feedback.RECOMMENDATION_FIELD)
-# Fields of a user's snapshot.
-VERSION_FIELD = "version"
+# Fields of a user's snapshot (see Version); a point without IMPRESSIONS_FIELD was written by an earlier layout.
+INCARNATION_FIELD = "incarnation"
+EVENTS_FIELD = "events_counted"
+IMPRESSIONS_FIELD = "impressions_counted"
 STATE_FIELD = "state"
 DELETED = "deleted"
-INCARNATION = 2**32
 # The shown counts come from this many of the user's newest recorded pages.
 SHOWN_PAGES = 200
 # How often a writer recomputes when others keep writing the same user or item under it; each round means
@@ -106,18 +110,25 @@ class LogEngine(Protocol):
 
     def events_of_recommendations(self, recommendation_ids: Sequence[str]) -> list[dict[str, Any]]: ...
 
-    def event_items_of_user(self, user_id: str) -> set[str]: ...
+    def events_of_user(self, user_id: str) -> list[tuple[uuid.UUID, str]]:
+        """Point id and item id of each of the user's events."""
+        ...
 
-    def delete_events_of_user(self, user_id: str) -> None: ...
+    def delete_events(self, point_ids: Sequence[uuid.UUID]) -> None: ...
 
     def read_user(self, user_id: str) -> tuple[dict[str, Any], tuple[float, ...] | None] | None: ...
 
-    def write_user(self, user_id: str, version: int, payload: dict[str, Any], vector: tuple[float, ...] | None) -> None:
-        """Writes the user's point unless the stored one has a higher version (no point, or none: written)."""
+    def write_user(
+        self, user_id: str, version: Version, payload: dict[str, Any], vector: tuple[float, ...] | None
+    ) -> None:
+        """Writes the user's point (its payload carries `version`'s fields) where there is none, or the stored
+        one has no IMPRESSIONS_FIELD, an older incarnation, or the same incarnation and counts no higher than
+        `version`'s; otherwise leaves it."""
         ...
 
     def legacy_users(self, limit: int) -> list[dict[str, Any]]:
-        """Payloads of user points written before versions existed."""
+        """Payloads of user points without IMPRESSIONS_FIELD (written by an earlier layout), tombstones left out:
+        those name no user, and any write replaces them."""
         ...
 
     def count_users(self) -> int:
@@ -244,10 +255,32 @@ def _history_from_payload(raw: object) -> tuple[UserEvent, ...]:
 
 
 @dataclass(frozen=True, slots=True)
-class Snapshot:
+class Version:
+    """What a snapshot was computed from: the user's incarnation (raised by each DeleteUser tombstone) and the
+    user's events and impressions counted before computing it. Within an incarnation events and impressions
+    are only added, so a higher count saw everything a lower one did. The counts are compared each on its
+    own: a sum, or events before impressions, would let a snapshot that saw more of one replace one that saw
+    more of the other."""
+
     incarnation: int
-    version: int
-    events_counted: int
+    events: int
+    impressions: int
+
+    def covers(self, other: Version) -> bool:
+        """Whether a snapshot of this version saw everything one of `other` saw."""
+        return (
+            self.incarnation == other.incarnation
+            and self.events >= other.events
+            and self.impressions >= other.impressions
+        )
+
+    def fields(self) -> dict[str, int]:
+        return {INCARNATION_FIELD: self.incarnation, EVENTS_FIELD: self.events, IMPRESSIONS_FIELD: self.impressions}
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    version: Version
     deleted: bool
     history: tuple[UserEvent, ...]
     vector: tuple[float, ...] | None
@@ -258,10 +291,14 @@ def read_snapshot(found: tuple[dict[str, Any], tuple[float, ...] | None] | None)
     if found is None:
         return None
     payload, vector = found
+    # Counts of -1 where an earlier layout left them out: such a snapshot covers nothing and is recomputed.
+    version = Version(
+        int(payload.get(INCARNATION_FIELD, 0)),
+        int(payload.get(EVENTS_FIELD, -1)),
+        int(payload.get(IMPRESSIONS_FIELD, -1)),
+    )
     return Snapshot(
-        incarnation=int(payload.get("incarnation", 0)),
-        version=int(payload.get(VERSION_FIELD, -1)),
-        events_counted=int(payload.get("events_counted", -1)),
+        version=version,
         deleted=payload.get(STATE_FIELD) == DELETED,
         history=_history_from_payload(payload.get("history")),
         vector=vector,
@@ -322,14 +359,27 @@ class EventLog:
         known = current is not None and not current.deleted
         if not known and not self._engine.count_events(user_id) and not self._engine.count_impressions(user_id):
             raise not_found("user", [user_id])
-        incarnation = (current.incarnation if current else 0) + 1
         # The tombstone first: from here no snapshot of the old incarnation can be written.
-        tombstone = {"incarnation": incarnation, VERSION_FIELD: incarnation * INCARNATION, STATE_FIELD: DELETED}
-        self._engine.write_user(user_id, incarnation * INCARNATION, tombstone, None)
-        items = self._engine.event_items_of_user(user_id)
-        self._engine.delete_events_of_user(user_id)
+        self._write_tombstone(user_id)
+        # By id, the events listed: one written after the listing stays (it lands after the delete), and each
+        # deleted one's item is known, so its popularity is set again below.
+        events = self._engine.events_of_user(user_id)
+        for start in range(0, len(events), 1024):
+            self._engine.delete_events([point_id for point_id, _ in events[start : start + 1024]])
         self._engine.delete_impressions_of_user(user_id)
-        self.refresh_popularity(sorted(items))
+        # A writer that read the first tombstone may have counted the old events before they went and written
+        # a snapshot of them under it: the second tombstone replaces that snapshot and refuses a later one.
+        self._write_tombstone(user_id)
+        # Events and impressions written after the listing are a fresh user: snapshot them now, so that
+        # what a racing write returned stays readable.
+        self._refresh_user(user_id)
+        self.refresh_popularity(unique([item_id for _, item_id in events]))
+
+    def _write_tombstone(self, user_id: str) -> None:
+        """A tombstone one incarnation above the stored point's."""
+        current = read_snapshot(self._engine.read_user(user_id))
+        version = Version((current.version.incarnation if current else 0) + 1, 0, 0)
+        self._engine.write_user(user_id, version, {**version.fields(), STATE_FIELD: DELETED}, None)
 
     def refresh_popularity(self, item_ids: Sequence[str]) -> None:
         """Sets each item's popularity to its count of events, until a count taken after setting agrees."""
@@ -354,33 +404,39 @@ class EventLog:
         """Writes a snapshot that covers everything of the user written so far; None when the user has nothing."""
         for _ in range(MAX_ROUNDS):
             current = read_snapshot(self._engine.read_user(user_id))
-            incarnation = current.incarnation if current else 0
-            events_counted = self._engine.count_events(user_id)
-            impressions_counted = self._engine.count_impressions(user_id)
-            if events_counted + impressions_counted == 0:
+            version = Version(
+                current.version.incarnation if current else 0,
+                self._engine.count_events(user_id),
+                self._engine.count_impressions(user_id),
+            )
+            if version.events + version.impressions == 0:
                 return None
-            version = incarnation * INCARNATION + events_counted + impressions_counted
-            if current is not None and not current.deleted and current.version >= version + recompute_same_version:
+            # A stored snapshot that saw all of it is the answer (a tombstone covers no count above 0), unless a
+            # page recorded again needs its shown counts recomputed at the same version.
+            if (
+                current is not None
+                and current.version.covers(version)
+                and not (recompute_same_version and current.version == version)
+            ):
                 return self._profile(user_id, current)
-            if current is not None and not current.deleted and current.events_counted == events_counted:
+            if current is not None and not current.deleted and current.version.events == version.events:
                 history, vector = current.history, current.vector  # only impressions changed
             else:
                 history, vector = self._history(user_id, known_vectors or {})
-            pages = self._engine.newest_impressions(user_id, SHOWN_PAGES) if impressions_counted else []
+            pages = self._engine.newest_impressions(user_id, SHOWN_PAGES) if version.impressions else []
             shown = shown_counts((feedback.from_payload(p) for p in pages), history)
             payload = {
                 USER_ID_FIELD: user_id,
-                "incarnation": incarnation,
-                VERSION_FIELD: version,
-                "events_counted": events_counted,
+                **version.fields(),
                 "history": _history_to_payload(history),
                 feedback.SHOWN_FIELD: feedback.shown_to_payload(shown),
             }
             self._engine.write_user(user_id, version, payload, vector)
             after = read_snapshot(self._engine.read_user(user_id))
-            if after is not None and after.incarnation == incarnation and after.version >= version:
+            if after is not None and after.version.covers(version):
                 return self._profile(user_id, after)
-            # A DeleteUser came between (a new incarnation): count again.
+            # Refused: a DeleteUser came between (a new incarnation), or another writer's snapshot saw more
+            # events and fewer impressions than this one, or the other way round: count again.
         raise UnavailableError(f"user {user_id!r} kept changing while their profile was computed: retry the call")
 
     def _history(
@@ -475,9 +531,7 @@ class EventLog:
                         [(event_point_id(user_id, e.event_id), event_payload(user_id, e)) for e in events]
                     )
                 if self._refresh_user(user_id) is None:
-                    self._engine.write_user(
-                        user_id, INCARNATION, {"incarnation": 1, VERSION_FIELD: INCARNATION, STATE_FIELD: DELETED}, None
-                    )
+                    self._write_tombstone(user_id)
                 moved += 1
         if moved:
             offset: Any = None

@@ -21,7 +21,8 @@ import pytest
 
 from services.retriever.client_store import ClientVectorStore
 from services.retriever.edge_store import EdgeVectorStore
-from services.retriever.store import UserEvent, VectorStore
+from services.retriever.eventlog import Version
+from services.retriever.store import Impression, Item, NotFoundError, UserEvent, VectorStore
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "retriever_state_ca3b644.tar.xz"
 OPENERS: dict[str, Callable[[Path], VectorStore]] = {
@@ -61,5 +62,37 @@ def test_state_written_before_the_event_log_is_moved_into_it(backend: str, tmp_p
     try:
         assert [e.item_id for e in reopened.get_user("bob").events] == ["item-1", "item-3", "item-5"]
         assert reopened.get_items(["item-1"])[0].payload["popularity"] == 2
+    finally:
+        reopened.close()
+
+
+@pytest.mark.parametrize("backend", sorted(OPENERS))
+def test_snapshots_of_the_first_event_log_layout_are_recomputed(backend: str, tmp_path: Path) -> None:
+    """The first event-log layout kept one version number (incarnation x 2^32 + events + impressions) and no
+    impressions count: its snapshots are recomputed at start-up, its tombstones stay tombstones."""
+    store = OPENERS[backend](tmp_path)
+    store.upsert_items([Item(f"item-{n}", tuple(float(n == d) for d in range(8)), {}) for n in range(3)])
+    store.record_impression(Impression("rec-1", 1, "alice", ("item-0", "item-2"), timestamp=5.0))
+    store.append_user_events("alice", [UserEvent("item-0", "view", 10.0), UserEvent("item-1", "click", 11.0)])
+    store.append_user_events("bob", [UserEvent("item-1", "view", 12.0)])
+    store.delete_user("bob")
+    engine = store._log._engine  # type: ignore[attr-defined]
+    payload, vector = engine.read_user("alice")
+    first_layout = {k: v for k, v in payload.items() if k != "impressions_counted"} | {"version": 2**32 + 3}
+    engine.write_user("alice", Version(0, 2, 1), first_layout, vector)
+    engine.write_user("bob", Version(2, 0, 0), {"incarnation": 2, "version": 2 * 2**32, "state": "deleted"}, None)
+    store.close()
+    reopened = OPENERS[backend](tmp_path)
+    try:
+        alice = reopened.get_user("alice")
+        assert [e.item_id for e in alice.events] == ["item-0", "item-1"]
+        assert dict(alice.shown_counts) == {"item-2": 1}
+        assert reopened.count_users() == 1
+        with pytest.raises(NotFoundError):
+            reopened.get_user("bob")
+        reopened.append_user_events("alice", [UserEvent("item-2", "view", 13.0)])
+        assert [e.item_id for e in reopened.get_user("alice").events] == ["item-0", "item-1", "item-2"]
+        fresh = reopened.append_user_events("bob", [UserEvent("item-2", "purchase", 14.0)])
+        assert [e.item_id for e in fresh.events] == ["item-2"]
     finally:
         reopened.close()

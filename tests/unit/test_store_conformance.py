@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import threading
@@ -16,6 +17,7 @@ import pytest
 from qdrant_client import QdrantClient
 
 from services.common.errors import InvalidArgumentError
+from services.retriever import feedback
 from services.retriever.client_store import ClientVectorStore
 from services.retriever.edge_store import EdgeVectorStore
 from services.retriever.store import (
@@ -710,3 +712,121 @@ def test_delete_racing_writes_leaves_nothing_of_the_old_user(store: VectorStore,
         assert store.get_items([f"item-{n}"])[0].payload["popularity"] == expected
     store.append_user_events("u", [UserEvent("item-9", "purchase", 500.0, event_id="fresh")])
     assert "fresh" in [e.event_id for e in store.get_user("u").events]
+
+
+# -- deterministic interleavings of two writers (issue 16 review) ------------------------------------------
+# The event log's engine calls are wrapped to stop one writer at a chosen point while another runs; the
+# wrapped engine is the store's own (`_log._engine`), or a copy of it for a second replica.
+
+
+def _log_of(store: VectorStore) -> Any:
+    return store._log  # type: ignore[attr-defined]  # both backends keep their EventLog here
+
+
+def _replica(store: VectorStore, **calls: Callable[..., Any]) -> Any:
+    """A second writer on the store's engine (as another replica would be), with these engine calls replaced."""
+    log = copy.copy(_log_of(store))
+    log._engine = copy.copy(log._engine)
+    for name, call in calls.items():
+        setattr(log._engine, name, call)
+    return log
+
+
+def _remaining(store: VectorStore, user: str) -> list[str]:
+    try:
+        return [e.event_id for e in store.get_user(user).events]
+    except NotFoundError:
+        return []
+
+
+def _check_popularity_counts(store: VectorStore, user: str, items: list[str]) -> None:
+    events = store.get_user(user).events if _remaining(store, user) else ()
+    popularity = {i.item_id: i.payload["popularity"] for i in store.get_items(items)}
+    assert popularity == {i: sum(1 for e in events if e.item_id == i) for i in items}
+
+
+def test_write_while_delete_is_paused_after_its_tombstone_is_deleted(
+    store: VectorStore, catalogue: list[Item], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.append_user_events("u", [UserEvent("item-1", "view", 10.0, event_id="old")])
+    engine = _log_of(store)._engine
+    write_user = engine.write_user
+    tombstoned, resume = threading.Event(), threading.Event()
+
+    def pausing_write_user(*args: Any) -> None:
+        write_user(*args)
+        if args[2].get("state") == "deleted" and not tombstoned.is_set():
+            tombstoned.set()
+            resume.wait(30)
+
+    monkeypatch.setattr(engine, "write_user", pausing_write_user)
+    deleter = threading.Thread(target=store.delete_user, args=("u",))
+    deleter.start()
+    assert tombstoned.wait(30)
+    # Between the tombstone and the deletion of the events: this write counts the old event with its own.
+    store.append_user_events("u", [UserEvent("item-2", "click", 20.0, event_id="racing")])
+    resume.set()
+    deleter.join()
+    # DeleteUser has returned: the racing write landed before it (its event went with the user).
+    assert _remaining(store, "u") == []
+    _check_popularity_counts(store, "u", ["item-1", "item-2"])
+    fresh = store.append_user_events("u", [UserEvent("item-3", "purchase", 30.0, event_id="fresh")])
+    assert [e.event_id for e in fresh.events] == ["fresh"]
+    assert _remaining(store, "u") == ["fresh"]
+
+
+def test_write_while_delete_is_paused_before_deleting_events_lands_after_it(
+    store: VectorStore, catalogue: list[Item], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.append_user_events("u", [UserEvent("item-1", "view", 10.0, event_id="old")])
+    engine = _log_of(store)._engine
+    delete_events = engine.delete_events
+    listed, resume = threading.Event(), threading.Event()
+
+    def pausing_delete_events(*args: Any) -> None:
+        listed.set()
+        resume.wait(30)
+        delete_events(*args)
+
+    monkeypatch.setattr(engine, "delete_events", pausing_delete_events)
+    deleter = threading.Thread(target=store.delete_user, args=("u",))
+    deleter.start()
+    assert listed.wait(30)
+    # After the delete listed the user's events: this write's event is not among them, so it stays.
+    store.append_user_events("u", [UserEvent("item-2", "click", 20.0, event_id="racing")])
+    resume.set()
+    deleter.join()
+    assert _remaining(store, "u") == ["racing"]  # a fresh user holding the racing event only
+    _check_popularity_counts(store, "u", ["item-1", "item-2"])
+
+
+def test_a_snapshot_never_replaces_one_that_saw_more_events(store: VectorStore, catalogue: list[Item]) -> None:
+    """An impression writer X counts the events before an event write M and the impressions after another
+    writer Y's: its snapshot saw more impressions and fewer events than M's, and must not replace it."""
+    store.append_user_events("u", [UserEvent("item-1", "view", 10.0, event_id="e0")])
+    store.record_impression(Impression("r0", 1, "u", ("item-1",), timestamp=5.0))
+    engine = _log_of(store)._engine
+    counting, resume = threading.Event(), threading.Event()
+
+    def pausing_count_impressions(user_id: str) -> int:
+        counting.set()
+        resume.wait(30)
+        return int(engine.count_impressions(user_id))
+
+    x = _replica(store, count_impressions=pausing_count_impressions)
+    writer_x = threading.Thread(
+        target=x.record_impression, args=(Impression("r1", 1, "u", ("item-1",), timestamp=20.0),)
+    )
+    writer_x.start()
+    assert counting.wait(30)  # X has read the snapshot and counted one event
+    acknowledged = store.append_user_events("u", [UserEvent("item-2", "click", 30.0, event_id="e1")])
+    assert [e.event_id for e in acknowledged.events] == ["e0", "e1"]
+    y = Impression("r2", 1, "u", ("item-2",), timestamp=40.0)
+    _log_of(store)._engine.upsert_impression(feedback.impression_point_id("r2", 1), feedback.to_payload(y))
+    resume.set()  # X counts three impressions now (Y's refresh has not run)
+    writer_x.join()
+    assert [e.event_id for e in store.get_user("u").events] == ["e0", "e1"]
+    store.record_impression(y)  # Y's refresh
+    profile = store.get_user("u")
+    assert [e.event_id for e in profile.events] == ["e0", "e1"]
+    assert dict(profile.shown_counts) == {"item-1": 1, "item-2": 1}  # r1 after e0, r2 after e1
