@@ -21,6 +21,7 @@ from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
+import structlog
 from qdrant_client import QdrantClient, models
 
 from services.common.errors import InvalidArgumentError, UnavailableError
@@ -62,6 +63,8 @@ from services.retriever.store import (
     validate_store_settings,
 )
 
+log = structlog.get_logger(__name__)
+
 _SCHEMA_TYPES: Mapping[FieldType, models.PayloadSchemaType] = {
     FieldType.KEYWORD: models.PayloadSchemaType.KEYWORD,
     FieldType.FLOAT: models.PayloadSchemaType.FLOAT,
@@ -76,6 +79,12 @@ EVENT_INDEXES = {
     **dict.fromkeys(eventlog.EVENT_KEYWORD_FIELDS, FieldType.KEYWORD),
     eventlog.TIMESTAMP_FIELD: FieldType.FLOAT,
 }
+# On a cluster (deploy/ prod: each shard on 2 peers) the event log needs the replicas of a shard to apply
+# writes in one order, and each acknowledged write in what the next read sees (docs/reliability.md): every
+# write goes through the shard's leader, each collection is created with a write_consistency_factor of its
+# replication factor, and the event log reads from a majority of the replicas. Local mode ignores all three.
+ORDERED = models.WriteOrdering.STRONG
+CONSISTENT = models.ReadConsistencyType.MAJORITY
 # One lock per local-mode client, shared by every store on it.
 _LOCAL_ENGINE_LOCKS: weakref.WeakKeyDictionary[QdrantClient, threading.RLock] = weakref.WeakKeyDictionary()
 _LOCKS_LOCK = threading.Lock()
@@ -240,12 +249,24 @@ class ClientVectorStore:
                     f"use another collection name or the embedding model it was made for"
                 )
             existing = set(info.payload_schema)
+            configured = info.config.params
+            if (configured.write_consistency_factor or 1) < (configured.replication_factor or 1):
+                log.warning(
+                    "collection acknowledges writes before all its replicas have them, so a read on another "
+                    "replica can miss an acknowledged event: raise its write_consistency_factor "
+                    "(docs/reliability.md, 'Writes from many replicas')",
+                    collection=name,
+                    write_consistency_factor=configured.write_consistency_factor,
+                    replication_factor=configured.replication_factor,
+                )
         else:
             self._client.create_collection(
                 name,
                 vectors_config=models.VectorParams(size=self._dimension, distance=models.Distance.COSINE),
                 shard_number=shard_number,
                 replication_factor=replication_factor,
+                # Every replica of a shard applies a write before it is acknowledged (see ORDERED).
+                write_consistency_factor=replication_factor,
             )
             existing = set()
         with warnings.catch_warnings():
@@ -302,7 +323,7 @@ class ClientVectorStore:
                 for pid, item in zip(ids, valid, strict=True)
             ]
         with self._engine():
-            self._client.upsert(self._items, points=points, wait=True)
+            self._client.upsert(self._items, points=points, wait=True, ordering=ORDERED)
         # The popularity read above may be older than an event counted meanwhile (by this or another replica).
         self._log.refresh_popularity([item.item_id for item in valid])
         return len(valid)
@@ -314,7 +335,9 @@ class ClientVectorStore:
         pids = _item_pids(wanted)
         with self._engine():
             found = len(self._client.retrieve(self._items, ids=pids, with_payload=False))
-            self._client.delete(self._items, points_selector=models.PointIdsList(points=pids), wait=True)
+            self._client.delete(
+                self._items, points_selector=models.PointIdsList(points=pids), wait=True, ordering=ORDERED
+            )
         return found
 
     def get_items(self, ids: Sequence[str], with_vectors: bool = False, skip_missing: bool = False) -> list[Item]:
@@ -509,7 +532,13 @@ class _ClientLog:
         while True:
             with self._store._engine():
                 records, offset = self._client.scroll(
-                    collection, scroll_filter=filter, limit=256, offset=offset, with_payload=True, with_vectors=False
+                    collection,
+                    scroll_filter=filter,
+                    limit=256,
+                    offset=offset,
+                    with_payload=True,
+                    with_vectors=False,
+                    consistency=CONSISTENT,
                 )
             out.extend(dict(r.payload or {}) for r in records)
             if offset is None:
@@ -517,10 +546,14 @@ class _ClientLog:
 
     def _facet(self, collection: str, field: str, filter: models.Filter, limit: int) -> dict[str, int]:
         with self._store._engine():
-            response = self._client.facet(collection, key=field, facet_filter=filter, limit=max(limit, 1), exact=True)
+            response = self._client.facet(
+                collection, key=field, facet_filter=filter, limit=max(limit, 1), exact=True, consistency=CONSISTENT
+            )
         return {str(hit.value): int(hit.count) for hit in response.hits}
 
     def _count(self, collection: str, filter: models.Filter) -> int:
+        # A count takes no read consistency: it sees every acknowledged write because each write is applied
+        # on all of the shard's replicas before it is acknowledged (write_consistency_factor, see above).
         with self._store._engine():
             return self._client.count(collection, count_filter=filter, exact=True).count
 
@@ -533,13 +566,18 @@ class _ClientLog:
                 order_by=models.OrderBy(key=eventlog.TIMESTAMP_FIELD, direction=models.Direction.DESC),
                 with_payload=True,
                 with_vectors=False,
+                consistency=CONSISTENT,
             )
         return [dict(r.payload or {}) for r in records]
 
     def item_vectors(self, item_ids: Sequence[str]) -> dict[str, tuple[float, ...] | None]:
         with self._store._engine():
             records = self._client.retrieve(
-                self._store._items, ids=_item_pids(item_ids), with_payload=[ITEM_ID_FIELD], with_vectors=True
+                self._store._items,
+                ids=_item_pids(item_ids),
+                with_payload=[ITEM_ID_FIELD],
+                with_vectors=True,
+                consistency=CONSISTENT,
             )
         return {payload_item_id(r.payload): as_vector(r.vector) for r in records}
 
@@ -559,12 +597,19 @@ class _ClientLog:
         ]
         if operations:
             with self._store._engine():
-                self._client.batch_update_points(self._store._items, update_operations=operations, wait=True)
+                self._client.batch_update_points(
+                    self._store._items, update_operations=operations, wait=True, ordering=ORDERED
+                )
 
     def item_ids(self, offset: Any, limit: int) -> tuple[list[str], Any]:
         with self._store._engine():
             records, next_offset = self._client.scroll(
-                self._store._items, limit=limit, offset=offset, with_payload=[ITEM_ID_FIELD], with_vectors=False
+                self._store._items,
+                limit=limit,
+                offset=offset,
+                with_payload=[ITEM_ID_FIELD],
+                with_vectors=False,
+                consistency=CONSISTENT,
             )
         return [payload_item_id(r.payload) for r in records], next_offset
 
@@ -572,7 +617,11 @@ class _ClientLog:
         structs = [models.PointStruct(id=str(pid), vector={}, payload=payload) for pid, payload in points]
         with self._store._engine():
             self._client.upsert(
-                self._store._events, points=structs, update_mode=models.UpdateMode.INSERT_ONLY, wait=True
+                self._store._events,
+                points=structs,
+                update_mode=models.UpdateMode.INSERT_ONLY,
+                wait=True,
+                ordering=ORDERED,
             )
 
     def count_events(self, user_id: str) -> int:
@@ -600,6 +649,7 @@ class _ClientLog:
                     offset=offset,
                     with_payload=[eventlog.ITEM_FIELD],
                     with_vectors=False,
+                    consistency=CONSISTENT,
                 )
             out.extend((uuid.UUID(str(r.id)), str((r.payload or {})[eventlog.ITEM_FIELD])) for r in records)
             if offset is None:
@@ -608,13 +658,20 @@ class _ClientLog:
     def delete_events(self, point_ids: Sequence[uuid.UUID]) -> None:
         with self._store._engine():
             self._client.delete(
-                self._store._events, points_selector=models.PointIdsList(points=_pids(point_ids)), wait=True
+                self._store._events,
+                points_selector=models.PointIdsList(points=_pids(point_ids)),
+                wait=True,
+                ordering=ORDERED,
             )
 
     def read_user(self, user_id: str) -> tuple[dict[str, Any], tuple[float, ...] | None] | None:
         with self._store._engine():
             records = self._client.retrieve(
-                self._store._users, ids=[str(user_point_id(user_id))], with_payload=True, with_vectors=True
+                self._store._users,
+                ids=[str(user_point_id(user_id))],
+                with_payload=True,
+                with_vectors=True,
+                consistency=CONSISTENT,
             )
         return (dict(records[0].payload or {}), as_vector(records[0].vector)) if records else None
 
@@ -642,7 +699,7 @@ class _ClientLog:
             id=str(user_point_id(user_id)), vector=list(vector) if vector is not None else {}, payload=payload
         )
         with self._store._engine():
-            self._client.upsert(self._store._users, points=[point], update_filter=older, wait=True)
+            self._client.upsert(self._store._users, points=[point], update_filter=older, wait=True, ordering=ORDERED)
 
     def legacy_users(self, limit: int) -> list[dict[str, Any]]:
         unversioned = models.Filter(
@@ -651,7 +708,12 @@ class _ClientLog:
         )
         with self._store._engine():
             records, _ = self._client.scroll(
-                self._store._users, scroll_filter=unversioned, limit=limit, with_payload=True, with_vectors=False
+                self._store._users,
+                scroll_filter=unversioned,
+                limit=limit,
+                with_payload=True,
+                with_vectors=False,
+                consistency=CONSISTENT,
             )
         return [dict(r.payload or {}) for r in records]
 
@@ -662,7 +724,7 @@ class _ClientLog:
     def upsert_impression(self, point_id: uuid.UUID, payload: dict[str, Any]) -> None:
         point = models.PointStruct(id=str(point_id), vector={}, payload=payload)
         with self._store._engine():
-            self._client.upsert(self._store._feedback, points=[point], wait=True)
+            self._client.upsert(self._store._feedback, points=[point], wait=True, ordering=ORDERED)
 
     def impressions_of(self, recommendation_id: str) -> list[dict[str, Any]]:
         return self._scroll_all(self._store._feedback, _match(feedback.RECOMMENDATION_FIELD, recommendation_id))
@@ -678,6 +740,7 @@ class _ClientLog:
                 offset=start,
                 with_payload=True,
                 with_vectors=False,
+                consistency=CONSISTENT,
             )
         return [dict(r.payload or {}) for r in records], None if next_offset is None else str(next_offset)
 
@@ -699,6 +762,9 @@ class _ClientLog:
         if found:
             with self._store._engine():
                 self._client.delete(
-                    self._store._feedback, points_selector=models.FilterSelector(filter=of_user), wait=True
+                    self._store._feedback,
+                    points_selector=models.FilterSelector(filter=of_user),
+                    wait=True,
+                    ordering=ORDERED,
                 )
         return found

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from qdrant_client import QdrantClient
+from qdrant_client import QdrantClient, models
 
 from services.common.errors import InvalidArgumentError
 from services.retriever import feedback
@@ -108,6 +108,7 @@ def factory(backend: str, tmp_path: Path) -> Iterator[Factory]:
                 "items_collection": f"{suffix}_items",
                 "users_collection": f"{suffix}_users",
                 "feedback_collection": f"{suffix}_feedback",
+                "events_collection": f"{suffix}_events",
             }
             store = ClientVectorStore.from_url(QDRANT_URL, dimension=DIM, **names, **kwargs)
         opened.append(store)
@@ -119,7 +120,7 @@ def factory(backend: str, tmp_path: Path) -> Iterator[Factory]:
         store.close()
     if backend == "server":
         client = QdrantClient(url=QDRANT_URL)
-        for kind in ("items", "users", "feedback"):
+        for kind in ("items", "users", "feedback", "events"):
             client.delete_collection(f"{suffix}_{kind}")
         client.close()
 
@@ -511,6 +512,50 @@ def test_client_rejects_other_dimension(tmp_path: Path) -> None:
     ClientVectorStore.local(tmp_path / "c", dimension=DIM).close()
     with pytest.raises(DimensionMismatchError):
         ClientVectorStore.local(tmp_path / "c", dimension=DIM * 2)
+
+
+WRITES = {"upsert", "delete", "batch_update_points"}
+Call = tuple[str, str, dict[str, Any]]
+
+
+def _recorded(calls: list[Call], name: str, call: Callable[..., Any]) -> Callable[..., Any]:
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        calls.append((name, str(args[0] if args else kwargs["collection_name"]), kwargs))
+        return call(*args, **kwargs)
+
+    return recording
+
+
+def test_client_asks_a_cluster_for_ordered_writes_and_consistent_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the event log relies on from a replicated cluster (docs/reliability.md). Local mode accepts and
+    ignores these options, so the test records what the store asks of the client."""
+    client = QdrantClient(location=":memory:", force_disable_check_same_thread=True)
+    calls: list[Call] = []
+    for name in ("create_collection", *WRITES, "retrieve", "scroll", "facet"):
+        monkeypatch.setattr(client, name, _recorded(calls, name, getattr(client, name)))
+    store = ClientVectorStore(client, dimension=DIM, shard_number=2, replication_factor=2)
+    store.upsert_items(make_catalogue(4))
+    store.record_impression(_impression("r1", 1, "u", ["item-1", "item-2"], "exp", "a"))
+    store.append_user_events("u", [UserEvent("item-1", "purchase", 10.0, recommendation_id="r1")])
+    store.get_user("u")
+    store.get_impressions("r1")
+    store.list_impressions("exp", 10, "")
+    store.delete_user("u")
+    store.delete_items(["item-3"])
+    created = {collection: kwargs for name, collection, kwargs in calls if name == "create_collection"}
+    assert sorted(created) == ["events", "feedback", "items", "users"]
+    assert all(kwargs["write_consistency_factor"] == 2 for kwargs in created.values())
+    writes = [(name, collection, kwargs.get("ordering")) for name, collection, kwargs in calls if name in WRITES]
+    assert {name for name, _, _ in writes} == WRITES
+    assert [w for w in writes if w[2] is not models.WriteOrdering.STRONG] == []
+    log_reads = [
+        (name, collection, kwargs.get("consistency"))
+        for name, collection, kwargs in calls
+        if name in ("retrieve", "scroll", "facet") and collection != "items"
+    ]
+    assert {name for name, _, _ in log_reads} == {"retrieve", "scroll", "facet"}
+    assert [r for r in log_reads if r[2] is not models.ReadConsistencyType.MAJORITY] == []
+    client.close()
 
 
 # -- feedback log: impressions, attribution, shown counts --------------------------------------------------
