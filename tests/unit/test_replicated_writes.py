@@ -35,7 +35,10 @@ from services.gateway.model import HistoryEvent
 from services.retriever.app import SERVICE_NAME, RetrieverApp, open_store
 from services.retriever.client_store import ClientVectorStore
 from services.retriever.config import RetrieverSettings
+from services.retriever.eventlog import oldest_first
+from services.retriever.profiles import history_profile
 from services.retriever.servicer import RetrieverServicer
+from services.retriever.store import UserEvent
 from tests.conftest import REPO_ROOT, serving
 
 DIM = 8
@@ -43,6 +46,7 @@ USERS = [f"user-{n}" for n in range(5)]
 ITEMS = [f"item-{n}" for n in range(20)]
 WRITERS = 8
 CALLS_PER_WRITER = 20
+HALF_LIFE = 20.0
 QDRANT_URL = os.environ.get("RECSYS_TEST_QDRANT_URL", "")
 Stub = retriever_pb2_grpc.RetrieverServiceStub
 
@@ -79,11 +83,20 @@ async def _write_and_check(stubs: list[Stub], catalog: str) -> None:
             acknowledged.extend((user, e) for e in events)
 
     await asyncio.gather(*(writer(n) for n in range(WRITERS)))
+    vectors = {i.item_id: tuple(i.vector) for i in items}
     for user in USERS:
         expected = Counter(e.event_id for u, e in acknowledged if u == user)
+        history = oldest_first(
+            UserEvent(e.item_id, e.event_type, e.timestamp, e.weight, event_id=e.event_id)
+            for u, e in acknowledged
+            if u == user
+        )
+        from_scratch = history_profile(history, vectors, HALF_LIFE)
+        assert from_scratch is not None
         for stub in stubs:  # read-your-writes through either replica
             profile = (await stub.GetUserProfile(pb.GetUserProfileRequest(user_id=user, catalog=catalog))).profile
             assert Counter(e.event_id for e in profile.events) == expected
+            assert np.allclose(profile.vector, from_scratch, atol=1e-5), user
     found = await stubs[1].GetItems(pb.GetItemsRequest(item_ids=ITEMS, catalog=catalog))
     popularity = {i.item_id: int(i.payload["popularity"]) for i in found.items}
     assert popularity == {i: sum(1 for _, e in acknowledged if e.item_id == i) for i in ITEMS}
@@ -91,11 +104,11 @@ async def _write_and_check(stubs: list[Stub], catalog: str) -> None:
 
 async def test_two_replicas_in_one_process_on_one_local_engine(tmp_path: Path) -> None:
     client = QdrantClient(location=":memory:", force_disable_check_same_thread=True)
-    settings = RetrieverSettings(data_dir=tmp_path, dimension=DIM, max_history=1000)
+    settings = RetrieverSettings(data_dir=tmp_path, dimension=DIM, max_history=1000, half_life_events=HALF_LIFE)
     async with AsyncExitStack() as stack:
         stubs = []
         for _ in range(2):
-            store = ClientVectorStore(client, dimension=DIM, max_history=1000)
+            store = ClientVectorStore(client, dimension=DIM, max_history=1000, half_life_events=HALF_LIFE)
             channel = await stack.enter_async_context(serving(RetrieverApp(settings, store)))
             stubs.append(Stub(channel))
         await _write_and_check(stubs, "")
@@ -118,6 +131,7 @@ def _retriever_process(log: Path) -> Iterator[int]:
         "RETRIEVER_QDRANT_URL": QDRANT_URL,
         "RETRIEVER_DIMENSION": str(DIM),
         "RETRIEVER_MAX_HISTORY": "1000",
+        "RETRIEVER_HALF_LIFE_EVENTS": str(HALF_LIFE),
     }
     with log.open("wb") as out:
         process = subprocess.Popen(

@@ -6,6 +6,7 @@ the profile vector, in the attribution of what was shown."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import random
 import threading
 from collections import Counter
@@ -16,6 +17,8 @@ import numpy as np
 import pytest
 from qdrant_client import QdrantClient
 
+from services.gateway import experiments
+from services.gateway.model import Impression as GatewayImpression
 from services.retriever.client_store import ClientVectorStore
 from services.retriever.edge_store import EdgeVectorStore, _EdgeLog
 from services.retriever.eventlog import EventLog
@@ -132,3 +135,89 @@ def test_two_replicas_one_store_count_every_event_once(replicas: tuple[VectorSto
         f"vectors differ from the ones computed from scratch; {engaged_off} attributions wrong"
     )
     assert (missing, doubled, len(popularity_off), profiles_off, engaged_off) == (0, 0, 0, 0, 0), report
+
+
+EXPERIMENT = "ranker-v2"
+ARMS = ("control", "treatment")
+PAGES_PER_THREAD = 15
+
+
+def test_experiment_report_equals_a_hand_count_under_concurrent_writers(
+    replicas: tuple[VectorStore, VectorStore],
+) -> None:
+    """Both replicas record an experiment's pages and the clicks and purchases on them at once, some calls
+    repeated on the other replica: the report from the stored impressions equals a count of what was sent."""
+    replicas[0].upsert_items(catalogue())
+    sent: list[tuple[Impression, list[UserEvent]]] = []
+    lock = threading.Lock()
+    failures: list[BaseException] = []
+
+    def writer(thread: int) -> None:
+        rng = random.Random(100 + thread)
+        try:
+            for call in range(PAGES_PER_THREAD):
+                user = rng.choice(USERS)
+                first, other = replicas[(thread + call) % 2], replicas[(thread + call + 1) % 2]
+                rid = f"t{thread}-r{call}"
+                page = Impression(
+                    rid,
+                    1,
+                    user,
+                    tuple(rng.sample(ITEMS, 4)),
+                    experiment=EXPERIMENT,
+                    arm=rng.choice(ARMS),
+                    timestamp=100.0 + thread * 1000 + call,
+                )
+                first.record_impression(page)
+                if rng.random() < RETRY_SHARE:
+                    other.record_impression(page)
+                acted = rng.sample(page.item_ids, rng.randint(0, 2))
+                if rng.random() < 0.2:  # naming the recommendation, but not shown on it: attributed to nothing
+                    acted.append(rng.choice([i for i in ITEMS if i not in page.item_ids]))
+                events = [
+                    UserEvent(item, rng.choice(("click", "purchase")), page.timestamp + 0.5, 1.0, rid, f"{rid}-e{n}")
+                    for n, item in enumerate(acted)
+                ]
+                if events:
+                    other.append_user_events(user, events)  # the click reaches the other replica
+                    if rng.random() < RETRY_SHARE:
+                        first.append_user_events(user, events)
+                with lock:
+                    sent.append((page, events))
+        except BaseException as error:  # reported below, so a crash shows as a failure rather than a hang
+            failures.append(error)
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures, failures
+
+    stored: list[Impression] = []
+    token = ""
+    while True:
+        page_of_list, token = replicas[1].list_impressions(EXPERIMENT, 50, token)
+        stored.extend(page_of_list)
+        if not token:
+            break
+    rows = experiments.report(EXPERIMENT, ARMS, [GatewayImpression(**dataclasses.asdict(i)) for i in stored])
+    reported = [(r.arm, r.users, r.impressions, r.items_shown, r.engaged, r.converted) for r in rows]
+    by_hand = []
+    for arm in ARMS:
+        of_arm = [(page, events) for page, events in sent if page.arm == arm]
+        by_hand.append(
+            (
+                arm,
+                len({page.user_id for page, _ in of_arm}),
+                len(of_arm),
+                sum(len(page.item_ids) for page, _ in of_arm),
+                sum(1 for page, events in of_arm if any(e.item_id in page.item_ids for e in events)),
+                sum(
+                    1
+                    for page, events in of_arm
+                    if any(e.item_id in page.item_ids and e.event_type == "purchase" for e in events)
+                ),
+            )
+        )
+    assert reported == by_hand
