@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
+import scipy.linalg
 import scipy.sparse as sp
 import torch
 from torch import Tensor
@@ -56,10 +57,24 @@ def gram(train: Sequence[Sequence[int]], n_items: int) -> sp.csr_matrix:
     return g
 
 
+def symmetric_inverse(a: np.ndarray) -> np.ndarray:
+    """The inverse of a symmetric matrix: by Cholesky in float32 when it is positive definite (X'X + lam I always
+    is), else by LU in float64 (side information can make X'X + w N + lam I indefinite). At 4,385 items the
+    Cholesky path took 0.56 s against 3.3 s for np.linalg.inv, relative difference 4e-7."""
+    factor, info = scipy.linalg.lapack.spotrf(a.astype(np.float32), lower=False, clean=False)
+    if info == 0:
+        inverse, info = scipy.linalg.lapack.spotri(factor, lower=False)
+    if info != 0:
+        return np.linalg.inv(a)
+    upper = np.triu(inverse)
+    out: np.ndarray = upper + np.triu(upper, 1).T  # potri fills one triangle
+    return out
+
+
 def ease(g: np.ndarray, lam: float) -> Tensor:
     """Dense EASE (Steck 2019): B = I - P diag(1/diag(P)) with P = (X'X + lam I)^-1, zero diagonal. The exact
     form, for the EASE baseline and as the reference :func:`neighbourhood_ease` is measured against."""
-    p = np.linalg.inv(g + lam * np.eye(g.shape[0]))
+    p = symmetric_inverse(g + lam * np.eye(g.shape[0]))
     b = -p / np.diag(p)[None, :]
     np.fill_diagonal(b, 0.0)
     return torch.from_numpy(b.astype(np.float32))

@@ -17,6 +17,7 @@ from services.ranker.graph import (
     nearest_by_text,
     neighbourhood_ease,
     neighbourhoods,
+    symmetric_inverse,
 )
 from services.ranker.model import ItemGraph
 
@@ -93,3 +94,15 @@ def test_the_sparse_path_to_the_served_graph_equals_the_dense_one() -> None:
         dense = ItemGraph.from_dense(weights, keep)
         sparse = ItemGraph.from_sparse(sp.csr_matrix(weights.numpy()), keep)
         assert torch.equal(dense.transposed.to_dense(), sparse.transposed.to_dense())
+
+
+def test_symmetric_inverse_takes_cholesky_when_it_can_and_lu_when_it_must() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.random((200, 40))
+    definite = x @ x.T + 2 * np.eye(200)  # X'X + lam I
+    indefinite = definite.copy()
+    indefinite[0, 1] = indefinite[1, 0] = 1e3  # large side information can make it so
+    for a, tolerance in ((definite, 1e-4), (indefinite, 1e-9)):
+        inverse = symmetric_inverse(a)
+        assert np.allclose(inverse, inverse.T)
+        assert np.abs(inverse @ a - np.eye(200)).max() < tolerance
