@@ -24,8 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import REPO, machine, machine_line, table, write_json
 from services.cli.training import embed_items
 from services.datasets.loaders import load_dataset
-from services.evaluation.baselines import evaluate, unseen_items
-from services.evaluation.splits import Split, filter_dataset, make_split
+from services.evaluation.splits import filter_dataset, make_split
 from services.ranker.graph import (
     TEXT_NEIGHBOURS,
     GraphChoice,
@@ -37,6 +36,8 @@ from services.ranker.graph import (
     neighbourhood_ease,
     neighbourhoods,
 )
+from services.ranker.scoring import evaluate, unseen_items
+from services.ranker.splits import Split
 
 DATA = REPO.parent / "shared" / "data"
 

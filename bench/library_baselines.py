@@ -19,18 +19,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import machine, machine_line, table, write_json
 from bench.graph_accuracy import DATA, RECIPES
 from services.datasets.loaders import load_dataset
-from services.evaluation.baselines import (
-    KNN_NEIGHBOURS,
-    ItemItemScorer,
-    Scorer,
-    evaluate,
-    item_knn,
-    tune,
-    unseen_items,
-)
+from services.evaluation.baselines import KNN_NEIGHBOURS, item_knn
 from services.evaluation.library import LIBRARY_MODELS, ItemWeightsScorer, implicit_itemknn
-from services.evaluation.splits import Split, filter_dataset, make_split
+from services.evaluation.splits import filter_dataset, make_split
 from services.ranker.graph import EASE_LAMBDAS, ease, gram
+from services.ranker.scoring import ItemItemScorer, Scorer, evaluate, tune, unseen_items
+from services.ranker.splits import Split
 
 
 def without_self(scorer: ItemWeightsScorer) -> ItemWeightsScorer:

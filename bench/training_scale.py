@@ -39,9 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import REPO, RESULTS, machine, machine_line, table, write_json
 from services.cli.training import embed_items
 from services.datasets.loaders import CatalogItem, Dataset, Interaction
-from services.evaluation.splits import Split, loo_split
 from services.ranker.checkpoints import load_scorer, save_checkpoint
 from services.ranker.graph import fit_graph_weights
+from services.ranker.splits import Split, loo_split
 from services.ranker.training import (
     TrainConfig,
     TrainResult,

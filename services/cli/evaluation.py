@@ -20,9 +20,10 @@ from services.evaluation.queries import ROWS, query_evaluation
 from services.evaluation.report import plot, table, write_json
 from services.evaluation.runner import run_evaluation
 from services.evaluation.served import served_evaluation
-from services.evaluation.splits import Split, filter_dataset, make_split
+from services.evaluation.splits import filter_dataset, make_split
 from services.gateway.config import GatewaySettings
 from services.ranker.checkpoints import latest_checkpoint, load_scorer
+from services.ranker.splits import Split
 from services.ranker.training import TrainConfig
 
 MASKS = {"both": (True, False), "masked": (True,), "unmasked": (False,)}

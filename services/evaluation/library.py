@@ -18,9 +18,10 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
-from services.evaluation.baselines import KNN_NEIGHBOURS, Scorer, tune
-from services.evaluation.splits import Split
+from services.evaluation.baselines import KNN_NEIGHBOURS
 from services.ranker.graph import EASE_LAMBDAS
+from services.ranker.scoring import Scorer, tune
+from services.ranker.splits import Split
 
 # ALS (Hu, Koren and Volinsky 2008) on binary data: factors and L2 weight; alpha scales the confidence of a positive.
 ALS_SETTINGS = tuple((f, r, a) for f in (64, 128, 256) for r in (0.01, 0.1) for a in (1.0, 10.0))

@@ -28,9 +28,9 @@ from tqdm.auto import tqdm
 
 from recsys_client import RecsysClient
 from services.datasets.loaders import CatalogItem
-from services.evaluation.metrics import per_user_metrics
 from services.evaluation.served import delete_user, history_events, sample_cases
-from services.evaluation.splits import Case, Split
+from services.ranker.metrics import per_user_metrics
+from services.ranker.splits import Case, Split
 
 ROWS = ("search only", "recommend only", "personalised+query")
 K = 10

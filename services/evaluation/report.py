@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from services.evaluation.metrics import METRICS
 from services.evaluation.runner import MODELS, RunResult
+from services.ranker.metrics import METRICS
 
 
 def _groups(result: RunResult) -> list[tuple[str, bool]]:

@@ -20,23 +20,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from services.evaluation.baselines import (
-    KNN_NEIGHBOURS,
-    BlendScorer,
-    ItemItemScorer,
-    Scorer,
-    TextScorer,
-    evaluate,
-    item_knn,
-    popularity,
-    tune,
-    unit_rows,
-    unseen_items,
-)
+from services.evaluation.baselines import KNN_NEIGHBOURS, BlendScorer, item_knn, popularity
 from services.evaluation.library import LIBRARY_MODELS
-from services.evaluation.metrics import KS
-from services.evaluation.splits import Split, cold_start
+from services.evaluation.splits import cold_start
 from services.ranker.graph import EASE_LAMBDAS, ease, fit_graph_weights, gram
+from services.ranker.metrics import KS
+from services.ranker.scoring import ItemItemScorer, Scorer, TextScorer, evaluate, tune, unit_rows, unseen_items
+from services.ranker.splits import Split
 from services.ranker.training import (
     CatalogScorer,
     TrainConfig,

@@ -25,10 +25,10 @@ from tqdm.auto import tqdm
 
 from recsys.retriever.v1 import retriever_pb2, retriever_pb2_grpc
 from recsys_client import Event, NotFoundError, RecsysClient
-from services.evaluation.baselines import evaluate
-from services.evaluation.metrics import KS, per_user_metrics
-from services.evaluation.splits import Case, Split
+from services.ranker.metrics import KS, per_user_metrics
 from services.ranker.model import RankerScorer
+from services.ranker.scoring import evaluate
+from services.ranker.splits import Case, Split
 from services.ranker.training import CatalogScorer
 
 BASE_TIME = 1_600_000_000  # event times: a fixed start plus the history position, so replays are identical

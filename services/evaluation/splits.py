@@ -1,7 +1,7 @@
 """Evaluation protocols: how a data set becomes training sequences and validation/test cases.
 
-Items are 0-based indexes into ``Split.item_ids`` (the catalog order). A case is one user's history (time order)
-and the item(s) to find. No protocol ever puts a validation or test target into training data.
+The types and the leave-one-out split are the ranker's own (:mod:`services.ranker.splits`); this module adds the
+protocols only the evaluation uses. No protocol ever puts a validation or test target into training data.
 
 - ``loo``: per user, by time: the last item is the test target, the one before the validation target, the rest is
   training data. For the benchmark format this is exactly its shipped split (``test.inter`` holds each user's
@@ -17,33 +17,13 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 from services.datasets.loaders import Dataset, Interaction
+from services.ranker.splits import Case, Split, indexed_sequences, loo_split
 
 PROTOCOLS = ("loo", "ratio")
-
-
-@dataclass(frozen=True)
-class Case:
-    user_id: str
-    history: tuple[int, ...]  # time order
-    targets: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class Split:
-    protocol: str
-    item_ids: tuple[str, ...]
-    train: tuple[tuple[int, ...], ...]  # one time-ordered sequence per user (users without training data left out)
-    val: tuple[Case, ...]
-    test: tuple[Case, ...]
-    cold_items: frozenset[int] = field(default_factory=frozenset)
-
-    @property
-    def n_items(self) -> int:
-        return len(self.item_ids)
 
 
 def filter_dataset(dataset: Dataset, min_rating: float | None = None, core: int = 0) -> Dataset:
@@ -65,24 +45,6 @@ def filter_dataset(dataset: Dataset, min_rating: float | None = None, core: int 
         items=tuple(i for i in dataset.items if i.item_id in used) if core > 0 else dataset.items,
         interactions=tuple(kept),
     )
-
-
-def _indexed(dataset: Dataset) -> tuple[tuple[str, ...], dict[str, list[int]]]:
-    item_ids = tuple(item.item_id for item in dataset.items)
-    index = {item_id: i for i, item_id in enumerate(item_ids)}
-    return item_ids, {user: [index[i] for i in seq] for user, seq in dataset.sequences().items()}
-
-
-def loo_split(dataset: Dataset) -> Split:
-    item_ids, sequences = _indexed(dataset)
-    train, val, test = [], [], []
-    for user, seq in sequences.items():
-        if len(seq) >= 2:
-            test.append(Case(user, tuple(seq[:-1]), (seq[-1],)))
-        if len(seq) >= 3:
-            val.append(Case(user, tuple(seq[:-2]), (seq[-2],)))
-        train.append(tuple(seq[:-2] if len(seq) >= 3 else seq[:1]))
-    return Split("loo", item_ids, tuple(train), tuple(val), tuple(test))
 
 
 def benchmark_split(dataset: Dataset, path: Path) -> Split:
@@ -132,7 +94,7 @@ def _ratio_counts(total: int, ratios: Sequence[float] = (0.8, 0.1, 0.1)) -> list
 
 
 def ratio_split(dataset: Dataset, seed: int) -> Split:
-    item_ids, sequences = _indexed(dataset)
+    item_ids, sequences = indexed_sequences(dataset)
     rng = random.Random(seed)
     train, val, test = [], [], []
     for user, seq in sequences.items():

@@ -27,9 +27,9 @@ import scipy.sparse as sp
 import torch
 from torch import Tensor
 
-from services.evaluation.baselines import ItemItemScorer, tune, unseen_items
-from services.evaluation.splits import Case, Split
 from services.ranker.model import ItemGraph
+from services.ranker.scoring import ItemItemScorer, tune, unseen_items
+from services.ranker.splits import Case, Split
 
 EASE_LAMBDAS = (25.0, 50.0, 100.0, 200.0, 400.0, 800.0)
 TEXT_NEIGHBOURS = (5, 10, 20)

@@ -1,6 +1,6 @@
 """Train the ranker: the sequential transformer, the item graph and the fusion weights, all picked on validation.
 
-Split (by time, per user, :func:`services.evaluation.splits.loo_split`): the last item is the test target, the one
+Split (by time, per user, :func:`services.ranker.splits.loo_split`): the last item is the test target, the one
 before the validation target, the rest is training data. Every training prefix predicts its next item with a full
 softmax over the known catalog items. Early stopping watches validation NDCG@10 (full ranking, seen items masked).
 Then the item graph is fitted on the same training data: EASE on the co-occurrence counts plus each item's nearest
@@ -26,12 +26,12 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from services.datasets.loaders import Dataset
-from services.evaluation.baselines import TextScorer, evaluate, unit_rows
-from services.evaluation.metrics import MetricSums
-from services.evaluation.splits import Split, loo_split
 from services.ranker import distributed
 from services.ranker.graph import GraphChoice, fit_graph_weights, item_graph
+from services.ranker.metrics import MetricSums
 from services.ranker.model import Fusion, ItemGraph, ModelConfig, RankerModel, RankerScorer
+from services.ranker.scoring import TextScorer, evaluate, unit_rows
+from services.ranker.splits import Split, loo_split
 
 T = TypeVar("T")
 ItemVectors = Mapping[str, np.ndarray] | tuple[Sequence[str], np.ndarray]

@@ -13,8 +13,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from services.datasets.loaders import CatalogItem, Dataset, Interaction
-from services.evaluation.baselines import evaluate
-from services.evaluation.splits import loo_split
+from services.ranker.scoring import evaluate
+from services.ranker.splits import loo_split
 from services.ranker.training import CatalogScorer, TrainConfig, fit_sequence_model
 
 CONFIG = TrainConfig(dim=32, layers=1, heads=1, max_len=10, max_epochs=6, patience=6, batch_size=32, seed=5)

@@ -11,12 +11,14 @@ import pytest
 import torch
 
 from services.datasets.loaders import CatalogItem, Dataset, Interaction
-from services.evaluation.baselines import ItemItemScorer, evaluate, item_knn
-from services.evaluation.metrics import MetricSums, per_user_metrics, target_ranks
+from services.evaluation.baselines import item_knn
 from services.evaluation.report import plot, table, write_json
 from services.evaluation.runner import MODELS, run_evaluation
-from services.evaluation.splits import cold_start, filter_dataset, loo_split, ratio_split
+from services.evaluation.splits import cold_start, filter_dataset, ratio_split
 from services.ranker.graph import ease, gram
+from services.ranker.metrics import MetricSums, per_user_metrics, target_ranks
+from services.ranker.scoring import ItemItemScorer, evaluate
+from services.ranker.splits import loo_split
 from services.ranker.training import TrainConfig
 
 TINY = TrainConfig(dim=16, layers=1, heads=1, max_len=10, max_epochs=2, batch_size=64, seed=0, tune_users=200)

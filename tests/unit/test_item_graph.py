@@ -7,8 +7,6 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from services.evaluation.baselines import evaluate, unseen_items
-from services.evaluation.splits import Case, Split
 from services.ranker.graph import (
     GraphScorer,
     ease,
@@ -20,6 +18,8 @@ from services.ranker.graph import (
     symmetric_inverse,
 )
 from services.ranker.model import ItemGraph
+from services.ranker.scoring import evaluate, unseen_items
+from services.ranker.splits import Case, Split
 
 
 def _clustered(n_items: int = 120, n_users: int = 400, seed: int = 0) -> tuple[Split, np.ndarray]:

@@ -9,7 +9,7 @@ import numpy as np
 
 from services.datasets.loaders import CatalogItem
 from services.evaluation.queries import derive_queries, query_fidelity, strong_cosine, title_words
-from services.evaluation.splits import Case
+from services.ranker.splits import Case
 
 GLUE = CatalogItem(
     "g1", "Gorilla Original Gorilla Glue, Waterproof Polyurethane Glue, 8 ounce Bottle", "", ("Tapes", "Adhesives")

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from services.datasets.loaders import CatalogItem, Dataset, Interaction, load_dataset
-from services.evaluation.splits import Case, Split, loo_split
 from services.ranker.checkpoints import latest_checkpoint, load_scorer, save_checkpoint
 from services.ranker.graph import fit_graph_weights, text_neighbours
 from services.ranker.model import (
@@ -21,6 +20,7 @@ from services.ranker.model import (
     ScoreRequest,
     recency_weights,
 )
+from services.ranker.splits import Case, Split, loo_split
 from services.ranker.training import TrainConfig, TrainResult, train_ranker
 
 SCIENTIFIC = Path(os.environ.get("RECSYS_DATA_DIR", Path(__file__).resolve().parents[3] / "shared" / "data")) / (

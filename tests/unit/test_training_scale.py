@@ -11,8 +11,9 @@ import numpy as np
 
 from bench.training_scale import run_catalog
 from services.datasets.loaders import CatalogItem, Dataset, Interaction
-from services.evaluation.baselines import evaluate, popularity
-from services.evaluation.splits import loo_split
+from services.evaluation.baselines import popularity
+from services.ranker.scoring import evaluate
+from services.ranker.splits import loo_split
 from services.ranker.training import CatalogScorer, TrainConfig, fit_sequence_model, sample_cases
 
 SMALL = TrainConfig(dim=32, layers=1, heads=1, max_len=20, max_epochs=4, patience=4, batch_size=64, seed=3)
