@@ -58,6 +58,9 @@ class CheckpointMetadata:
     best_epoch: int
     train_seconds: float
     format_version: int = FORMAT_VERSION
+    # The encoder version whose vectors the model was trained on (services/embedding/versions.py); empty: the base
+    # model, as for every checkpoint written before versions existed.
+    encoder_version: str = ""
 
     @classmethod
     def from_file(cls, path: Path) -> CheckpointMetadata:
@@ -65,8 +68,16 @@ class CheckpointMetadata:
         return cls(**data)
 
 
-def save_checkpoint(root: Path, result: TrainResult, *, embedding_model_id: str, now: datetime | None = None) -> Path:
-    """Write ``result`` as a new version under ``root``; return the version folder."""
+def save_checkpoint(
+    root: Path,
+    result: TrainResult,
+    *,
+    embedding_model_id: str,
+    encoder_version: str = "",
+    now: datetime | None = None,
+) -> Path:
+    """Write ``result`` as a new version under ``root``; return the version folder. ``encoder_version`` names
+    the encoder the item vectors came from (empty: the base model)."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     created = (now or datetime.now(UTC)).astimezone(UTC)
@@ -98,6 +109,7 @@ def save_checkpoint(root: Path, result: TrainResult, *, embedding_model_id: str,
         epochs=result.epochs,
         best_epoch=result.best_epoch,
         train_seconds=round(result.seconds, 3),
+        encoder_version=encoder_version,
     )
     final = root / version
     if final.exists():
