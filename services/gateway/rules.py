@@ -243,6 +243,11 @@ def place_pins(page: Sequence[str], pins: Sequence[Pin], k: int) -> list[tuple[s
     return placed
 
 
+def uses_categories(rules: Rules, item_filter: ItemFilter) -> bool:
+    """Whether a request has a category rule that :func:`category_warnings` can warn about."""
+    return bool(item_filter.categories_any) or rules.max_per_category > 0 or any(b.category for b in rules.boosts)
+
+
 def category_warnings(
     rules: Rules, item_filter: ItemFilter, candidate_categories: Sequence[Sequence[str]]
 ) -> tuple[str, ...]:
