@@ -12,6 +12,11 @@ write survives a kill -9 of the process. A crash of the machine loses what the k
 `sync_writes=True` closes that gap by flushing the shards before a write is acknowledged, one flush shared by
 every writer waiting at that moment (group commit; cost in docs/reliability.md).
 
+Vectors of search results come from a cache of float32 rows by item id (`VectorCache`), filled from the shard on a
+miss: the engine hands a vector out as Python floats, which cost more than the search that found it. This store
+is the shard's only writer, so the cache stays exact: an upsert replaces an item's row and a delete drops it,
+both under `_write_lock`, which a miss's fill takes too.
+
 Locking: item writes take `_write_lock` (an index swap replays the items written during its build under it);
 searches and reads share `_rw`, which only an index swap takes exclusively. Users, events and impressions need
 no lock of ours (`eventlog.py`): the engine is safe for concurrent reads and writes, and the data model needs
@@ -29,6 +34,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -84,6 +90,7 @@ from services.retriever.store import (
     UserEvent,
     UserProfile,
     as_vector,
+    float32_vector,
     in_requested_order,
     item_payload,
     item_point_id,
@@ -117,6 +124,36 @@ _SCHEMA_TYPES: Mapping[FieldType, Any] = {
     FieldType.INTEGER: PayloadSchemaType.Integer,
     FieldType.BOOL: PayloadSchemaType.Bool,
 }
+
+
+class VectorCache:
+    """Float32 vectors by item id, at most `capacity` of them (the oldest written go first). Not locked: the
+    store fills and changes it under its write lock, and a read of a dict entry is atomic."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._rows: dict[str, np.ndarray] = {}
+
+    def get(self, item_id: str) -> np.ndarray | None:
+        return self._rows.get(item_id)
+
+    def __contains__(self, item_id: object) -> bool:
+        return item_id in self._rows
+
+    def put(self, item_id: str, vector: np.ndarray) -> None:
+        if self._capacity <= 0:
+            return
+        self._rows.pop(item_id, None)  # a rewritten item moves to the newest end
+        self._rows[item_id] = vector
+        while len(self._rows) > self._capacity:
+            self._rows.pop(next(iter(self._rows)))
+
+    def drop(self, item_ids: Iterable[str]) -> None:
+        for item_id in item_ids:
+            self._rows.pop(item_id, None)
+
+    def __len__(self) -> int:
+        return len(self._rows)
 
 
 def to_edge_filter(
@@ -200,6 +237,7 @@ class EdgeVectorStore:
         index_build_timeout_s: float = 3600.0,
         sync_writes: bool = False,
         rebuild_unindexed: int | None = None,
+        vector_cache_items: int = 100_000,
     ) -> None:
         validate_store_settings(dimension, max_history, half_life_events)
         if schema.get(POPULARITY_FIELD, FieldType.INTEGER) is not FieldType.INTEGER:
@@ -218,6 +256,7 @@ class EdgeVectorStore:
         self._events_dir = self._dir / "events"
         self._write_lock = threading.RLock()
         self._rw = ReadWriteLock()
+        self._vectors = VectorCache(vector_cache_items)
         self._closed = False
         # Item ids written since the index build copied the shard (None when no build is in flight).
         self._dirty: set[str] | None = None
@@ -375,6 +414,9 @@ class EdgeVectorStore:
             ]
             self._items.update(UpdateOperation.upsert_points(points))
             self._mark_dirty(item.item_id for item in valid)
+            for item in valid:
+                if item.vector is not None:
+                    self._vectors.put(item.item_id, np.asarray(item.vector, dtype=np.float32))
         # The popularity read above may be older than an event counted meanwhile (by this or another writer).
         self._log.refresh_popularity([item.item_id for item in valid])
         self._durable()
@@ -390,6 +432,7 @@ class EdgeVectorStore:
             found = len(self._items.retrieve(point_ids, False, False))
             self._items.update(UpdateOperation.delete_points(point_ids))
             self._mark_dirty(wanted)
+            self._vectors.drop(wanted)
         self._durable()
         return found
 
@@ -430,17 +473,39 @@ class EdgeVectorStore:
                     q.filter, [item_point_id(i) for i in q.exclude_ids], [item_point_id(i) for i in q.only_ids]
                 ),
                 with_payload=True,
-                with_vector=q.with_vectors,
+                with_vector=False,  # from the cache
             )
             for q in queries
         ]
         with self._rw.read():
             self._check_open()
             results = self._items.query_batch(QueryBatchRequest(requests))
+        found = [[scored_item(p, p.score, False) for p in points] for points in results]
+        wanted = unique([i.item_id for q, items in zip(queries, found, strict=True) if q.with_vectors for i in items])
+        vectors = {i: v for i in wanted if (v := self._vectors.get(i)) is not None}
+        vectors.update(self._read_vectors([i for i in wanted if i not in vectors]))
         return [
-            [scored_item(p, p.score, q.with_vectors) for p in points]
-            for q, points in zip(queries, results, strict=True)
+            [replace(i, vector=vectors.get(i.item_id)) for i in items] if q.with_vectors else items
+            for q, items in zip(queries, found, strict=True)
         ]
+
+    def _read_vectors(self, item_ids: Sequence[str]) -> dict[str, np.ndarray]:
+        """The vectors of `item_ids` from the shard, kept in the cache too. Under the write lock: a write that
+        lands between the read and the fill would otherwise be overwritten in the cache by the vector it replaced."""
+        out: dict[str, np.ndarray] = {}
+        if not item_ids:
+            return out
+        with self._write_lock:
+            for start in range(0, len(item_ids), 1000):
+                chunk = item_ids[start : start + 1000]
+                with self._rw.read():
+                    records = self._items.retrieve(_item_pids(chunk), True, True)
+                for record in records:
+                    vector = float32_vector(record.vector)
+                    if vector is not None:
+                        out[payload_item_id(record.payload)] = vector
+                        self._vectors.put(payload_item_id(record.payload), vector)
+        return out
 
     def recommend(
         self,

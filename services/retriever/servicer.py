@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import struct
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
 from typing import Any
 
 import grpc
@@ -45,29 +43,22 @@ def to_filter(message: pb.Filter) -> Filter:
 
 
 def _scored(item: ScoredItem) -> pb.ScoredItem:
-    return pb.ScoredItem(
-        item_id=item.item_id, score=item.score, payload=_struct(item.payload), vector=item.vector or ()
-    )
+    vector = item.vector.tolist() if item.vector is not None else ()
+    return pb.ScoredItem(item_id=item.item_id, score=item.score, payload=_struct(item.payload), vector=vector)
 
 
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
 
 
-@lru_cache(maxsize=8)
-def _float32_row(width: int) -> struct.Struct:
-    return struct.Struct(f"<{width}f")
-
-
 def _packed(item: ScoredItem) -> pb.ScoredItem:
     # Struct and repeated float are filled value by value in Python: for ~200 candidates with vectors that was
-    # 7 ms per SearchItems; JSON bytes and float32 bytes take 2 ms, and as little to read. struct packs the
-    # engine's tuple of floats in 2.1 us against numpy's 4.7 (384 values), and this runs for every candidate.
+    # 7 ms per SearchItems; JSON bytes and float32 bytes take 2 ms, and as little to read.
     vector = item.vector
     return pb.ScoredItem(
         item_id=item.item_id,
         score=item.score,
         payload_json=_COMPACT_JSON.encode(item.payload).encode(),
-        vector_f32=_float32_row(len(vector)).pack(*vector) if vector else b"",
+        vector_f32=vector.astype("<f4", copy=False).tobytes() if vector is not None else b"",
     )
 
 

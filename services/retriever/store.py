@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
+
 from services.common.errors import InvalidArgumentError, NotFoundError
 from services.common.input_rules import check_id
 
@@ -135,12 +137,14 @@ class Filter:
 
 @dataclass(frozen=True, slots=True)
 class ScoredItem:
-    """One result: cosine similarity for search and recommend, popularity for `popular`."""
+    """One result: cosine similarity for search and recommend, popularity for `popular`. The vector (when asked
+    for) is a float32 array: it leaves the process as bytes, and turning it into 384 Python floats on the way was
+    half of a search's cost."""
 
     item_id: str
     score: float
     payload: Mapping[str, Any]
-    vector: tuple[float, ...] | None = None
+    vector: np.ndarray | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -504,7 +508,9 @@ def public_payload(payload: Mapping[str, Any] | None) -> dict[str, Any]:
     """The payload shown to callers: without the internal id field."""
     if not payload:
         return {}
-    return {k: v for k, v in payload.items() if k != ITEM_ID_FIELD}
+    public = dict(payload)
+    public.pop(ITEM_ID_FIELD, None)
+    return public
 
 
 def as_vector(raw: object) -> tuple[float, ...] | None:
@@ -602,11 +608,17 @@ def payload_item_id(payload: Mapping[str, Any] | None) -> str:
     return str((payload or {}).get(ITEM_ID_FIELD, ""))
 
 
+def float32_vector(raw: object) -> np.ndarray | None:
+    """An engine record's default vector as a float32 array, or None."""
+    vector = as_vector(raw)
+    return None if vector is None else np.asarray(vector, dtype=np.float32)
+
+
 def scored_item(point: Any, score: float, with_vector: bool) -> ScoredItem:
     """A result from either engine's point type (both carry `.payload` and `.vector`)."""
     return ScoredItem(
         item_id=payload_item_id(point.payload),
         score=float(score),
         payload=public_payload(point.payload),
-        vector=as_vector(point.vector) if with_vector else None,
+        vector=float32_vector(point.vector) if with_vector else None,
     )

@@ -214,6 +214,40 @@ def test_search_orders_by_cosine(store: VectorStore, catalogue: list[Item]) -> N
     assert with_vec.vector is not None and len(with_vec.vector) == DIM
 
 
+def test_search_results_carry_each_item_s_current_vector(store: VectorStore, catalogue: list[Item]) -> None:
+    """A vector read once (the embedded engine keeps it as float32) still follows an upsert and a delete."""
+    first = catalogue[0]
+    query = SearchQuery(vector=list(first.vector or ()), limit=3, with_vectors=True)
+    hit = store.search([query])[0][0]
+    assert hit.item_id == first.item_id and hit.vector is not None
+    assert hit.vector.dtype == np.float32 and np.allclose(unit(hit.vector), unit(first.vector), atol=1e-6)
+    moved = basis(7)
+    store.upsert_items([Item(first.item_id, moved, first.payload)])
+    again = store.search([SearchQuery(vector=list(moved), limit=1, with_vectors=True)])[0][0]
+    assert again.item_id == first.item_id and again.vector is not None
+    assert np.allclose(unit(again.vector), unit(moved), atol=1e-6)
+    store.delete_items([first.item_id])
+    hits = store.search([SearchQuery(vector=list(moved), limit=len(catalogue), with_vectors=True)])[0]
+    assert first.item_id not in {h.item_id for h in hits}
+    assert all(h.vector is not None and len(h.vector) == DIM for h in hits)
+
+
+def test_edge_vector_cache_smaller_than_the_results_stays_exact(tmp_path: Path) -> None:
+    store = EdgeVectorStore(tmp_path / "edge", DIM, vector_cache_items=3)
+    try:
+        items = make_catalogue(12)
+        store.upsert_items(items)
+        by_id = {item.item_id: item for item in items}
+        for item in items[:4]:
+            hits = store.search([SearchQuery(vector=list(item.vector or ()), limit=10, with_vectors=True)])[0]
+            assert len(hits) == 10
+            for hit in hits:
+                assert hit.vector is not None
+                assert np.allclose(unit(hit.vector), unit(by_id[hit.item_id].vector), atol=1e-6)
+    finally:
+        store.close()
+
+
 @pytest.mark.parametrize(
     ("flt", "check"),
     [
