@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import machine, machine_line, median, table, write_json
 from recsys.embedding.v1 import embedding_pb2
+from services.embedding.embedder import Embedded
 from services.embedding.encoder import EncodedText
 from services.embedding.servicer import EmbeddingServicer
 from services.gateway.backends import embedding_matrix
@@ -35,8 +36,8 @@ class PrecomputedEmbedder:
         self._encoded = list(encoded)
         self.encoder = SimpleNamespace(model_id="sentence-transformers/all-MiniLM-L6-v2", dimension=dimension)
 
-    async def embed(self, texts: Sequence[str]) -> list[EncodedText]:
-        return self._encoded[: len(texts)]
+    async def embed(self, texts: Sequence[str], version: str = "") -> Embedded:
+        return Embedded(version, self.encoder.model_id, self._encoded[: len(texts)])
 
 
 def per_text_us(work: Callable[[], Any], texts: int, repeats: int) -> float:

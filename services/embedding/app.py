@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import grpc
 import torch
@@ -10,9 +11,10 @@ import torch
 from recsys.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 from services.common.metrics import embedding_metrics
 from services.embedding.config import EmbeddingSettings
-from services.embedding.embedder import Embedder, Encoder, Limits
+from services.embedding.embedder import Embedder, Encoder, EncoderVersions, Limits
 from services.embedding.encoder import DEFAULT_MODEL_ID, TextEncoder, default_model_path, resolve_device
 from services.embedding.servicer import EmbeddingServicer
+from services.embedding.versions import METADATA_FILE, EncoderMetadata, list_versions, version_path
 
 SERVICE_NAME = embedding_pb2.DESCRIPTOR.services_by_name["EmbeddingService"].full_name
 
@@ -34,11 +36,27 @@ def forward_batch_size(settings: EmbeddingSettings) -> int:
     return settings.max_batch_size if on_cuda else min(32, settings.max_batch_size)
 
 
-def load_encoder(settings: EmbeddingSettings) -> TextEncoder:
+def base_model_id(settings: EmbeddingSettings) -> str:
+    return settings.model_id or (DEFAULT_MODEL_ID if settings.model_path is None else "")
+
+
+def load_encoder(settings: EmbeddingSettings, version: str | None = None) -> TextEncoder:
+    """The encoder ``version`` (None: ``settings.encoder_version``): "" is the base model, anything else a
+    folder of ``settings.encoder_dir``."""
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
+    version = settings.encoder_version if version is None else version
     path = settings.model_path or default_model_path()
-    model_id = settings.model_id or (DEFAULT_MODEL_ID if settings.model_path is None else "")
+    model_id = base_model_id(settings)
+    if version:
+        available = list_versions(settings.encoder_dir)
+        if settings.encoder_dir is None or version not in available:
+            raise FileNotFoundError(
+                f"no encoder version {version!r} in EMBEDDING_ENCODER_DIR ({settings.encoder_dir}); "
+                f"available: {', '.join(available) or 'none'}"
+            )
+        path = version_path(settings.encoder_dir, version)
+        model_id = f"{EncoderMetadata.from_file(path / METADATA_FILE).base_model}@{version}"
     return TextEncoder(
         path,
         device=settings.device,
@@ -50,10 +68,23 @@ def load_encoder(settings: EmbeddingSettings) -> TextEncoder:
     )
 
 
+@dataclass(frozen=True)
+class VersionFolder:
+    """The encoder versions of ``settings.encoder_dir``, loaded with the service's settings."""
+
+    settings: EmbeddingSettings
+
+    def available(self) -> list[str]:
+        return list_versions(self.settings.encoder_dir)
+
+    def load(self, version: str) -> Encoder:
+        return load_encoder(self.settings, version)
+
+
 class EmbeddingApp:
     service_name = SERVICE_NAME
 
-    def __init__(self, settings: EmbeddingSettings, encoder: Encoder) -> None:
+    def __init__(self, settings: EmbeddingSettings, encoder: Encoder, versions: EncoderVersions | None = None) -> None:
         metrics = embedding_metrics()
         metrics.model_loaded(encoder.model_id, encoder.dimension, encoder.device, encoder.dtype)
         self.embedder = Embedder(
@@ -65,6 +96,9 @@ class EmbeddingApp:
             on_batch=metrics.observe_batch,
             max_batch_tokens=settings.max_batch_tokens,
             tokenizer_threads=settings.tokenizer_threads,
+            version=settings.encoder_version,
+            versions=versions,
+            max_encoders=settings.max_encoders,
         )
 
     def register(self, server: grpc.aio.Server) -> None:
@@ -80,4 +114,4 @@ class EmbeddingApp:
 def build_app(settings: EmbeddingSettings) -> EmbeddingApp:
     # The service's process only: a caller of load_encoder (training) keeps its own thread count.
     torch.set_num_threads(settings.torch_threads or default_torch_threads())
-    return EmbeddingApp(settings, load_encoder(settings))
+    return EmbeddingApp(settings, load_encoder(settings), VersionFolder(settings))

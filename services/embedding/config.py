@@ -18,6 +18,22 @@ class EmbeddingSettings(ServiceSettings):
         None, description="Local Hugging Face model folder; default: the installed all-MiniLM-L6-v2."
     )
     model_id: str = Field("", description="Name reported by GetModelInfo; default: derived from the folder.")
+    encoder_dir: Path | None = Field(
+        None,
+        description="Folder of encoder versions adapted by `recsys train` (its checkpoint folder's encoders/, e.g. "
+        "var/checkpoints/encoders).",
+    )
+    encoder_version: str = Field(
+        "",
+        description="Encoder version served when a call names none (a folder of EMBEDDING_ENCODER_DIR); empty: the "
+        "base model (EMBEDDING_MODEL_PATH or the packaged all-MiniLM-L6-v2).",
+    )
+    max_encoders: int = Field(
+        2,
+        ge=1,
+        description="Encoders held at once: the current one and, during a rollout, versions EmbedTexts names "
+        "(each loaded on first use).",
+    )
     device: str = Field("auto", description="auto (CUDA when present), cpu or cuda:N.")
     dtype: str = Field(
         "auto",
@@ -61,6 +77,8 @@ class EmbeddingSettings(ServiceSettings):
         description="How long a batch waits for more requests when requests have been sharing batches (a lone "
         "request runs at once).",
     )
-    max_queued_texts: int = Field(4096, ge=1, description="Waiting texts beyond this: RESOURCE_EXHAUSTED.")
+    max_queued_texts: int = Field(
+        4096, ge=1, description="Waiting texts (per encoder held) beyond this: RESOURCE_EXHAUSTED."
+    )
     max_texts_per_request: int = Field(1024, ge=1, description="Most texts in one EmbedTexts call.")
     max_text_chars: int = Field(65_536, ge=1, description="Longest text accepted, in characters.")

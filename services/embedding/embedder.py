@@ -3,7 +3,10 @@
 A request's texts are tokenised on a small thread pool (the Rust tokenizer releases the GIL, so this runs beside
 the forward pass of the batch before), then join the micro-batcher, whose batches close by a count and by a
 token budget; the encoder's own thread sorts each batch by length and runs it in padded-token-bounded
-sub-batches."""
+sub-batches.
+
+During a rollout it holds two encoders (the current one and a version asked for by name, loaded once, on a thread
+of its own, on first use); both feed the one model thread, so they never compete for the cores."""
 
 from __future__ import annotations
 
@@ -15,8 +18,12 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from services.common.batching import BatchStats, MicroBatcher
-from services.common.errors import InvalidArgumentError
+from services.common.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from services.embedding.encoder import EncodedText, TokenizedText
+from services.embedding.versions import BASE_VERSION
+
+# The name that asks for the base model whatever the current encoder is ("" asks for the current one).
+BASE_NAME = "base"
 
 
 class Encoder(Protocol):
@@ -38,6 +45,14 @@ class TokenizingEncoder(Protocol):
     def encode_tokens(self, items: Sequence[TokenizedText]) -> list[EncodedText]: ...
 
 
+class EncoderVersions(Protocol):
+    """Named encoder versions the service can load besides its current one (the composition root's loader)."""
+
+    def available(self) -> list[str]: ...
+
+    def load(self, version: str) -> Encoder: ...
+
+
 Prepared = TokenizedText | str
 
 
@@ -52,6 +67,21 @@ def _cost(item: Prepared) -> int:
     return item.token_count if isinstance(item, TokenizedText) else 2 + len(item) // 4
 
 
+@dataclass(frozen=True)
+class Embedded:
+    """One request's vectors and the encoder version ("" the base model) and model that made them."""
+
+    version: str
+    model_id: str
+    items: list[EncodedText]
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    encoder: Encoder
+    batcher: MicroBatcher[Prepared, EncodedText]
+
+
 class Embedder:
     def __init__(
         self,
@@ -63,31 +93,63 @@ class Embedder:
         on_batch: Callable[[BatchStats], None] | None = None,
         max_batch_tokens: int | None = None,
         tokenizer_threads: int = 0,
+        version: str = BASE_VERSION,
+        versions: EncoderVersions | None = None,
+        max_encoders: int = 2,
     ) -> None:
-        self.encoder = encoder
         self.limits = limits
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens or 0
-        # One thread owns the model: torch parallelises inside the forward pass.
+        self.version = version  # the current encoder's version; "" the base model
+        self._versions = versions
+        self._max_encoders = max_encoders
+        self._max_batch_wait_s = max_batch_wait_s
+        self._max_queued_texts = max_queued_texts  # per encoder
+        self._on_batch = on_batch
+        # One thread owns the models: torch parallelises inside the forward pass.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder")
-        self._tokenizing = isinstance(encoder, TokenizingEncoder)
         self._tokenizer_pool = (
             ThreadPoolExecutor(
                 max_workers=tokenizer_threads or min(4, os.cpu_count() or 1), thread_name_prefix="tokenizer"
             )
-            if self._tokenizing
+            if isinstance(encoder, TokenizingEncoder)
             else None
         )
-        self._batcher: MicroBatcher[Prepared, EncodedText] = MicroBatcher(
-            self._run,
+        self._loaded: dict[str, _Loaded] = {version: self._hold(encoder)}
+        self._loading = asyncio.Lock()
+
+    def _hold(self, encoder: Encoder) -> _Loaded:
+        def run(items: list[Prepared]) -> list[EncodedText]:
+            if isinstance(encoder, TokenizingEncoder):
+                return encoder.encode_tokens([i for i in items if isinstance(i, TokenizedText)])
+            return encoder.encode([i for i in items if isinstance(i, str)])
+
+        batcher: MicroBatcher[Prepared, EncodedText] = MicroBatcher(
+            run,
             self._executor,
-            max_batch_size,
-            max_batch_wait_s,
-            max_queued_texts,
-            on_batch,
+            self.max_batch_size,
+            self._max_batch_wait_s,
+            self._max_queued_texts,
+            self._on_batch,
             cost=_cost,
-            max_batch_cost=max_batch_tokens,
+            max_batch_cost=self.max_batch_tokens or None,
         )
+        return _Loaded(encoder, batcher)
+
+    @property
+    def encoder(self) -> Encoder:
+        """The current encoder."""
+        return self._loaded[self.version].encoder
+
+    @property
+    def loaded_versions(self) -> list[str]:
+        return list(self._loaded)
+
+    async def available_versions(self) -> list[str]:
+        """The versions that can be named besides the base model, newest first (read from disk, off the loop)."""
+        if self._versions is None:
+            return [v for v in self._loaded if v != BASE_VERSION]
+        return await asyncio.to_thread(self._versions.available)
 
     @property
     def backend(self) -> str:
@@ -96,11 +158,6 @@ class Embedder:
     @property
     def forward_batch_size(self) -> int:
         return int(getattr(self.encoder, "batch_size", self.max_batch_size))
-
-    def _run(self, items: list[Prepared]) -> list[EncodedText]:
-        if isinstance(self.encoder, TokenizingEncoder):
-            return self.encoder.encode_tokens([i for i in items if isinstance(i, TokenizedText)])
-        return self.encoder.encode([i for i in items if isinstance(i, str)])
 
     def validate(self, texts: Sequence[str]) -> None:
         if not texts:
@@ -119,24 +176,51 @@ class Embedder:
                     "for example with the preprocessor's CleanTexts"
                 )
 
-    async def _prepare(self, texts: Sequence[str]) -> list[Prepared]:
-        if self._tokenizer_pool is None or not isinstance(self.encoder, TokenizingEncoder):
+    async def _prepare(self, encoder: Encoder, texts: Sequence[str]) -> list[Prepared]:
+        if self._tokenizer_pool is None or not isinstance(encoder, TokenizingEncoder):
             return list(texts)
         tokenized = await asyncio.get_running_loop().run_in_executor(
-            self._tokenizer_pool, self.encoder.tokenize, list(texts)
+            self._tokenizer_pool, encoder.tokenize, list(texts)
         )
         return list(tokenized)
 
-    async def embed(self, texts: Sequence[str]) -> list[EncodedText]:
+    async def _resolve(self, name: str) -> tuple[str, _Loaded]:
+        """The version ``name`` asks for and its encoder, loaded on first use (once, on a thread of its own)."""
+        version = BASE_VERSION if name == BASE_NAME else name or self.version
+        if version in self._loaded:
+            return version, self._loaded[version]
+        async with self._loading:
+            if version in self._loaded:  # loaded while this request waited for the lock
+                return version, self._loaded[version]
+            available = await self.available_versions()
+            if self._versions is None or (version != BASE_VERSION and version not in available):
+                names = [BASE_NAME, *available] if self._versions is not None else [self.version or BASE_NAME]
+                raise NotFoundError(f"encoder version {name!r} is not available; available: {', '.join(names)}")
+            if len(self._loaded) >= self._max_encoders:
+                held = ", ".join(repr(v) for v in self._loaded)
+                raise FailedPreconditionError(
+                    f"already holding {len(self._loaded)} encoders ({held}), the most EMBEDDING_MAX_ENCODERS allows: "
+                    "restart the service with EMBEDDING_ENCODER_VERSION set to the one to serve"
+                )
+            loaded = self._hold(await asyncio.to_thread(self._versions.load, version))
+            self._loaded[version] = loaded
+            return version, loaded
+
+    async def embed(self, texts: Sequence[str], version: str = "") -> Embedded:
+        """Vectors of ``texts`` from encoder ``version``: "" the current one, "base" the base model, else a named
+        version (NotFoundError when there is none by that name)."""
         self.validate(texts)
-        self._batcher.admit(len(texts))  # refuse overload before spending the tokenisation
-        return await self._batcher.submit(await self._prepare(texts))
+        name, loaded = await self._resolve(version)
+        loaded.batcher.admit(len(texts))  # refuse overload before spending the tokenisation
+        items = await loaded.batcher.submit(await self._prepare(loaded.encoder, texts))
+        return Embedded(name, loaded.encoder.model_id, items)
 
     async def warm_up(self) -> None:
-        await self._batcher.submit(await self._prepare(["warm-up text for the encoder"]))
+        await self.embed(["warm-up text for the encoder"])
 
     async def close(self) -> None:
-        await self._batcher.close()
+        for loaded in self._loaded.values():
+            await loaded.batcher.close()
         self._executor.shutdown(wait=True)
         if self._tokenizer_pool is not None:
             self._tokenizer_pool.shutdown(wait=True)

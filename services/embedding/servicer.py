@@ -16,8 +16,8 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
     async def EmbedTexts(
         self, request: embedding_pb2.EmbedTextsRequest, context: grpc.aio.ServicerContext
     ) -> embedding_pb2.EmbedTextsResponse:
-        encoded = await self._embedder.embed(list(request.texts))
-        model_id = self._embedder.encoder.model_id
+        embedded = await self._embedder.embed(list(request.texts), request.encoder_version)
+        encoded = embedded.items
         if request.packed:
             # One matrix of bytes: 0.9 us a text to build and serialise, against 8.6 for 384 floats set value by
             # value, which at GPU rates would take much of the event loop (bench/embedding_encoding.py).
@@ -25,8 +25,9 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
                 embeddings=[
                     embedding_pb2.Embedding(token_count=item.token_count, truncated=item.truncated) for item in encoded
                 ],
-                model_id=model_id,
+                model_id=embedded.model_id,
                 vectors_f32=np.stack([item.vector for item in encoded]).astype("<f4", copy=False).tobytes(),
+                encoder_version=embedded.version,
             )
         return embedding_pb2.EmbedTextsResponse(
             embeddings=[
@@ -35,7 +36,8 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
                 )
                 for item in encoded
             ],
-            model_id=model_id,
+            model_id=embedded.model_id,
+            encoder_version=embedded.version,
         )
 
     async def GetModelInfo(
@@ -53,4 +55,7 @@ class EmbeddingServicer(embedding_pb2_grpc.EmbeddingServiceServicer):
             backend=self._embedder.backend,
             max_batch_tokens=self._embedder.max_batch_tokens,
             forward_batch_size=self._embedder.forward_batch_size,
+            encoder_version=self._embedder.version,
+            loaded_encoder_versions=self._embedder.loaded_versions,
+            available_encoder_versions=await self._embedder.available_versions(),
         )

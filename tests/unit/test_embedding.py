@@ -7,17 +7,19 @@ import itertools
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 
 import grpc
 import numpy as np
 import pytest
 
 from recsys.embedding.v1 import embedding_pb2, embedding_pb2_grpc
-from services.embedding.app import EmbeddingApp, forward_batch_size, load_encoder
+from services.embedding.app import EmbeddingApp, VersionFolder, forward_batch_size, load_encoder
 from services.embedding.config import EmbeddingSettings
-from services.embedding.embedder import Embedder, Limits
+from services.embedding.embedder import Embedder, Encoder, Limits
 from services.embedding.encoder import EncodedText, TextEncoder, TokenizedText, default_model_path, resolve_dtype
 from services.embedding.unpadded import packed_rows
+from services.embedding.versions import METADATA_FILE, EncoderMetadata, list_versions, save_version
 from tests.conftest import SCIENTIFIC, serving
 
 TEXTS = [
@@ -226,7 +228,7 @@ async def test_embedder_tokenises_off_the_loop_and_batches_by_tokens() -> None:
     )
     texts = [" ".join(["w"] * n) for n in (10, 10, 10, 30, 5, 5, 25)]
     results = await asyncio.gather(*(embedder.embed([t]) for t in texts))
-    assert [r[0].token_count for r in results] == [10, 10, 10, 30, 5, 5, 25]
+    assert [r.items[0].token_count for r in results] == [10, 10, 10, 30, 5, 5, 25]
     assert all(name.startswith("tokenizer") for name in encoder.tokenize_threads)
     assert all(sum(batch) <= 40 for batch in encoder.batches), encoder.batches
     assert len(encoder.batches) < len(texts), "requests shared batches"
@@ -257,3 +259,136 @@ def test_packed_forward_on_a_small_random_bert_and_what_it_supports() -> None:
         assert torch.allclose(actual, expected, atol=1e-5), (lengths, (actual - expected).abs().max())
     assert not supports(BertModel(BertConfig(**{**config.to_dict(), "position_embedding_type": "relative_key"})))
     assert not supports(DistilBertModel(DistilBertConfig(vocab_size=50, dim=32, n_layers=1, n_heads=4, hidden_dim=64)))
+
+
+@pytest.fixture(scope="module")
+def encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """An encoder folder holding one version: the packaged model with its last layer's output halved, so its
+    vectors differ from the base model's (no training needed)."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    base = default_model_path()
+    model = AutoModel.from_pretrained(base, local_files_only=True)
+    with torch.no_grad():
+        model.encoder.layer[-1].output.dense.weight.mul_(0.5)
+    folder = tmp_path_factory.mktemp("encoders")
+    version = save_version(
+        folder,
+        model,
+        AutoTokenizer.from_pretrained(base, local_files_only=True),
+        base,
+        base_model="sentence-transformers/all-MiniLM-L6-v2",
+        dataset_name="tiny",
+        dataset_hash="abc",
+        metrics={"val_ndcg@10": 0.1},
+        tuning={"layers": 1},
+    )
+    return folder, version
+
+
+class CountingVersions:
+    """The service's loader, recording the thread of every load."""
+
+    def __init__(self, folder: VersionFolder) -> None:
+        self.folder = folder
+        self.threads: list[threading.Thread] = []
+
+    def available(self) -> list[str]:
+        return self.folder.available()
+
+    def load(self, version: str) -> Encoder:
+        self.threads.append(threading.current_thread())
+        return self.folder.load(version)
+
+
+def test_a_saved_version_is_complete_and_listed_newest_first(encoder_dir: tuple[Path, str], tmp_path: Path) -> None:
+    folder, version = encoder_dir
+    metadata = EncoderMetadata.from_file(folder / version / METADATA_FILE)
+    assert (metadata.version, metadata.base_model, metadata.dataset_hash) == (
+        version,
+        "sentence-transformers/all-MiniLM-L6-v2",
+        "abc",
+    )
+    assert (folder / version / "sentence_bert_config.json").is_file()  # the token limit travels with it
+    assert list_versions(folder) == [version]
+    (tmp_path / ".tmp-half-written").mkdir()  # a write in progress, or one that died, is never listed
+    (tmp_path / "20990101T000000Z-00000000").mkdir()  # nor a folder without its files
+    assert list_versions(tmp_path) == [] and list_versions(None) == []
+
+
+async def test_the_service_holds_two_encoders_and_loads_the_second_once_off_the_loop(
+    encoder: TextEncoder, encoder_dir: tuple[Path, str]
+) -> None:
+    folder, version = encoder_dir
+    settings = EmbeddingSettings(encoder_dir=folder)
+    versions = CountingVersions(VersionFolder(settings))
+    texts = TEXTS[:2]
+    base_vectors = np.stack([e.vector for e in encoder.encode(texts)])
+    version_vectors = np.stack([e.vector for e in load_encoder(settings, version).encode(texts)])
+    assert float((base_vectors * version_vectors).sum(1).max()) < 0.999, "the version reads differently"
+    async with serving(EmbeddingApp(settings, encoder, versions)) as channel:
+        stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
+        info = await stub.GetModelInfo(embedding_pb2.GetModelInfoRequest())
+        assert (info.encoder_version, list(info.loaded_encoder_versions)) == ("", [""])
+        assert list(info.available_encoder_versions) == [version]
+
+        asked = embedding_pb2.EmbedTextsRequest(texts=texts, encoder_version=version, packed=True)
+        responses = await asyncio.gather(*(stub.EmbedTexts(asked) for _ in range(4)))
+        assert len(versions.threads) == 1, "loaded once"
+        assert versions.threads[0] is not threading.main_thread()
+        for response in responses:
+            assert response.encoder_version == version
+            assert response.model_id == f"sentence-transformers/all-MiniLM-L6-v2@{version}"
+            got = np.frombuffer(response.vectors_f32, dtype="<f4").reshape(len(texts), -1)
+            assert float((got * version_vectors).sum(1).min()) > 0.9999
+
+        current = await stub.EmbedTexts(embedding_pb2.EmbedTextsRequest(texts=texts, packed=True))
+        assert (current.encoder_version, current.model_id) == ("", "sentence-transformers/all-MiniLM-L6-v2")
+        got = np.frombuffer(current.vectors_f32, dtype="<f4").reshape(len(texts), -1)
+        assert float((got * base_vectors).sum(1).min()) > 0.9999
+        base = await stub.EmbedTexts(embedding_pb2.EmbedTextsRequest(texts=texts, encoder_version="base"))
+        assert base.encoder_version == "" and len(versions.threads) == 1
+
+        info = await stub.GetModelInfo(embedding_pb2.GetModelInfoRequest())
+        assert (info.encoder_version, list(info.loaded_encoder_versions)) == ("", ["", version])
+        assert info.model_id == "sentence-transformers/all-MiniLM-L6-v2"
+
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.EmbedTexts(embedding_pb2.EmbedTextsRequest(texts=texts, encoder_version="20260101T000000Z-0"))
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        assert f"available: base, {version}" in (caught.value.details() or "")
+
+
+async def test_a_service_serving_a_version_still_embeds_with_the_base_model_by_name(
+    encoder: TextEncoder, encoder_dir: tuple[Path, str]
+) -> None:
+    folder, version = encoder_dir
+    settings = EmbeddingSettings(encoder_dir=folder, encoder_version=version, max_encoders=1)
+    current = load_encoder(settings)
+    async with serving(EmbeddingApp(settings, current, VersionFolder(settings))) as channel:
+        stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
+        info = await stub.GetModelInfo(embedding_pb2.GetModelInfoRequest())
+        assert (info.encoder_version, info.model_id) == (version, f"sentence-transformers/all-MiniLM-L6-v2@{version}")
+        response = await stub.EmbedTexts(embedding_pb2.EmbedTextsRequest(texts=TEXTS[:1]))
+        assert response.encoder_version == version
+        # One encoder at most here: the base model cannot join, and the message says what to do.
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.EmbedTexts(embedding_pb2.EmbedTextsRequest(texts=TEXTS[:1], encoder_version="base"))
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "EMBEDDING_MAX_ENCODERS" in (caught.value.details() or "")
+    settings = EmbeddingSettings(encoder_dir=folder, encoder_version=version)
+    async with serving(EmbeddingApp(settings, current, VersionFolder(settings))) as channel:
+        stub = embedding_pb2_grpc.EmbeddingServiceStub(channel)
+        base = await stub.EmbedTexts(embedding_pb2.EmbedTextsRequest(texts=TEXTS[:1], encoder_version="base"))
+        assert base.encoder_version == "" and base.model_id == "sentence-transformers/all-MiniLM-L6-v2"
+        expected = encoder.encode(TEXTS[:1])[0].vector
+        assert float(np.asarray(base.embeddings[0].values) @ expected) > 0.9999
+
+
+def test_an_unknown_version_in_the_settings_fails_at_start_naming_the_available_ones(
+    encoder_dir: tuple[Path, str],
+) -> None:
+    folder, version = encoder_dir
+    with pytest.raises(FileNotFoundError, match=f"available: {version}"):
+        load_encoder(EmbeddingSettings(encoder_dir=folder, encoder_version="20260101T000000Z-0"))

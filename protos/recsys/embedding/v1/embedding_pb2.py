@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#recsys/embedding/v1/embedding.proto\x12\x13recsys.embedding.v1\"2\n\x11\x45mbedTextsRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x0e\n\x06packed\x18\x02 \x01(\x08\"C\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\x13\n\x0btoken_count\x18\x02 \x01(\x05\x12\x11\n\ttruncated\x18\x03 \x01(\x08\"o\n\x12\x45mbedTextsResponse\x12\x32\n\nembeddings\x18\x01 \x03(\x0b\x32\x1e.recsys.embedding.v1.Embedding\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x13\n\x0bvectors_f32\x18\x03 \x01(\x0c\"\x15\n\x13GetModelInfoRequest\"\xde\x01\n\x14GetModelInfoResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\x05\x12\x12\n\nmax_tokens\x18\x03 \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\x0f\n\x07pooling\x18\x06 \x01(\t\x12\x16\n\x0emax_batch_size\x18\x07 \x01(\x05\x12\x0f\n\x07\x62\x61\x63kend\x18\x08 \x01(\t\x12\x18\n\x10max_batch_tokens\x18\t \x01(\x05\x12\x1a\n\x12\x66orward_batch_size\x18\n \x01(\x05\x32\xd6\x01\n\x10\x45mbeddingService\x12]\n\nEmbedTexts\x12&.recsys.embedding.v1.EmbedTextsRequest\x1a\'.recsys.embedding.v1.EmbedTextsResponse\x12\x63\n\x0cGetModelInfo\x12(.recsys.embedding.v1.GetModelInfoRequest\x1a).recsys.embedding.v1.GetModelInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#recsys/embedding/v1/embedding.proto\x12\x13recsys.embedding.v1\"K\n\x11\x45mbedTextsRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12\x0e\n\x06packed\x18\x02 \x01(\x08\x12\x17\n\x0f\x65ncoder_version\x18\x03 \x01(\t\"C\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\x13\n\x0btoken_count\x18\x02 \x01(\x05\x12\x11\n\ttruncated\x18\x03 \x01(\x08\"\x88\x01\n\x12\x45mbedTextsResponse\x12\x32\n\nembeddings\x18\x01 \x03(\x0b\x32\x1e.recsys.embedding.v1.Embedding\x12\x10\n\x08model_id\x18\x02 \x01(\t\x12\x13\n\x0bvectors_f32\x18\x03 \x01(\x0c\x12\x17\n\x0f\x65ncoder_version\x18\x04 \x01(\t\"\x15\n\x13GetModelInfoRequest\"\xbc\x02\n\x14GetModelInfoResponse\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x11\n\tdimension\x18\x02 \x01(\x05\x12\x12\n\nmax_tokens\x18\x03 \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\x04 \x01(\t\x12\r\n\x05\x64type\x18\x05 \x01(\t\x12\x0f\n\x07pooling\x18\x06 \x01(\t\x12\x16\n\x0emax_batch_size\x18\x07 \x01(\x05\x12\x0f\n\x07\x62\x61\x63kend\x18\x08 \x01(\t\x12\x18\n\x10max_batch_tokens\x18\t \x01(\x05\x12\x1a\n\x12\x66orward_batch_size\x18\n \x01(\x05\x12\x17\n\x0f\x65ncoder_version\x18\x0b \x01(\t\x12\x1f\n\x17loaded_encoder_versions\x18\x0c \x03(\t\x12\"\n\x1a\x61vailable_encoder_versions\x18\r \x03(\t2\xd6\x01\n\x10\x45mbeddingService\x12]\n\nEmbedTexts\x12&.recsys.embedding.v1.EmbedTextsRequest\x1a\'.recsys.embedding.v1.EmbedTextsResponse\x12\x63\n\x0cGetModelInfo\x12(.recsys.embedding.v1.GetModelInfoRequest\x1a).recsys.embedding.v1.GetModelInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,15 +32,15 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'recsys.embedding.v1.embeddi
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_EMBEDTEXTSREQUEST']._serialized_start=60
-  _globals['_EMBEDTEXTSREQUEST']._serialized_end=110
-  _globals['_EMBEDDING']._serialized_start=112
-  _globals['_EMBEDDING']._serialized_end=179
-  _globals['_EMBEDTEXTSRESPONSE']._serialized_start=181
-  _globals['_EMBEDTEXTSRESPONSE']._serialized_end=292
-  _globals['_GETMODELINFOREQUEST']._serialized_start=294
-  _globals['_GETMODELINFOREQUEST']._serialized_end=315
-  _globals['_GETMODELINFORESPONSE']._serialized_start=318
-  _globals['_GETMODELINFORESPONSE']._serialized_end=540
-  _globals['_EMBEDDINGSERVICE']._serialized_start=543
-  _globals['_EMBEDDINGSERVICE']._serialized_end=757
+  _globals['_EMBEDTEXTSREQUEST']._serialized_end=135
+  _globals['_EMBEDDING']._serialized_start=137
+  _globals['_EMBEDDING']._serialized_end=204
+  _globals['_EMBEDTEXTSRESPONSE']._serialized_start=207
+  _globals['_EMBEDTEXTSRESPONSE']._serialized_end=343
+  _globals['_GETMODELINFOREQUEST']._serialized_start=345
+  _globals['_GETMODELINFOREQUEST']._serialized_end=366
+  _globals['_GETMODELINFORESPONSE']._serialized_start=369
+  _globals['_GETMODELINFORESPONSE']._serialized_end=685
+  _globals['_EMBEDDINGSERVICE']._serialized_start=688
+  _globals['_EMBEDDINGSERVICE']._serialized_end=902
 # @@protoc_insertion_point(module_scope)

@@ -7,12 +7,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class EmbedTextsRequest(_message.Message):
-    __slots__ = ("texts", "packed")
+    __slots__ = ("texts", "packed", "encoder_version")
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     PACKED_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_VERSION_FIELD_NUMBER: _ClassVar[int]
     texts: _containers.RepeatedScalarFieldContainer[str]
     packed: bool
-    def __init__(self, texts: _Optional[_Iterable[str]] = ..., packed: _Optional[bool] = ...) -> None: ...
+    encoder_version: str
+    def __init__(self, texts: _Optional[_Iterable[str]] = ..., packed: _Optional[bool] = ..., encoder_version: _Optional[str] = ...) -> None: ...
 
 class Embedding(_message.Message):
     __slots__ = ("values", "token_count", "truncated")
@@ -25,21 +27,23 @@ class Embedding(_message.Message):
     def __init__(self, values: _Optional[_Iterable[float]] = ..., token_count: _Optional[int] = ..., truncated: _Optional[bool] = ...) -> None: ...
 
 class EmbedTextsResponse(_message.Message):
-    __slots__ = ("embeddings", "model_id", "vectors_f32")
+    __slots__ = ("embeddings", "model_id", "vectors_f32", "encoder_version")
     EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     VECTORS_F32_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_VERSION_FIELD_NUMBER: _ClassVar[int]
     embeddings: _containers.RepeatedCompositeFieldContainer[Embedding]
     model_id: str
     vectors_f32: bytes
-    def __init__(self, embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., model_id: _Optional[str] = ..., vectors_f32: _Optional[bytes] = ...) -> None: ...
+    encoder_version: str
+    def __init__(self, embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., model_id: _Optional[str] = ..., vectors_f32: _Optional[bytes] = ..., encoder_version: _Optional[str] = ...) -> None: ...
 
 class GetModelInfoRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class GetModelInfoResponse(_message.Message):
-    __slots__ = ("model_id", "dimension", "max_tokens", "device", "dtype", "pooling", "max_batch_size", "backend", "max_batch_tokens", "forward_batch_size")
+    __slots__ = ("model_id", "dimension", "max_tokens", "device", "dtype", "pooling", "max_batch_size", "backend", "max_batch_tokens", "forward_batch_size", "encoder_version", "loaded_encoder_versions", "available_encoder_versions")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     DIMENSION_FIELD_NUMBER: _ClassVar[int]
     MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +54,9 @@ class GetModelInfoResponse(_message.Message):
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_TOKENS_FIELD_NUMBER: _ClassVar[int]
     FORWARD_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LOADED_ENCODER_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    AVAILABLE_ENCODER_VERSIONS_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     dimension: int
     max_tokens: int
@@ -60,4 +67,7 @@ class GetModelInfoResponse(_message.Message):
     backend: str
     max_batch_tokens: int
     forward_batch_size: int
-    def __init__(self, model_id: _Optional[str] = ..., dimension: _Optional[int] = ..., max_tokens: _Optional[int] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., pooling: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., backend: _Optional[str] = ..., max_batch_tokens: _Optional[int] = ..., forward_batch_size: _Optional[int] = ...) -> None: ...
+    encoder_version: str
+    loaded_encoder_versions: _containers.RepeatedScalarFieldContainer[str]
+    available_encoder_versions: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model_id: _Optional[str] = ..., dimension: _Optional[int] = ..., max_tokens: _Optional[int] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., pooling: _Optional[str] = ..., max_batch_size: _Optional[int] = ..., backend: _Optional[str] = ..., max_batch_tokens: _Optional[int] = ..., forward_batch_size: _Optional[int] = ..., encoder_version: _Optional[str] = ..., loaded_encoder_versions: _Optional[_Iterable[str]] = ..., available_encoder_versions: _Optional[_Iterable[str]] = ...) -> None: ...

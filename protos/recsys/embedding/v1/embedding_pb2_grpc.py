@@ -61,7 +61,7 @@ class EmbeddingServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetModelInfo(self, request, context):
-        """Describes the loaded model.
+        """Describes the current encoder and the encoder versions held and available.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

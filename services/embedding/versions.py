@@ -1,0 +1,110 @@
+"""Encoder versions: text encoders adapted to a catalog, each a model folder the embedding service can load.
+
+Layout: ``<encoder_dir>/<version>/`` holds the transformers files (config.json, model.safetensors, the tokenizer's
+files, sentence-transformers' sentence_bert_config.json with the token limit) and ``metadata.json`` (the base model,
+the data it was adapted on, its validation metrics, when). `recsys train` writes them under
+``<checkpoint_dir>/encoders/``, beside the ranker checkpoints trained on them, whose metadata names the version. A
+version is ``<UTC timestamp>-<8 hex of the weights' sha256>``, written in a hidden temporary folder and renamed
+into place, so a reader never sees a half-written one. The empty version is the base model the service is
+configured with (the packaged all-MiniLM-L6-v2 by default).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+METADATA_FILE = "metadata.json"
+WEIGHTS_FILE = "model.safetensors"
+BASE_VERSION = ""
+# Files of the base model's folder that are not the transformers model itself but say how it is used.
+CARRIED_FILES = ("sentence_bert_config.json",)
+
+
+@dataclass(frozen=True)
+class EncoderMetadata:
+    version: str
+    created_at: str  # ISO 8601, UTC
+    base_model: str  # the model id of the weights it started from
+    dataset_name: str
+    dataset_hash: str
+    metrics: dict[str, float]
+    tuning: dict[str, Any]  # how it was adapted (layers trained, epochs, ...)
+
+    @classmethod
+    def from_file(cls, path: Path) -> EncoderMetadata:
+        return cls(**json.loads(path.read_text(encoding="utf-8")))
+
+
+def version_path(encoder_dir: Path, version: str) -> Path:
+    return Path(encoder_dir) / version
+
+
+def list_versions(encoder_dir: Path | None) -> list[str]:
+    """The complete versions under ``encoder_dir``, newest first; [] when there is none (or no folder)."""
+    if encoder_dir is None or not Path(encoder_dir).is_dir():
+        return []
+    complete = [
+        p.name
+        for p in Path(encoder_dir).iterdir()
+        if p.is_dir() and not p.name.startswith(".") and (p / METADATA_FILE).is_file() and (p / "config.json").is_file()
+    ]
+    return sorted(complete, reverse=True)  # the name starts with its UTC timestamp
+
+
+def save_version(
+    encoder_dir: Path,
+    model: Any,
+    tokenizer: Any,
+    base_path: Path,
+    *,
+    base_model: str,
+    dataset_name: str,
+    dataset_hash: str,
+    metrics: dict[str, float],
+    tuning: dict[str, Any],
+    now: datetime | None = None,
+) -> str:
+    """Write a transformers ``model`` and its ``tokenizer`` as a new version under ``encoder_dir``; return the
+    version. ``base_path`` is the folder it started from, whose sentence-transformers settings it keeps."""
+    encoder_dir = Path(encoder_dir)
+    encoder_dir.mkdir(parents=True, exist_ok=True)
+    created = (now or datetime.now(UTC)).astimezone(UTC)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=encoder_dir))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        for name in CARRIED_FILES:
+            if (base_path / name).is_file():
+                shutil.copyfile(base_path / name, tmp / name)
+        with (tmp / WEIGHTS_FILE).open("rb") as f:
+            version = f"{created:%Y%m%dT%H%M%SZ}-{hashlib.file_digest(f, 'sha256').hexdigest()[:8]}"
+        metadata = EncoderMetadata(
+            version=version,
+            created_at=created.isoformat(timespec="microseconds"),
+            base_model=base_model,
+            dataset_name=dataset_name,
+            dataset_hash=dataset_hash,
+            metrics=metrics,
+            tuning=tuning,
+        )
+        (tmp / METADATA_FILE).write_text(json.dumps(asdict(metadata), indent=2, sort_keys=True), encoding="utf-8")
+        for file in tmp.iterdir():
+            with file.open("rb") as f:
+                os.fsync(f.fileno())
+        final = version_path(encoder_dir, version)
+        if final.exists():
+            raise FileExistsError(f"encoder version {final} already exists")
+        tmp.chmod(0o755)  # mkdtemp makes it 0700; the embedding service may run as another user
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return version
