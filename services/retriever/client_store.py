@@ -477,8 +477,8 @@ class ClientVectorStore:
     def count_users(self) -> int:
         return self._log.count_users()
 
-    def record_impression(self, impression: Impression) -> None:
-        self._log.record_impression(impression)
+    def record_impressions(self, impressions: Sequence[Impression]) -> None:
+        self._log.record_impressions(impressions)
 
     def get_impressions(self, recommendation_id: str) -> list[Impression]:
         return self._log.get_impressions(recommendation_id)
@@ -721,10 +721,10 @@ class _ClientLog:
         deleted = models.FieldCondition(key=eventlog.STATE_FIELD, match=models.MatchValue(value=eventlog.DELETED))
         return self._count(self._store._users, models.Filter(must_not=[deleted]))
 
-    def upsert_impression(self, point_id: uuid.UUID, payload: dict[str, Any]) -> None:
-        point = models.PointStruct(id=str(point_id), vector={}, payload=payload)
+    def upsert_impressions(self, points: Sequence[tuple[uuid.UUID, dict[str, Any]]]) -> None:
+        structs = [models.PointStruct(id=str(pid), vector={}, payload=payload) for pid, payload in points]
         with self._store._engine():
-            self._client.upsert(self._store._feedback, points=[point], wait=True, ordering=ORDERED)
+            self._client.upsert(self._store._feedback, points=structs, wait=True, ordering=ORDERED)
 
     def impressions_of(self, recommendation_id: str) -> list[dict[str, Any]]:
         return self._scroll_all(self._store._feedback, _match(feedback.RECOMMENDATION_FIELD, recommendation_id))

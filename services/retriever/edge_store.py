@@ -593,8 +593,8 @@ class EdgeVectorStore:
     def count_users(self) -> int:
         return self._log.count_users()
 
-    def record_impression(self, impression: Impression) -> None:
-        self._log.record_impression(impression)
+    def record_impressions(self, impressions: Sequence[Impression]) -> None:
+        self._log.record_impressions(impressions)
         self._durable()
 
     def get_impressions(self, recommendation_id: str) -> list[Impression]:
@@ -885,9 +885,11 @@ class _EdgeLog:
         live = EdgeFilter(must_not=[FieldCondition(key=eventlog.STATE_FIELD, match=MatchValue(eventlog.DELETED))])
         return self._store._users.count(CountRequest(exact=True, filter=live))
 
-    def upsert_impression(self, point_id: uuid.UUID, payload: dict[str, Any]) -> None:
+    def upsert_impressions(self, points: Sequence[tuple[uuid.UUID, dict[str, Any]]]) -> None:
         self._store._check_open()
-        self._store._feedback.update(UpdateOperation.upsert_points([Point(point_id, {}, payload)]))
+        self._store._feedback.update(
+            UpdateOperation.upsert_points([Point(pid, {}, payload) for pid, payload in points])
+        )
 
     def impressions_of(self, recommendation_id: str) -> list[dict[str, Any]]:
         self._store._check_open()

@@ -135,7 +135,7 @@ class LogEngine(Protocol):
         """User points that are not tombstones."""
         ...
 
-    def upsert_impression(self, point_id: uuid.UUID, payload: dict[str, Any]) -> None: ...
+    def upsert_impressions(self, points: Sequence[tuple[uuid.UUID, dict[str, Any]]]) -> None: ...
 
     def impressions_of(self, recommendation_id: str) -> list[dict[str, Any]]: ...
 
@@ -345,13 +345,16 @@ class EventLog:
             return UserProfile(user_id=user_id, vector=None, events=())
         return profile
 
-    def record_impression(self, impression: Impression, max_items: int | None = None) -> None:
-        stored = feedback.validate_impression(impression, max_items)
-        point_id = feedback.impression_point_id(stored.recommendation_id, stored.page)
-        self._engine.upsert_impression(point_id, feedback.to_payload(stored))
-        if stored.user_id:
+    def record_impressions(self, impressions: Sequence[Impression], max_items: int | None = None) -> None:
+        """Stores the pages in one write (each replaces the same recommendation id and page), then each user's
+        snapshot once; nothing is stored when one page is invalid."""
+        stored = [feedback.validate_impression(impression, max_items) for impression in impressions]
+        self._engine.upsert_impressions(
+            [(feedback.impression_point_id(s.recommendation_id, s.page), feedback.to_payload(s)) for s in stored]
+        )
+        for user_id in unique([s.user_id for s in stored if s.user_id]):
             # A page recorded again with other items leaves the counts as they were: recompute at the same version.
-            self._refresh_user(stored.user_id, recompute_same_version=True)
+            self._refresh_user(user_id, recompute_same_version=True)
 
     def delete_user(self, user_id: str) -> None:
         validate_id(user_id, "user id")

@@ -230,9 +230,11 @@ class Retrieval:
     async def delete_user(self, user_id: str) -> None:
         await self._run(self.store.delete_user, user_id)
 
-    async def record_impression(self, impression: Impression) -> None:
-        self.check_impression(impression)
-        await self._run(self.store.record_impression, impression)
+    async def record_impressions(self, impressions: Sequence[Impression]) -> None:
+        self._check_batch(len(impressions), "impressions")
+        for impression in impressions:
+            self.check_impression(impression)
+        await self._run(self.store.record_impressions, impressions)
 
     async def get_impressions(self, recommendation_id: str) -> list[Impression]:
         return await self._run(self.store.get_impressions, recommendation_id)

@@ -225,8 +225,18 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         impression = to_impression(request.impression)
         self._catalogs.default.check_impression(impression)  # a bad impression creates no catalog
         retrieval = await self._catalogs.for_write(request.catalog)
-        await retrieval.record_impression(impression)
+        await retrieval.record_impressions([impression])
         return pb.RecordImpressionResponse()
+
+    async def RecordImpressions(
+        self, request: pb.RecordImpressionsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecordImpressionsResponse:
+        impressions = [to_impression(i) for i in request.impressions]
+        for impression in impressions:
+            self._catalogs.default.check_impression(impression)  # a bad impression creates no catalog
+        retrieval = await self._catalogs.for_write(request.catalog)
+        await retrieval.record_impressions(impressions)
+        return pb.RecordImpressionsResponse()
 
     async def GetImpressions(
         self, request: pb.GetImpressionsRequest, context: grpc.aio.ServicerContext

@@ -275,9 +275,10 @@ class VectorStore(Protocol):
 
     def count_users(self) -> int: ...
 
-    def record_impression(self, impression: Impression) -> None:
-        """Stores one shown page durably, replacing the same (recommendation_id, page); with a user id, the
-        page counts towards that user's shown counts (once per key: a retry counts nothing again)."""
+    def record_impressions(self, impressions: Sequence[Impression]) -> None:
+        """Stores shown pages durably, each replacing the same (recommendation_id, page); with a user id, a page
+        counts towards that user's shown counts (once per key: a retry counts nothing again). Nothing is stored
+        when one page is invalid."""
         ...
 
     def get_impressions(self, recommendation_id: str) -> list[Impression]:

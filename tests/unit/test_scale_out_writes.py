@@ -72,7 +72,7 @@ def test_two_replicas_one_store_count_every_event_once(replicas: tuple[VectorSto
     replicas[0].upsert_items(items)
     # Every user was shown every item on page 1 of their own recommendation, so events can be attributed.
     for user in USERS:
-        replicas[1].record_impression(Impression(f"rec-{user}", 1, user, tuple(ITEMS), timestamp=1.0))
+        replicas[1].record_impressions([Impression(f"rec-{user}", 1, user, tuple(ITEMS), timestamp=1.0)])
     acknowledged: list[tuple[str, UserEvent]] = []
     lock = threading.Lock()
     failures: list[BaseException] = []
@@ -168,9 +168,9 @@ def test_experiment_report_equals_a_hand_count_under_concurrent_writers(
                     arm=rng.choice(ARMS),
                     timestamp=100.0 + thread * 1000 + call,
                 )
-                first.record_impression(page)
+                first.record_impressions([page])
                 if rng.random() < RETRY_SHARE:
-                    other.record_impression(page)
+                    other.record_impressions([page])
                 acted = rng.sample(page.item_ids, rng.randint(0, 2))
                 if rng.random() < 0.2:  # naming the recommendation, but not shown on it: attributed to nothing
                     acted.append(rng.choice([i for i in ITEMS if i not in page.item_ids]))

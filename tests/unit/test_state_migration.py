@@ -72,7 +72,7 @@ def test_snapshots_of_the_first_event_log_layout_are_recomputed(backend: str, tm
     impressions count: its snapshots are recomputed at start-up, its tombstones stay tombstones."""
     store = OPENERS[backend](tmp_path)
     store.upsert_items([Item(f"item-{n}", tuple(float(n == d) for d in range(8)), {}) for n in range(3)])
-    store.record_impression(Impression("rec-1", 1, "alice", ("item-0", "item-2"), timestamp=5.0))
+    store.record_impressions([Impression("rec-1", 1, "alice", ("item-0", "item-2"), timestamp=5.0)])
     store.append_user_events("alice", [UserEvent("item-0", "view", 10.0), UserEvent("item-1", "click", 11.0)])
     store.append_user_events("bob", [UserEvent("item-1", "view", 12.0)])
     store.delete_user("bob")

@@ -569,7 +569,7 @@ def test_client_asks_a_cluster_for_ordered_writes_and_consistent_reads(monkeypat
         monkeypatch.setattr(client, name, _recorded(calls, name, getattr(client, name)))
     store = ClientVectorStore(client, dimension=DIM, shard_number=2, replication_factor=2)
     store.upsert_items(make_catalogue(4))
-    store.record_impression(_impression("r1", 1, "u", ["item-1", "item-2"], "exp", "a"))
+    store.record_impressions([_impression("r1", 1, "u", ["item-1", "item-2"], "exp", "a")])
     store.append_user_events("u", [UserEvent("item-1", "purchase", 10.0, recommendation_id="r1")])
     store.get_user("u")
     store.get_impressions("r1")
@@ -600,14 +600,14 @@ def _impression(rid: str, page: int, user: str, items: list[str], experiment: st
 
 
 def test_impressions_record_get_and_replace(store: VectorStore, catalogue: list[Item]) -> None:
-    store.record_impression(_impression("r1", 2, "u1", ["item-3", "item-4"]))
-    store.record_impression(_impression("r1", 1, "u1", ["item-1", "item-2"], "exp", "a"))
+    store.record_impressions([_impression("r1", 2, "u1", ["item-3", "item-4"])])
+    store.record_impressions([_impression("r1", 1, "u1", ["item-1", "item-2"], "exp", "a")])
     got = store.get_impressions("r1")
     assert [(i.page, i.item_ids) for i in got] == [(1, ("item-1", "item-2")), (2, ("item-3", "item-4"))]
     assert (got[0].experiment, got[0].arm, got[0].user_id, got[0].timestamp) == ("exp", "a", "u1", 101.0)
     # The same key again replaces it, and a retry counts nothing twice.
-    store.record_impression(_impression("r1", 1, "u1", ["item-1", "item-2"], "exp", "a"))
-    store.record_impression(_impression("r1", 1, "u1", ["item-1", "item-5"], "exp", "a"))
+    store.record_impressions([_impression("r1", 1, "u1", ["item-1", "item-2"], "exp", "a")])
+    store.record_impressions([_impression("r1", 1, "u1", ["item-1", "item-5"], "exp", "a")])
     assert store.get_impressions("r1")[0].item_ids == ("item-1", "item-5")
     # The replaced page counts as shown once, with what it shows now.
     assert dict(store.get_user("u1").shown_counts) == {"item-3": 1, "item-4": 1, "item-1": 1, "item-5": 1}
@@ -616,8 +616,8 @@ def test_impressions_record_get_and_replace(store: VectorStore, catalogue: list[
 
 
 def test_impressions_attribution_and_shown_counts(store: VectorStore, catalogue: list[Item]) -> None:
-    store.record_impression(_impression("r1", 1, "u1", ["item-1", "item-2", "item-3"]))
-    store.record_impression(_impression("r2", 1, "u1", ["item-1", "item-4"]))
+    store.record_impressions([_impression("r1", 1, "u1", ["item-1", "item-2", "item-3"])])
+    store.record_impressions([_impression("r2", 1, "u1", ["item-1", "item-4"])])
     profile = store.get_user("u1")  # a user known only from impressions: no events, no vector
     assert profile.events == () and profile.vector is None
     assert dict(profile.shown_counts) == {"item-2": 1, "item-3": 1, "item-1": 2, "item-4": 1}
@@ -638,16 +638,16 @@ def test_impressions_attribution_and_shown_counts(store: VectorStore, catalogue:
     (r2,) = store.get_impressions("r2")
     assert r2.engaged_item_ids == () and r2.converted_item_ids == ()
     # A retry of r1 keeps its attribution; a replacement without an item drops that item's.
-    store.record_impression(_impression("r1", 1, "u1", ["item-1", "item-2", "item-3"]))
+    store.record_impressions([_impression("r1", 1, "u1", ["item-1", "item-2", "item-3"])])
     assert set(store.get_impressions("r1")[0].engaged_item_ids) == {"item-2", "item-3"}
-    store.record_impression(_impression("r1", 1, "u1", ["item-1", "item-2"]))
+    store.record_impressions([_impression("r1", 1, "u1", ["item-1", "item-2"])])
     assert store.get_impressions("r1")[0].converted_item_ids == ()
     assert dict(store.get_user("u1").shown_counts) == {"item-1": 2}  # nothing counted twice
 
 
 def test_list_impressions_pages_and_experiment(store: VectorStore) -> None:
     for n in range(7):
-        store.record_impression(_impression(f"r{n}", 1, "", [f"item-{n}"], "exp" if n % 2 else "other"))
+        store.record_impressions([_impression(f"r{n}", 1, "", [f"item-{n}"], "exp" if n % 2 else "other")])
     seen: list[str] = []
     token = ""
     while True:
@@ -666,9 +666,9 @@ def test_list_impressions_pages_and_experiment(store: VectorStore) -> None:
 
 
 def test_delete_user_removes_impressions(store: VectorStore, catalogue: list[Item]) -> None:
-    store.record_impression(_impression("r1", 1, "u1", ["item-1"]))
-    store.record_impression(_impression("r1", 2, "u1", ["item-2"]))
-    store.record_impression(_impression("r2", 1, "u2", ["item-1"]))
+    store.record_impressions([_impression("r1", 1, "u1", ["item-1"])])
+    store.record_impressions([_impression("r1", 2, "u1", ["item-2"])])
+    store.record_impressions([_impression("r2", 1, "u2", ["item-1"])])
     store.append_user_events("u1", [UserEvent("item-1", "click", 1.0, recommendation_id="r1")])
     store.delete_user("u1")
     with pytest.raises(NotFoundError):
@@ -695,12 +695,12 @@ def test_delete_user_removes_impressions(store: VectorStore, catalogue: list[Ite
 )
 def test_rejects_bad_impressions(store: VectorStore, impression: Impression, message: str) -> None:
     with pytest.raises(InvalidArgumentError, match=message):
-        store.record_impression(impression)
+        store.record_impressions([impression])
 
 
 def test_impressions_survive_reopen(factory: Factory) -> None:
     store = factory()
-    store.record_impression(_impression("r1", 1, "u1", ["a", "b"], "exp", "b"))
+    store.record_impressions([_impression("r1", 1, "u1", ["a", "b"], "exp", "b")])
     store.close()
     reopened = factory()
     (got,) = reopened.get_impressions("r1")
@@ -713,7 +713,7 @@ def test_impressions_survive_reopen(factory: Factory) -> None:
 
 def test_an_event_id_counts_once_in_one_call_or_two(store: VectorStore, catalogue: list[Item]) -> None:
     click = UserEvent("item-1", "click", 10.0, 2.0, recommendation_id="r1", event_id="e-1")
-    store.record_impression(_impression("r1", 1, "u", ["item-1", "item-2"]))
+    store.record_impressions([_impression("r1", 1, "u", ["item-1", "item-2"])])
     store.append_user_events("u", [click, click])
     profile = store.append_user_events("u", [click, UserEvent("item-2", "view", 11.0, event_id="e-2")])
     assert [e.event_id for e in profile.events] == ["e-1", "e-2"]
@@ -763,7 +763,7 @@ def test_a_small_clock_skew_is_accepted(store: VectorStore, catalogue: list[Item
 def test_delete_racing_writes_leaves_nothing_of_the_old_user(store: VectorStore, catalogue: list[Item]) -> None:
     before = [UserEvent(f"item-{n}", "view", float(n), event_id=f"old-{n}") for n in range(10)]
     store.append_user_events("u", before)
-    store.record_impression(_impression("r-old", 1, "u", ["item-1"]))
+    store.record_impressions([_impression("r-old", 1, "u", ["item-1"])])
     written: list[UserEvent] = []
 
     def writer() -> None:
@@ -883,7 +883,7 @@ def test_a_snapshot_never_replaces_one_that_saw_more_events(store: VectorStore, 
     """An impression writer X counts the events before an event write M and the impressions after another
     writer Y's: its snapshot saw more impressions and fewer events than M's, and must not replace it."""
     store.append_user_events("u", [UserEvent("item-1", "view", 10.0, event_id="e0")])
-    store.record_impression(Impression("r0", 1, "u", ("item-1",), timestamp=5.0))
+    store.record_impressions([Impression("r0", 1, "u", ("item-1",), timestamp=5.0)])
     engine = _log_of(store)._engine
     counting, resume = threading.Event(), threading.Event()
 
@@ -894,18 +894,18 @@ def test_a_snapshot_never_replaces_one_that_saw_more_events(store: VectorStore, 
 
     x = _replica(store, count_impressions=pausing_count_impressions)
     writer_x = threading.Thread(
-        target=x.record_impression, args=(Impression("r1", 1, "u", ("item-1",), timestamp=20.0),)
+        target=x.record_impressions, args=([Impression("r1", 1, "u", ("item-1",), timestamp=20.0)],)
     )
     writer_x.start()
     assert counting.wait(30)  # X has read the snapshot and counted one event
     acknowledged = store.append_user_events("u", [UserEvent("item-2", "click", 30.0, event_id="e1")])
     assert [e.event_id for e in acknowledged.events] == ["e0", "e1"]
     y = Impression("r2", 1, "u", ("item-2",), timestamp=40.0)
-    _log_of(store)._engine.upsert_impression(feedback.impression_point_id("r2", 1), feedback.to_payload(y))
+    _log_of(store)._engine.upsert_impressions([(feedback.impression_point_id("r2", 1), feedback.to_payload(y))])
     resume.set()  # X counts three impressions now (Y's refresh has not run)
     writer_x.join()
     assert [e.event_id for e in store.get_user("u").events] == ["e0", "e1"]
-    store.record_impression(y)  # Y's refresh
+    store.record_impressions([y])  # Y's refresh
     profile = store.get_user("u")
     assert [e.event_id for e in profile.events] == ["e0", "e1"]
     assert dict(profile.shown_counts) == {"item-1": 1, "item-2": 1}  # r1 after e0, r2 after e1

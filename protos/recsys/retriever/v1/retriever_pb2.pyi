@@ -350,6 +350,18 @@ class RecordImpressionResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class RecordImpressionsRequest(_message.Message):
+    __slots__ = ("catalog", "impressions")
+    CATALOG_FIELD_NUMBER: _ClassVar[int]
+    IMPRESSIONS_FIELD_NUMBER: _ClassVar[int]
+    catalog: str
+    impressions: _containers.RepeatedCompositeFieldContainer[Impression]
+    def __init__(self, catalog: _Optional[str] = ..., impressions: _Optional[_Iterable[_Union[Impression, _Mapping]]] = ...) -> None: ...
+
+class RecordImpressionsResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
 class GetImpressionsRequest(_message.Message):
     __slots__ = ("catalog", "recommendation_id")
     CATALOG_FIELD_NUMBER: _ClassVar[int]

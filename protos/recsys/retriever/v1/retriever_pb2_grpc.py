@@ -93,6 +93,11 @@ class RetrieverServiceStub:
                 request_serializer=recsys_dot_retriever_dot_v1_dot_retriever__pb2.RecordImpressionRequest.SerializeToString,
                 response_deserializer=recsys_dot_retriever_dot_v1_dot_retriever__pb2.RecordImpressionResponse.FromString,
                 _registered_method=True)
+        self.RecordImpressions = channel.unary_unary(
+                '/recsys.retriever.v1.RetrieverService/RecordImpressions',
+                request_serializer=recsys_dot_retriever_dot_v1_dot_retriever__pb2.RecordImpressionsRequest.SerializeToString,
+                response_deserializer=recsys_dot_retriever_dot_v1_dot_retriever__pb2.RecordImpressionsResponse.FromString,
+                _registered_method=True)
         self.GetImpressions = channel.unary_unary(
                 '/recsys.retriever.v1.RetrieverService/GetImpressions',
                 request_serializer=recsys_dot_retriever_dot_v1_dot_retriever__pb2.GetImpressionsRequest.SerializeToString,
@@ -191,6 +196,14 @@ class RetrieverServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordImpressions(self, request, context):
+        """Stores several shown pages in one call, each as RecordImpression does (a gateway writes the pages its recent
+        Recommend answers showed this way, off their critical path). Nothing is stored when one page is invalid.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetImpressions(self, request, context):
         """Every recorded page of one recommendation id, by page, with attribution. NOT_FOUND when unknown.
         """
@@ -262,6 +275,11 @@ def add_RetrieverServiceServicer_to_server(servicer, server):
                     servicer.RecordImpression,
                     request_deserializer=recsys_dot_retriever_dot_v1_dot_retriever__pb2.RecordImpressionRequest.FromString,
                     response_serializer=recsys_dot_retriever_dot_v1_dot_retriever__pb2.RecordImpressionResponse.SerializeToString,
+            ),
+            'RecordImpressions': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordImpressions,
+                    request_deserializer=recsys_dot_retriever_dot_v1_dot_retriever__pb2.RecordImpressionsRequest.FromString,
+                    response_serializer=recsys_dot_retriever_dot_v1_dot_retriever__pb2.RecordImpressionsResponse.SerializeToString,
             ),
             'GetImpressions': grpc.unary_unary_rpc_method_handler(
                     servicer.GetImpressions,
@@ -575,6 +593,33 @@ class RetrieverService:
             '/recsys.retriever.v1.RetrieverService/RecordImpression',
             recsys_dot_retriever_dot_v1_dot_retriever__pb2.RecordImpressionRequest.SerializeToString,
             recsys_dot_retriever_dot_v1_dot_retriever__pb2.RecordImpressionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordImpressions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.retriever.v1.RetrieverService/RecordImpressions',
+            recsys_dot_retriever_dot_v1_dot_retriever__pb2.RecordImpressionsRequest.SerializeToString,
+            recsys_dot_retriever_dot_v1_dot_retriever__pb2.RecordImpressionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
