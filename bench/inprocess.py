@@ -171,17 +171,14 @@ class LocalRetrieval:
     async def delete_user(self, catalog: str, user_id: str) -> None:
         await self.retrieval.delete_user(user_id)
 
-    async def record_impression(self, catalog: str, impression: Impression) -> None:
-        await self.retrieval.record_impression(
-            domain.Impression(
-                impression.recommendation_id,
-                impression.page,
-                impression.user_id,
-                impression.item_ids,
-                impression.experiment,
-                impression.arm,
-                impression.timestamp,
-            )
+    async def record_impressions(self, catalog: str, impressions: Sequence[Impression]) -> None:
+        await self.retrieval.record_impressions(
+            [
+                domain.Impression(
+                    i.recommendation_id, i.page, i.user_id, i.item_ids, i.experiment, i.arm, i.timestamp
+                )
+                for i in impressions
+            ]
         )
 
     async def get_impressions(self, catalog: str, recommendation_id: str) -> list[Impression]:

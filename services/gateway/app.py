@@ -76,6 +76,7 @@ class GatewayApp:
             for address, module, service, methods in backends
         ]
         self._refresh_s = settings.popular_cache_refresh_s
+        self._grace_s = settings.grace_period_s
         self._refresher: asyncio.Task[None] | None = None
         preprocessor, embedding, retriever, ranker = self._channels
         self.recommender = Recommender(
@@ -98,6 +99,7 @@ class GatewayApp:
                 popular_cache_size=settings.popular_cache_size,
                 max_context_items=settings.max_context_items,
                 retriever_batch=settings.retriever_batch,
+                impression_queue=settings.impression_queue,
             ),
             blend=Blend(ranker_weight=settings.ranker_weight, query_weight=settings.query_weight),
             event_weights={
@@ -138,6 +140,8 @@ class GatewayApp:
             await asyncio.sleep(self._refresh_s)
 
     async def close(self) -> None:
+        # Pages answered before the stop are recorded before the channels close.
+        await self.recommender.impressions.close(self._grace_s)
         if self._refresher is not None:
             self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -343,10 +343,9 @@ class RetrieverClient:
         request = retriever_pb2.DeleteUserRequest(user_id=user_id, catalog=catalog)
         await _call("retriever", self._stub.DeleteUser, request, self._timeout_s)
 
-    async def record_impression(self, catalog: str, impression: Impression) -> None:
-        request = retriever_pb2.RecordImpressionRequest(
-            catalog=catalog,
-            impression=retriever_pb2.Impression(
+    async def record_impressions(self, catalog: str, impressions: Sequence[Impression]) -> None:
+        pages = [
+            retriever_pb2.Impression(
                 recommendation_id=impression.recommendation_id,
                 page=impression.page,
                 user_id=impression.user_id,
@@ -354,9 +353,19 @@ class RetrieverClient:
                 experiment=impression.experiment,
                 arm=impression.arm,
                 timestamp=impression.timestamp,
-            ),
-        )
-        await _call("retriever", self._stub.RecordImpression, request, self._timeout_s, OPTIONAL_SHARE)
+            )
+            for impression in impressions
+        ]
+        request = retriever_pb2.RecordImpressionsRequest(catalog=catalog, impressions=pages)
+        try:
+            await _call("retriever", self._stub.RecordImpressions, request, self._timeout_s)
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.UNIMPLEMENTED:
+                raise
+            # A retriever older than the batch (a rolling upgrade): one page a call.
+            for page in pages:
+                single = retriever_pb2.RecordImpressionRequest(catalog=catalog, impression=page)
+                await _call("retriever", self._stub.RecordImpression, single, self._timeout_s)
 
     async def get_impressions(self, catalog: str, recommendation_id: str) -> list[Impression]:
         request = retriever_pb2.GetImpressionsRequest(catalog=catalog, recommendation_id=recommendation_id)

@@ -61,6 +61,12 @@ class GatewaySettings(ServiceSettings):
         512, ge=1, description="Most ids the gateway sends the retriever in one call (keep <= RETRIEVER_MAX_BATCH)."
     )
     history_for_ranking: int = Field(50, ge=1, description="Most recent history items the ranker sees.")
+    impression_queue: int = Field(
+        10_000,
+        ge=1,
+        description="Answered pages waiting to be recorded (written off the answer's path, retried until the "
+        "retriever takes them); when full, Recommend records its page before answering.",
+    )
     # 1.0: the ranker's score already holds a text-similarity term whose weight was tuned on validation.
     ranker_weight: float = Field(1.0, ge=0, le=1, description="Share of the ranker's score against similarity.")
     # 0.8: the best Recall@10 with query fidelity >= 0.8 on Amazon-Scientific's validation users (README,

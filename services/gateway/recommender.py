@@ -20,6 +20,7 @@ from services.common.events import MAX_EVENT_ID_CHARS, EventIdDeriver, event_tim
 from services.common.input_rules import check_id, has_words
 from services.gateway.experiments import Arm, ArmSettings, Experiments
 from services.gateway.fallbacks import PopularCache, matches, raw_query
+from services.gateway.impressions import ImpressionWriter
 from services.gateway.model import (
     MAX_RECOMMENDATION_ID_CHARS,
     BackendUnavailableError,
@@ -68,6 +69,10 @@ from services.gateway.rules import (
 
 log = structlog.get_logger(__name__)
 
+# A next page's earlier pages, when one is not recorded yet: read again after these waits (another gateway's writer
+# takes milliseconds after its answer).
+SHOWN_PAGE_WAITS_S = (0.0, 0.02, 0.05, 0.1)
+
 # Payload keys the gateway owns; catalog attributes may not overwrite them.
 RESERVED_KEYS = frozenset({"item_id", "title", "categories", "popularity", "description"})
 
@@ -91,6 +96,7 @@ class RecommenderLimits:
     max_popular_pool: int = 1000
     max_cached_catalogs: int = 64
     retriever_batch: int = 512  # most ids the retriever takes in one call (RETRIEVER_MAX_BATCH)
+    impression_queue: int = 10_000  # pages answered and waiting to be recorded
 
 
 @dataclass(frozen=True)
@@ -271,6 +277,7 @@ class Recommender:
         self.popular_caches: dict[str, PopularCache] = {}
         self.reasons = reasons or ReasonSettings()
         self.similarity_scale = SimilarityScale(retrieval, self.reasons, limits.max_cached_catalogs)
+        self.impressions = ImpressionWriter(retrieval, limits.impression_queue, limits.retriever_batch)
 
     # ---- validation ----------------------------------------------------------------------------------
 
@@ -440,7 +447,7 @@ class Recommender:
         catalog, k, rules = request.catalog, request.k, request.rules
         shown_before: set[str] = set()
         if labels.page > 1:
-            impressions = await clock.time("shown", self.retrieval.get_impressions(catalog, labels.recommendation_id))
+            impressions = await clock.time("shown", self._shown_pages(catalog, labels.recommendation_id, labels.page))
             if not impressions:
                 raise NotFoundError(
                     f"recommendation {labels.recommendation_id} is unknown in this catalog: ask for the first "
@@ -602,7 +609,7 @@ class Recommender:
                     pinned=is_pin,
                 )
             )
-        await clock.time("record", self._record_impression(request, labels, items, degraded))
+        await self._record_impression(request, labels, items, degraded, clock)
         strategy = strategy if target is not None else "popular"
         result = labels.result(tuple(items), selection.has_more, strategy, model_version, _stages(degraded))
         if not uses_categories(rules, request.item_filter):
@@ -611,11 +618,31 @@ class Recommender:
         categories = [candidate.categories for candidate in candidates]
         return replace(result, warnings=category_warnings(rules, request.item_filter, categories))
 
+    async def _shown_pages(self, catalog: str, recommendation_id: str, page: int) -> list[Impression]:
+        """The recorded pages before `page`, with the pages this gateway answered and has not written yet. A page
+        another gateway answered is written milliseconds after its answer: when one is missing, short waits
+        cover it."""
+        found: dict[int, Impression] = {}
+        for wait_s in SHOWN_PAGE_WAITS_S:
+            if wait_s:
+                await asyncio.sleep(wait_s)
+            stored = await self.retrieval.get_impressions(catalog, recommendation_id)
+            found = {i.page: i for i in [*stored, *self.impressions.pending(catalog, recommendation_id)]}
+            if all(number in found for number in range(1, page)):
+                break
+        return list(found.values())
+
     async def _record_impression(
-        self, request: RecommendQuery, labels: _Labels, items: Sequence[Recommendation], degraded: list[str]
+        self,
+        request: RecommendQuery,
+        labels: _Labels,
+        items: Sequence[Recommendation],
+        degraded: list[str],
+        clock: StageClock,
     ) -> None:
-        """Stores the page as shown (for attribution, later pages and rotation). A failure does not fail the
-        call: the items are sound, only their record is missing."""
+        """Stores the page as shown (for attribution, later pages and rotation), through the writer the caller
+        does not wait for; when its queue is full, here. A failure does not fail the call: the items are sound,
+        only their record is missing."""
         if not items:
             return
         impression = Impression(
@@ -627,8 +654,10 @@ class Recommender:
             labels.arm,
             time.time(),
         )
+        if self.impressions.submit(request.catalog, impression):
+            return
         try:
-            await self.retrieval.record_impression(request.catalog, impression)
+            await clock.time("record", self.retrieval.record_impressions(request.catalog, [impression]))
         except UnavailableError as error:
             log.warning("could not record the impression", error=str(error))
             degraded.append("impressions")
@@ -822,6 +851,8 @@ class Recommender:
                     )
 
         await asyncio.gather(*(append(u, evs) for u, evs in by_user.items()))
+        # A page this gateway answered and has not written yet is known: its impression is on its way.
+        unknown = [rid for rid in unknown if not self.impressions.pending(catalog, rid)]
         return RecordedEvents(len(events), tuple(dict.fromkeys(unknown)))
 
     async def delete_user(self, user_id: str, catalog: str = DEFAULT_CATALOG) -> None:

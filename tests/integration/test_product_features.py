@@ -186,7 +186,8 @@ def test_explanations_name_the_evidence_and_the_stage_scores(
     assert any(item.explanation.evidence == "query" for item in response.items)
     quiet = gateway.Recommend(pb.RecommendRequest(user_id=user, k=5))
     assert not quiet.items[0].HasField("explanation")
-    assert {"profile", "retrieval", "ranker", "record", "total"} <= set(quiet.stage_ms), dict(quiet.stage_ms)
+    # "record" appears only when the impression queue was full: pages are recorded after the answer.
+    assert {"profile", "retrieval", "ranker", "total"} <= set(quiet.stage_ms), dict(quiet.stage_ms)
     popular = gateway.Recommend(pb.RecommendRequest(k=3, explain=True))
     assert popular.items[0].explanation.evidence == "popularity" and popular.items[0].reason.startswith("Popular")
 

@@ -16,6 +16,7 @@ from recsys.ranker.v1 import ranker_pb2
 from services.common.errors import UnavailableError
 from services.gateway.backends import EmbeddingClient, RankerClient
 from services.gateway.fallbacks import matches, raw_query
+from services.gateway.impressions import ImpressionWriter
 from services.gateway.model import (
     BackendUnavailableError,
     Candidates,
@@ -122,10 +123,10 @@ class SwitchableRetrieval(FakeRetrieval):
         self._check()
         return await super().get_impressions(catalog, recommendation_id)
 
-    async def record_impression(self, catalog: str, impression: Impression) -> None:
+    async def record_impressions(self, catalog: str, impressions: Sequence[Impression]) -> None:
         if self.impressions_down:
             raise down("retriever")
-        await super().record_impression(catalog, impression)
+        await super().record_impressions(catalog, impressions)
 
 
 Parts = tuple[Recommender, SwitchableText, SwitchableEmbedding, SwitchableRetrieval, FakeRanking]
@@ -213,11 +214,28 @@ async def test_delete_user_refreshes_the_popular_cache(parts: Parts) -> None:
     assert await retrieval.get_profile("", "u") is None
 
 
-async def test_an_unrecorded_impression_still_answers_flagged(parts: Parts) -> None:
+async def test_a_page_answered_while_impressions_cannot_be_written_is_recorded_once_they_can(parts: Parts) -> None:
     recommender, _, _, retrieval, _ = parts
     retrieval.impressions_down = True
     result = await recommender.recommend(RecommendQuery("u", "", 2))
-    assert result.items and result.degraded == ("impressions",)
+    assert result.items and result.degraded == ()  # the page is sound; its record is on its way
+    assert not await recommender.impressions.flush(0.3)  # still retried while the retriever refuses
+    assert recommender.impressions.pending("", result.recommendation_id)
+    retrieval.impressions_down = False
+    assert await recommender.impressions.flush(5)
+    assert [i.item_ids for i in await retrieval.get_impressions("", result.recommendation_id)] == [
+        tuple(item.item_id for item in result.items)
+    ]
+
+
+async def test_a_full_impression_queue_records_before_answering_and_flags_a_failure(parts: Parts) -> None:
+    recommender, _, _, retrieval, _ = parts
+    recommender.impressions = ImpressionWriter(retrieval, capacity=1)
+    retrieval.impressions_down = True
+    first = await recommender.recommend(RecommendQuery("u", "", 2))
+    second = await recommender.recommend(RecommendQuery("u", "", 2))
+    assert first.degraded == () and second.degraded == ("impressions",)
+    await recommender.impressions.close(0.1)
 
 
 def test_cached_items_are_filtered_like_the_retriever_does() -> None:

@@ -15,6 +15,7 @@ from recsys.gateway.v1 import gateway_pb2 as pb
 from recsys.retriever.v1 import retriever_pb2
 from services.common.errors import InvalidArgumentError
 from services.common.server import REQUEST_ID_KEY
+from services.gateway.impressions import ImpressionWriter
 from services.gateway.model import CatalogRecord, HistoryEvent, ItemText, StoredItem
 from services.gateway.recommender import Recommender
 from services.gateway.servicer import GatewayServicer
@@ -177,6 +178,7 @@ class AttributingRetrieval(FakeRetrieval):
 async def test_a_recommendation_id_never_issued_is_named_in_the_response(parts: Parts) -> None:
     recommender, _, _ = parts
     recommender.retrieval = AttributingRetrieval()
+    recommender.impressions = ImpressionWriter(recommender.retrieval)
     servicer = GatewayServicer(recommender)
     shown = await servicer.Recommend(pb.RecommendRequest(user_id="u", k=2), None)  # type: ignore[arg-type]
     request = pb.RecordEventsRequest(
