@@ -74,6 +74,8 @@ class Ledger:
     events: list[tuple[str, str]] = field(default_factory=list)  # user, event id: acknowledged
     attempted: list[tuple[str, str]] = field(default_factory=list)  # every event sent, acknowledged or not
     items: list[str] = field(default_factory=list)
+    # Answered Recommend pages whose impression must be recorded: recommendation id, page, shown items.
+    pages: list[tuple[str, int, tuple[str, ...]]] = field(default_factory=list)
 
 
 class Outages:
@@ -114,6 +116,9 @@ class Load:
         query = self.random.choice(["", "", "glue", "sanding disc", "safety glasses", "multimeter"])
         request = pb.RecommendRequest(user_id=self.random.choice(self.users), k=10, query=query)
         response = await self.stub.Recommend(request, timeout=self.deadline_s)
+        # A page from the gateway's cache (retriever down) or one it could not queue has no impression to audit.
+        if response.items and not {"retriever", "impressions"} & set(response.degraded_stages):
+            self.ledger.pages.append((response.recommendation_id, 1, tuple(i.item_id for i in response.items)))
         return bool(response.degraded)
 
     async def search(self) -> bool:
@@ -217,6 +222,7 @@ async def audit(address: str, ledger: Ledger) -> dict[str, int]:
                 copies = 0
             missing_events += copies == 0 and (user, event_id) in acknowledged
             doubled_events += max(0, copies - 1)
+        missing_impressions = await _missing_impressions(stub, ledger.pages)
     return {
         "acknowledged_items": len(ledger.items),
         "missing_items": missing_items,
@@ -224,7 +230,32 @@ async def audit(address: str, ledger: Ledger) -> dict[str, int]:
         "unacknowledged_events": len(ledger.attempted) - len(ledger.events),
         "missing_events": missing_events,
         "doubled_events": doubled_events,
+        "answered_pages": len(ledger.pages),
+        "missing_impressions": missing_impressions,
     }
+
+
+async def _missing_impressions(
+    stub: retriever_pb2_grpc.RetrieverServiceStub, pages: list[tuple[str, int, tuple[str, ...]]], wait_s: float = 15
+) -> int:
+    """Answered pages whose impression is not recorded as shown, once the gateway's writer (which retries while
+    a killed retriever restarts) had `wait_s` to finish."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        missing = 0
+        for recommendation_id, page, items in pages:
+            request = retriever_pb2.GetImpressionsRequest(recommendation_id=recommendation_id)
+            try:
+                found = await stub.GetImpressions(request, timeout=30)
+            except grpc.aio.AioRpcError as error:
+                if error.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+                missing += 1
+                continue
+            missing += not any(i.page == page and tuple(i.item_ids) == items for i in found.impressions)
+        if not missing or time.monotonic() > deadline:
+            return missing
+        await asyncio.sleep(1.0)
 
 
 def _percentile(values: list[float], q: float) -> float:
@@ -299,7 +330,8 @@ def print_table(report: dict[str, Any]) -> None:
     print(
         f"audit (exactly once): {audit_['acknowledged_events']} acknowledged events, {audit_['missing_events']} "
         f"missing, {audit_['doubled_events']} doubled ({audit_['unacknowledged_events']} sent without an answer); "
-        f"{audit_['acknowledged_items']} acknowledged items, {audit_['missing_items']} missing"
+        f"{audit_['acknowledged_items']} acknowledged items, {audit_['missing_items']} missing; "
+        f"{audit_['answered_pages']} answered pages, {audit_['missing_impressions']} without their impression"
     )
 
 
@@ -393,6 +425,7 @@ def main() -> None:
         or audited["missing_events"]
         or audited["doubled_events"]
         or audited["missing_items"]
+        or audited["missing_impressions"]
         or summary["p99_ms"] > summary["deadline_ms"]
     )
     sys.exit(1 if broken else 0)

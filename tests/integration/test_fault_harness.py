@@ -36,6 +36,8 @@ def test_fault_harness_short(suite: RunningSuite, tmp_path: Path) -> None:
     assert isinstance(audit, dict) and audit["missing_events"] == audit["missing_items"] == 0
     assert audit["doubled_events"] == 0  # exactly once, retries included
     assert audit["acknowledged_events"] > 0
+    # Pages are recorded after their answer, retried while a killed retriever restarts: none is lost.
+    assert audit["answered_pages"] > 0 and audit["missing_impressions"] == 0
 
 
 @pytest.mark.slow
