@@ -16,7 +16,7 @@ from recsys.preprocessor.v1 import preprocessor_pb2, preprocessor_pb2_grpc
 from recsys.ranker.v1 import ranker_pb2, ranker_pb2_grpc
 from recsys.retriever.v1 import retriever_pb2, retriever_pb2_grpc
 from services.common.attributes import format_attribute_value
-from services.common.clients import call_timeout
+from services.common.clients import call_timeout, request_metadata
 from services.common.structs import struct_to_dict
 from services.gateway.model import (
     BackendUnavailableError,
@@ -45,7 +45,7 @@ async def _call(
     name: str, call: Callable[..., Awaitable[Response]], request: Any, timeout_s: float, share: float = 1.0
 ) -> Response:
     try:
-        return await call(request, timeout=call_timeout(timeout_s, share))
+        return await call(request, timeout=call_timeout(timeout_s, share), metadata=request_metadata())
     except grpc.aio.AioRpcError as error:
         if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             raise BackendUnavailableError(

@@ -15,15 +15,18 @@ from google.protobuf import json_format, struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from recsys.embedding.v1 import embedding_pb2, embedding_pb2_grpc
+from recsys.retriever.v1 import retriever_pb2
 from services.common.batching import MicroBatcher
+from services.common.clients import open_channel
 from services.common.errors import OverloadedError
-from services.common.logging import deadline_var
+from services.common.logging import deadline_var, request_id_var
 from services.common.server import REQUEST_ID_KEY, RunningServer
 from services.common.settings import ServiceSettings
 from services.common.structs import struct_to_dict
 from services.embedding.app import EmbeddingApp
 from services.embedding.config import EmbeddingSettings
 from services.embedding.encoder import EncodedText
+from services.gateway.backends import RetrieverClient
 
 
 class SlowEncoder:
@@ -226,3 +229,33 @@ def test_struct_to_dict_reads_like_message_to_dict() -> None:
     )
     assert struct_to_dict(struct) == json_format.MessageToDict(struct)
     assert struct_to_dict(struct_pb2.Struct()) == {}
+
+
+async def test_a_backend_call_carries_the_callers_request_id() -> None:
+    """The gateway passes its caller's request id to each backend call as metadata (no client interceptor)."""
+    seen: list[str] = []
+
+    async def profile(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        seen.append(dict(context.invocation_metadata() or ()).get(REQUEST_ID_KEY, ""))
+        return retriever_pb2.GetUserProfileResponse().SerializeToString()
+
+    handler = grpc.method_handlers_generic_handler(
+        "recsys.retriever.v1.RetrieverService", {"GetUserProfile": grpc.unary_unary_rpc_method_handler(profile)}
+    )
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers((handler,))
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        channel = open_channel(f"127.0.0.1:{port}", "recsys.retriever.v1.RetrieverService")
+        client = RetrieverClient(channel, timeout_s=5)
+        token = request_id_var.set("caller-id-7")
+        try:
+            await client.get_profile("", "u")
+        finally:
+            request_id_var.reset(token)
+        await client.get_profile("", "u")  # outside a call: none to pass on
+        await channel.close()
+    finally:
+        await server.stop(0)
+    assert seen == ["caller-id-7", ""]
