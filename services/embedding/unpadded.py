@@ -13,6 +13,8 @@ runs on it; `supports` says which."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import cast
 
 import numpy as np
@@ -40,6 +42,61 @@ def packed_rows(tokens: int) -> int:
     return -(-tokens // step) * step
 
 
+@dataclass(frozen=True)
+class Packing:
+    """Where a batch's real tokens sit in its padded (batch, length) layout: the packed matrix's row r is flat
+    position ``take[r]``; rows past ``tokens`` repeat the first token and are dropped."""
+
+    batch: int
+    length: int
+    tokens: int
+    take: torch.Tensor  # (rows,) int64
+    lengths: torch.Tensor  # (batch,) int64
+    key_mask: torch.Tensor  # (batch, 1, 1, length) bool
+
+    @classmethod
+    def of(cls, mask: np.ndarray, device: torch.device, rounded: bool = True) -> Packing:
+        """The packing of the (batch, length) boolean ``mask`` of real tokens; ``rounded`` pads the row count
+        with :func:`packed_rows` (the service's shapes stay few), else exactly the real tokens."""
+        real = np.flatnonzero(mask)
+        tokens = len(real)
+        rows = packed_rows(tokens) if rounded else tokens
+        take = torch.from_numpy(np.concatenate([real, np.full(rows - tokens, real[0])])).to(device)
+        lengths = torch.from_numpy(mask.sum(axis=1)).to(device)
+        key_mask = torch.from_numpy(mask).to(device)[:, None, None, :]
+        return cls(mask.shape[0], mask.shape[1], tokens, take, lengths, key_mask)
+
+    def pack(self, padded: torch.Tensor) -> torch.Tensor:
+        """(batch, length, hidden) -> (rows, hidden)."""
+        return padded.reshape(self.batch * self.length, -1)[self.take]
+
+    def mean(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, hidden) float32 means over each row's real tokens of the packed ``x``."""
+        owner = torch.repeat_interleave(torch.arange(self.batch, device=x.device), self.lengths)
+        sums = torch.zeros(self.batch, x.shape[-1], dtype=torch.float32, device=x.device)
+        sums.index_add_(0, owner, x[: self.tokens].float())
+        return sums / self.lengths.clamp(min=1)[:, None].float()
+
+
+def run_layers(layers: Sequence[BertLayer], heads: int, x: torch.Tensor, packing: Packing) -> torch.Tensor:
+    """BERT ``layers`` over the packed hidden states ``x`` (rows, hidden); only attention sees the padded layout.
+    Differentiable, so training runs the same arithmetic as serving (without dropout)."""
+    hidden = x.shape[-1]
+    head_dim = hidden // heads
+    scatter = packing.take[: packing.tokens]
+    for layer in layers:
+        attention = layer.attention.self
+        qkv = torch.cat([attention.query(x), attention.key(x), attention.value(x)], dim=1)
+        padded = qkv.new_zeros(packing.batch * packing.length, 3 * hidden)
+        padded[scatter] = qkv[: packing.tokens]
+        query, key, value = padded.view(packing.batch, packing.length, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
+        context = F.scaled_dot_product_attention(query, key, value, attn_mask=packing.key_mask)
+        context = context.transpose(1, 2).reshape(packing.batch * packing.length, hidden)[packing.take]
+        x = layer.attention.output.LayerNorm(layer.attention.output.dense(context) + x)
+        x = layer.output.LayerNorm(layer.output.dense(layer.intermediate(x)) + x)
+    return x
+
+
 class UnpaddedBert:
     def __init__(self, model: BertModel) -> None:
         if not supports(model):
@@ -48,32 +105,16 @@ class UnpaddedBert:
         self.heads = int(model.config.num_attention_heads)
         self.layers = [cast(BertLayer, layer) for layer in model.encoder.layer]
 
+    def states(self, input_ids: torch.Tensor, mask: np.ndarray, layers: int) -> torch.Tensor:
+        """The hidden states of the real tokens (tokens, hidden), row after row, after the embeddings and the
+        first ``layers`` layers."""
+        packing = Packing.of(mask, input_ids.device, rounded=False)
+        x = packing.pack(self.model.embeddings(input_ids=input_ids))
+        return run_layers(self.layers[:layers], self.heads, x, packing)
+
     def mean_pooled(self, input_ids: torch.Tensor, mask: np.ndarray) -> torch.Tensor:
         """(batch, hidden) float32 means of the last layer over each row's real tokens; `mask` is the (batch,
         length) boolean numpy mask of real tokens, `input_ids` the padded ids on the model's device."""
-        batch, length = mask.shape
-        device = input_ids.device
-        real = np.flatnonzero(mask)
-        tokens = len(real)
-        rows = packed_rows(tokens)
-        take = torch.from_numpy(np.concatenate([real, np.full(rows - tokens, real[0])])).to(device)
-        scatter = take[:tokens]
-        lengths = torch.from_numpy(mask.sum(axis=1)).to(device)
-        key_mask = torch.from_numpy(mask).to(device)[:, None, None, :]
-        x = self.model.embeddings(input_ids=input_ids)
-        hidden = x.shape[-1]
-        head_dim = hidden // self.heads
-        x = x.reshape(batch * length, hidden)[take]
-        for layer in self.layers:
-            attention = layer.attention.self
-            qkv = torch.cat([attention.query(x), attention.key(x), attention.value(x)], dim=1)
-            padded = qkv.new_zeros(batch * length, 3 * hidden)
-            padded[scatter] = qkv[:tokens]
-            query, key, value = padded.view(batch, length, 3, self.heads, head_dim).permute(2, 0, 3, 1, 4)
-            context = F.scaled_dot_product_attention(query, key, value, attn_mask=key_mask)
-            context = context.transpose(1, 2).reshape(batch * length, hidden)[take]
-            x = layer.attention.output.LayerNorm(layer.attention.output.dense(context) + x)
-            x = layer.output.LayerNorm(layer.output.dense(layer.intermediate(x)) + x)
-        owner = torch.repeat_interleave(torch.arange(batch, device=device), lengths)
-        sums = torch.zeros(batch, hidden, dtype=torch.float32, device=device).index_add_(0, owner, x[:tokens].float())
-        return sums / lengths.clamp(min=1)[:, None].float()
+        packing = Packing.of(mask, input_ids.device)
+        x = packing.pack(self.model.embeddings(input_ids=input_ids))
+        return packing.mean(run_layers(self.layers, self.heads, x, packing))
