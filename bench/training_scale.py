@@ -193,7 +193,7 @@ def run_catalog(n_items: int, args: argparse.Namespace, config: TrainConfig) -> 
         graph = served_graph(weights, split, sequence.item_ids, config, text)
         fusion = tune_fusion(
             sequence.scorer(config.device, graph=graph), split, text, mask=True, max_users=config.tune_users, seed=0
-        )
+        ).fusion
     result = TrainResult(
         state_dict=sequence.state_dict,
         model_config=sequence.model_config,

@@ -213,7 +213,7 @@ def _run_split(
             )
             fusion = tune_fusion(
                 ranker, split, text, mask=False, max_users=train_config.tune_users, seed=train_config.seed
-            )
+            ).fusion
         result.choices[f"{protocol}/ours/{_mask_name(mask)}"] = fusion.to_dict()
         if graph_choice is not None:
             result.choices[f"{protocol}/ours/graph/{_mask_name(mask)}"] = graph_choice.to_dict()

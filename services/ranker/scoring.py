@@ -11,10 +11,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol, TypeVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
-from services.ranker.metrics import KS, MetricSums
+from services.ranker.metrics import KS, MetricSums, per_user_metrics, target_ranks
 from services.ranker.splits import Case
 
 P = TypeVar("P")
@@ -37,6 +38,51 @@ def evaluate(scorer: Scorer, cases: Sequence[Case], mask: bool, ks: Sequence[int
         histories = [c.history for c in chunk]
         sums.add(scorer(histories).float(), [c.targets for c in chunk], histories if mask else None)
     return sums.means()
+
+
+def per_user(scorer: Scorer, cases: Sequence[Case], mask: bool, ks: Sequence[int] = KS) -> dict[str, np.ndarray]:
+    """Every metric of each case, in order (``{"<metric>@<k>": (len(cases),) float64}``): what :func:`evaluate`
+    averages, for intervals over users."""
+    values: dict[str, list[np.ndarray]] = {}
+    for chunk in batches(cases):
+        histories = [c.history for c in chunk]
+        scores = scorer(histories).float()
+        ranks, n_targets = target_ranks(scores, [c.targets for c in chunk], histories if mask else None)
+        for name, metric in per_user_metrics(ranks, n_targets, ks).items():
+            values.setdefault(name, []).append(metric.double().numpy())
+    return {name: np.concatenate(parts) for name, parts in values.items()}
+
+
+@dataclass(frozen=True)
+class Gain:
+    """A model's mean gain over a simpler one on the same users, with a paired bootstrap interval."""
+
+    mean: float
+    low: float  # 5th percentile of the bootstrap means: the gain is beyond noise when this is above 0
+    high: float  # 95th percentile
+    users: int
+
+    @property
+    def beyond_noise(self) -> bool:
+        return self.low > 0
+
+    def to_dict(self) -> dict[str, float]:
+        return {"mean": self.mean, "low": self.low, "high": self.high, "users": self.users}
+
+
+def paired_gain(model: np.ndarray, simpler: np.ndarray, seed: int, draws: int = 2000) -> Gain:
+    """The gain of per-user values ``model`` over ``simpler`` (the same users in the same order): users are
+    resampled with replacement ``draws`` times, so the interval keeps the pairing (one user's two scores move
+    together)."""
+    if len(model) != len(simpler):
+        raise ValueError(f"{len(model)} and {len(simpler)} users: the gain is paired, user by user")
+    gains = np.asarray(model, dtype=np.float64) - np.asarray(simpler, dtype=np.float64)
+    if not len(gains):
+        return Gain(0.0, 0.0, 0.0, 0)
+    rng = np.random.default_rng(seed)
+    means = np.array([gains[rng.integers(0, len(gains), len(gains))].mean() for _ in range(draws)])
+    low, high = np.percentile(means, [5, 95])
+    return Gain(float(gains.mean()), float(low), float(high), len(gains))
 
 
 def tune(

@@ -28,9 +28,9 @@ from tqdm.auto import tqdm
 from services.datasets.loaders import Dataset
 from services.ranker import distributed
 from services.ranker.graph import GraphChoice, fit_graph_weights, item_graph
-from services.ranker.metrics import MetricSums
+from services.ranker.metrics import per_user_metrics, target_ranks
 from services.ranker.model import Fusion, ItemGraph, ModelConfig, RankerModel, RankerScorer
-from services.ranker.scoring import TextScorer, evaluate, unit_rows
+from services.ranker.scoring import Gain, TextScorer, evaluate, paired_gain, per_user, unit_rows
 from services.ranker.splits import Split, loo_split
 
 T = TypeVar("T")
@@ -39,6 +39,7 @@ ItemVectors = Mapping[str, np.ndarray] | tuple[Sequence[str], np.ndarray]
 # Fusion weights are tried in units of each component's spread on validation, so one grid fits every data set.
 FUSION_GRID = (0.0, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
 TEXT_DECAYS = (1.0, 0.5, 0.25, 0.1)
+FUSION_TERMS = ("sequence", "graph", "text")
 GRAPH_DECAYS = (1.0, 0.7, 0.4)
 FUSION_SCORES_BYTES = 2 * 1024**3
 
@@ -127,6 +128,9 @@ class TrainResult:
     graph: ItemGraph | None = None
     fusion: Fusion = field(default_factory=Fusion)
     graph_choice: GraphChoice | None = None
+    fusion_choice: FusionChoice | None = None
+    # Validation NDCG@10 of each sampled validation user (the cases of ``val_ndcg@10``), for paired comparisons.
+    val_ndcg_per_user: np.ndarray = field(default_factory=lambda: np.zeros(0), repr=False)
 
     @property
     def n_items(self) -> int:
@@ -184,15 +188,18 @@ def fit_ranker(
     )
     graph = served_graph(graph_weights, split, sequence.item_ids, config, text)
     base = sequence.scorer(config.device, graph=graph)
-    fusion = tune_fusion(base, split, text, mask=True, max_users=config.tune_users, seed=config.seed)
-    scorer = replace_fusion(base, fusion)
+    fusion_choice = tune_fusion(base, split, text, mask=True, max_users=config.tune_users, seed=config.seed)
+    scorer = replace_fusion(base, fusion_choice.fusion)
 
     metrics: dict[str, float] = {}
     k = config.k
+    full = catalog_scorer(scorer, split, text)
+    val = per_user(full, sample_cases(split.val, config.eval_users, config.seed), mask=True, ks=(k,))
+    for name, values in val.items():
+        metrics[f"val_{name}"] = float(values.mean())
     test = sample_cases(split.test, config.eval_users, config.seed)
-    for prefix, cases in (("val", sample_cases(split.val, config.eval_users, config.seed)), ("test", test)):
-        for name, value in evaluate(catalog_scorer(scorer, split, text), cases, mask=True, ks=(k,)).items():
-            metrics[f"{prefix}_{name}"] = value
+    for name, value in evaluate(full, test, mask=True, ks=(k,)).items():
+        metrics[f"test_{name}"] = value
     text_only = TextScorer(unit_rows(torch.from_numpy(text)))
     for name, value in evaluate(text_only, test, mask=True, ks=(k,)).items():
         metrics[f"text_only_{name}"] = value
@@ -209,8 +216,10 @@ def fit_ranker(
         dataset_hash=dataset_hash,
         n_users=n_users,
         graph=graph,
-        fusion=fusion,
+        fusion=fusion_choice.fusion,
         graph_choice=graph_choice,
+        fusion_choice=fusion_choice,
+        val_ndcg_per_user=val[f"ndcg@{k}"],
     )
 
 
@@ -246,11 +255,38 @@ def served_graph(
     return item_graph(weights, split, vocabulary, keep, text)
 
 
+@dataclass(frozen=True)
+class FusionChoice:
+    """The served fusion and how validation got there: every term tuned together, then terms whose gain is within
+    noise dropped (``dropped``: each term's gain over the model without it, on the tuning users)."""
+
+    fusion: Fusion
+    terms: tuple[str, ...]  # the terms with weight, in FUSION_TERMS order
+    val_ndcg: float  # the served fusion, validation NDCG@10 on the tuning users
+    val_ndcg_all_terms: float  # every term, tuned together
+    dropped: dict[str, Gain] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **self.fusion.to_dict(),
+            "terms": list(self.terms),
+            "val_ndcg": self.val_ndcg,
+            "val_ndcg_all_terms": self.val_ndcg_all_terms,
+            "dropped": {term: gain.to_dict() for term, gain in self.dropped.items()},
+        }
+
+
 def tune_fusion(
     scorer: RankerScorer, split: Split, text: np.ndarray, *, mask: bool, max_users: int, seed: int
-) -> Fusion:
-    """Fusion weights with the best validation NDCG@10: each decay first (its term alone), then coordinate ascent
-    over the graph and text weights, two rounds, in units of each term's spread on validation."""
+) -> FusionChoice:
+    """Fusion weights chosen on validation NDCG@10, never worse there than the best single term, and no more terms
+    than validation can tell apart from noise.
+
+    Each decay first (its term alone), then coordinate ascent over the weights (two rounds, in units of each
+    term's spread on validation) from the best term alone. A term left at weight 0 is dropped; then, while more
+    than one term is left, the model without its least useful term (re-tuned) is served instead when the gain
+    over it is within noise (its paired-bootstrap 5th percentile over the tuning users is not above 0): a gain
+    validation cannot tell from chance does not carry to test."""
     # Every term's scores of every sampled user over the whole catalog are held at once: the sample shrinks as
     # the catalog grows, so they stay within FUSION_SCORES_BYTES.
     held = 1 + len(GRAPH_DECAYS) + len(TEXT_DECAYS)
@@ -266,53 +302,75 @@ def tune_fusion(
         single = CatalogScorer(replace_fusion(scorer, fusion), split.item_ids, text)
         return [single([c.history for c in chunk]) for chunk in chunks]
 
-    def ndcg(parts: Sequence[tuple[float, list[Tensor]]]) -> float:
-        sums = MetricSums(ks=(10,))
+    def users_ndcg(parts: Sequence[tuple[float, list[Tensor]]]) -> np.ndarray:
+        values = []
         for n, chunk in enumerate(chunks):
             scores = sum((w * p[n] for w, p in parts if w), torch.zeros_like(parts[0][1][n]))
             if len(unknown):
                 scores[:, unknown] = -math.inf
-            sums.add(scores, [c.targets for c in chunk], [c.history for c in chunk] if mask else None)
-        return sums.means()["ndcg@10"]
+            histories = [c.history for c in chunk] if mask else None
+            ranks, n_targets = target_ranks(scores, [c.targets for c in chunk], histories)
+            values.append(per_user_metrics(ranks, n_targets, (10,))["ndcg@10"].double().numpy())
+        return np.concatenate(values)
 
     def spread(parts: list[Tensor]) -> float:
         return float(torch.cat([p.flatten() for p in parts]).std()) or 1.0
 
-    sequence = component(Fusion(sequence=1.0))
-    graph_decay, graph = 1.0, None
+    parts = {"sequence": component(Fusion(sequence=1.0))}
+    graph_decay = 1.0
     if scorer.graph is not None:
         graphs = {d: component(Fusion(sequence=0.0, graph=1.0, graph_decay=d)) for d in GRAPH_DECAYS}
-        graph_decay = max(GRAPH_DECAYS, key=lambda d: ndcg([(1.0, graphs[d])]))
-        graph = graphs[graph_decay]
+        graph_decay = max(GRAPH_DECAYS, key=lambda d: float(users_ndcg([(1.0, graphs[d])]).mean()))
+        parts["graph"] = graphs[graph_decay]
     texts = {d: component(Fusion(sequence=0.0, text=1.0, text_decay=d)) for d in TEXT_DECAYS}
-    decay = max(TEXT_DECAYS, key=lambda d: ndcg([(1.0, texts[d])]))
-    text_part = texts[decay]
-    scale = {"sequence": 1.0 / spread(sequence), "text": 1.0 / spread(text_part)}
-    if graph is not None:
-        scale["graph"] = 1.0 / spread(graph)
-    weights = {"graph": 0.0, "text": 0.0}
+    text_decay = max(TEXT_DECAYS, key=lambda d: float(users_ndcg([(1.0, texts[d])]).mean()))
+    parts["text"] = texts[text_decay]
+    scale = {name: 1.0 / spread(part) for name, part in parts.items()}
+    memo: dict[tuple[tuple[str, float], ...], np.ndarray] = {}
 
-    def score_of(w: Mapping[str, float]) -> float:
-        parts = [(scale["sequence"], sequence), (w["text"] * scale["text"], text_part)]
-        if graph is not None:
-            parts.append((w["graph"] * scale["graph"], graph))
-        return ndcg(parts)
+    def user_values(weights: Mapping[str, float]) -> np.ndarray:
+        key = tuple(sorted((name, w) for name, w in weights.items() if w))
+        if key not in memo:
+            memo[key] = users_ndcg([(w * scale[name], parts[name]) for name, w in key])
+        return memo[key]
 
-    best = score_of(weights)
-    for _ in range(2):
-        for name in [n for n in ("graph", "text") if n in scale]:
-            for value in FUSION_GRID:
-                trial = {**weights, name: value}
-                result = score_of(trial)
-                if result > best:
-                    best, weights = result, trial
-    return Fusion(
-        sequence=scale["sequence"],
-        graph=weights["graph"] * scale.get("graph", 0.0),
-        text=weights["text"] * scale["text"],
-        text_decay=decay,
+    def score(weights: Mapping[str, float]) -> float:
+        return float(user_values(weights).mean())
+
+    def fit(terms: Sequence[str]) -> dict[str, float]:
+        # The best term alone is the anchor (weight 1); the others are weighed against it.
+        anchor = max(terms, key=lambda t: score({t: 1.0}))
+        weights = {t: 1.0 if t == anchor else 0.0 for t in terms}
+        best = score(weights)
+        for _ in range(2):
+            for name in [t for t in terms if t != anchor]:
+                for value in FUSION_GRID:
+                    trial = {**weights, name: value}
+                    result = score(trial)
+                    if result > best:
+                        best, weights = result, trial
+        return {t: w for t, w in weights.items() if w}
+
+    weights = fit(list(parts))
+    all_terms = score(weights)
+    dropped: dict[str, Gain] = {}
+    while len(weights) > 1:
+        simpler = {term: fit([t for t in weights if t != term]) for term in weights}
+        term = max(simpler, key=lambda t: score(simpler[t]))
+        gain = paired_gain(user_values(weights), user_values(simpler[term]), seed)
+        if gain.beyond_noise:
+            break
+        dropped[term] = gain
+        weights = simpler[term]
+    fusion = Fusion(
+        sequence=weights.get("sequence", 0.0) * scale["sequence"],
+        graph=weights.get("graph", 0.0) * scale.get("graph", 0.0),
+        text=weights.get("text", 0.0) * scale["text"],
+        text_decay=text_decay,
         graph_decay=graph_decay,
     )
+    terms = tuple(t for t in FUSION_TERMS if t in weights)
+    return FusionChoice(fusion, terms, score(weights), all_terms, dropped)
 
 
 def fit_sequence_model(

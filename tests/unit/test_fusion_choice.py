@@ -1,0 +1,55 @@
+"""The fusion choice: never worse on validation than the best single term, and no term whose gain is noise."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from services.datasets.loaders import CatalogItem, Dataset, Interaction
+from services.ranker.scoring import paired_gain
+from services.ranker.training import FUSION_TERMS, TrainConfig, train_ranker
+
+
+def _walks(n_users: int = 60, n_items: int = 40, length: int = 10, seed: int = 0) -> Dataset:
+    """Users walk through consecutive items: the item graph predicts the next item, random text cannot."""
+    rng = np.random.default_rng(seed)
+    items = tuple(CatalogItem(item_id=f"i{n}", title=f"item {n}") for n in range(n_items))
+    interactions = [
+        Interaction(f"u{u:02d}", f"i{start + t}", float(t))
+        for u in range(n_users)
+        for start in [int(rng.integers(0, n_items - length))]
+        for t in range(length)
+    ]
+    return Dataset("walks", items, tuple(interactions))
+
+
+def test_a_paired_gain_is_beyond_noise_only_when_the_users_agree() -> None:
+    rng = np.random.default_rng(0)
+    simpler = rng.uniform(size=500)
+    assert not paired_gain(simpler, simpler, seed=0).beyond_noise
+    noise = paired_gain(simpler + rng.normal(scale=0.3, size=500), simpler, seed=0)
+    assert noise.low < noise.mean < noise.high and not noise.beyond_noise
+    better = paired_gain(simpler + 0.05 + rng.normal(scale=0.05, size=500), simpler, seed=0)
+    assert better.beyond_noise and better.mean == pytest.approx(0.05, abs=0.01) and better.users == 500
+    with pytest.raises(ValueError, match="paired"):
+        paired_gain(simpler, simpler[:10], seed=0)
+
+
+def test_a_term_that_does_not_pay_on_validation_gets_no_weight() -> None:
+    dataset = _walks()
+    ids = [item.item_id for item in dataset.items]
+    text = np.random.default_rng(1).normal(size=(len(ids), 16)).astype(np.float32)
+    config = TrainConfig(dim=16, layers=1, heads=1, max_len=10, max_epochs=2, batch_size=64, seed=0, tune_users=200)
+    result = train_ranker(dataset, (ids, text), config, progress=False)
+    choice = result.fusion_choice
+    assert choice is not None and set(choice.terms) <= set(FUSION_TERMS) and choice.terms
+    assert "text" not in choice.terms and result.fusion.text == 0.0  # random vectors say nothing of the next item
+    assert "graph" in choice.terms and result.fusion.graph > 0
+    # A dropped term's gain was within noise; the model kept is validation's best up to that noise.
+    assert all(not gain.beyond_noise for gain in choice.dropped.values())
+    assert choice.val_ndcg >= choice.val_ndcg_all_terms - max((g.high for g in choice.dropped.values()), default=0.0)
+    for term in FUSION_TERMS:
+        weight = {"sequence": result.fusion.sequence, "graph": result.fusion.graph, "text": result.fusion.text}[term]
+        assert (weight > 0) == (term in choice.terms)
+    assert len(result.val_ndcg_per_user) == len(dataset.user_ids)
+    assert result.metrics["val_ndcg@10"] == pytest.approx(float(result.val_ndcg_per_user.mean()))
