@@ -7,22 +7,25 @@ import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
 
 from recsys_client import RecsysClient
-from services.cli.training import embed_items
+from services.cli.training import adapt_encoder, embed_items, item_texts
 from services.datasets.loaders import Dataset, detect_format, load_dataset
 from services.embedding.app import load_encoder
 from services.embedding.config import EmbeddingSettings
+from services.embedding.encoder import resolve_device
 from services.evaluation.queries import ROWS, query_evaluation
 from services.evaluation.report import plot, table, write_json
-from services.evaluation.runner import run_evaluation
+from services.evaluation.runner import Adapter, run_evaluation
 from services.evaluation.served import served_evaluation
 from services.evaluation.splits import filter_dataset, make_split
 from services.gateway.config import GatewaySettings
 from services.ranker.checkpoints import latest_checkpoint, load_scorer
+from services.ranker.encoder_tuning import TuningConfig
 from services.ranker.splits import Split
 from services.ranker.training import TrainConfig
 
@@ -62,6 +65,7 @@ def run_eval_command(args: argparse.Namespace) -> None:
         _served(args, split, text, data_hash)
         return
     config = TrainConfig(max_epochs=args.epochs, seed=args.seed, max_seconds=args.max_train_seconds)
+    tuning = TuningConfig(seed=args.seed, device=resolve_device("auto")) if args.adapt_encoder else None
     result = run_evaluation(
         split,
         text,
@@ -70,6 +74,7 @@ def run_eval_command(args: argparse.Namespace) -> None:
         data_hash=data_hash,
         train_config=config,
         with_cold_start=not args.no_cold_start,
+        adapter=_adapter(dataset, tuning) if tuning is not None else None,
     )
     total = time.perf_counter() - started
     print()
@@ -88,6 +93,7 @@ def run_eval_command(args: argparse.Namespace) -> None:
         "data_hash": data_hash,
         "embedding_model": model_id,
         "train_config": config.to_dict(),
+        "tuning_config": tuning.to_dict() if tuning is not None else None,
         "total_seconds": round(total, 1),
     }
     if args.json is not None:
@@ -96,6 +102,17 @@ def run_eval_command(args: argparse.Namespace) -> None:
     if args.plot is not None:
         plot(result, args.plot, title=f"{dataset.name} ({protocol}, seed {args.seed})")
         print(f"plot written to {args.plot}")
+
+
+def _adapter(dataset: Dataset, tuning: TuningConfig) -> Adapter:
+    """Adapts the encoder to a split's training data; the catalog's vectors from it as the service serves them."""
+    texts = item_texts(dataset.items)
+
+    def adapt(split: Split) -> tuple[np.ndarray, dict[str, Any]]:
+        tuned, vectors = adapt_encoder(split, texts, tuning)
+        return vectors, tuned.summary()
+
+    return adapt
 
 
 def _served(args: argparse.Namespace, split: Split, text: np.ndarray, data_hash: str) -> None:

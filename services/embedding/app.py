@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import torch
@@ -36,6 +37,10 @@ def forward_batch_size(settings: EmbeddingSettings) -> int:
     return settings.max_batch_size if on_cuda else min(32, settings.max_batch_size)
 
 
+def base_model_path(settings: EmbeddingSettings) -> Path:
+    return settings.model_path or default_model_path()
+
+
 def base_model_id(settings: EmbeddingSettings) -> str:
     return settings.model_id or (DEFAULT_MODEL_ID if settings.model_path is None else "")
 
@@ -46,7 +51,7 @@ def load_encoder(settings: EmbeddingSettings, version: str | None = None) -> Tex
     if settings.torch_threads:
         torch.set_num_threads(settings.torch_threads)
     version = settings.encoder_version if version is None else version
-    path = settings.model_path or default_model_path()
+    path = base_model_path(settings)
     model_id = base_model_id(settings)
     if version:
         available = list_versions(settings.encoder_dir)
@@ -57,6 +62,11 @@ def load_encoder(settings: EmbeddingSettings, version: str | None = None) -> Tex
             )
         path = version_path(settings.encoder_dir, version)
         model_id = f"{EncoderMetadata.from_file(path / METADATA_FILE).base_model}@{version}"
+    return encoder_at(settings, path, model_id)
+
+
+def encoder_at(settings: EmbeddingSettings, path: Path, model_id: str) -> TextEncoder:
+    """The model folder ``path`` as the service runs it (device, dtype, batching, packed forward)."""
     return TextEncoder(
         path,
         device=settings.device,

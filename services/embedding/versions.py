@@ -59,6 +59,16 @@ def list_versions(encoder_dir: Path | None) -> list[str]:
     return sorted(complete, reverse=True)  # the name starts with its UTC timestamp
 
 
+def write_model_folder(folder: Path, model: Any, tokenizer: Any, base_path: Path) -> None:
+    """A transformers ``model`` and its ``tokenizer`` as a model folder, with the sentence-transformers settings
+    of ``base_path``, the folder it started from (the token limit)."""
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    for name in CARRIED_FILES:
+        if (base_path / name).is_file():
+            shutil.copyfile(base_path / name, folder / name)
+
+
 def save_version(
     encoder_dir: Path,
     model: Any,
@@ -72,18 +82,14 @@ def save_version(
     tuning: dict[str, Any],
     now: datetime | None = None,
 ) -> str:
-    """Write a transformers ``model`` and its ``tokenizer`` as a new version under ``encoder_dir``; return the
-    version. ``base_path`` is the folder it started from, whose sentence-transformers settings it keeps."""
+    """Write a transformers ``model`` and its ``tokenizer`` (:func:`write_model_folder`) as a new version under
+    ``encoder_dir``; return the version."""
     encoder_dir = Path(encoder_dir)
     encoder_dir.mkdir(parents=True, exist_ok=True)
     created = (now or datetime.now(UTC)).astimezone(UTC)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=encoder_dir))
     try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        for name in CARRIED_FILES:
-            if (base_path / name).is_file():
-                shutil.copyfile(base_path / name, tmp / name)
+        write_model_folder(tmp, model, tokenizer, base_path)
         with (tmp / WEIGHTS_FILE).open("rb") as f:
             version = f"{created:%Y%m%dT%H%M%SZ}-{hashlib.file_digest(f, 'sha256').hexdigest()[:8]}"
         metadata = EncoderMetadata(

@@ -6,6 +6,12 @@ style), text-only, a naive blend of the best collaborative model with text-only,
 transformer + item graph (EASE with text neighbours) + text prior). Every tunable choice (ItemKNN's k, EASE's
 lambda, the blend's weight, our fusion weights) is picked on validation NDCG@10 under the same masking as the row it
 is reported in. With cold start, the whole set of models is fitted again on the split without the held-out items.
+
+With an encoder adapter (the ablation of issue 18), the encoder is fine-tuned on the split's training data (again
+on the cold-start split, whose held-out items it must never have trained on) and three more rows are reported:
+``text-only-adapted`` (text alone, adapted vectors), ``ours-frozen`` and ``ours-adapted`` (the whole model on each
+encoder's vectors); ``ours`` is then the one validation picks, the adapted one only when its gain is beyond noise.
+The baselines keep the frozen encoder's vectors, as before.
 """
 
 from __future__ import annotations
@@ -25,7 +31,17 @@ from services.evaluation.library import LIBRARY_MODELS
 from services.evaluation.splits import cold_start
 from services.ranker.graph import EASE_LAMBDAS, ease, fit_graph_weights, gram
 from services.ranker.metrics import KS
-from services.ranker.scoring import ItemItemScorer, Scorer, TextScorer, evaluate, tune, unit_rows, unseen_items
+from services.ranker.scoring import (
+    ItemItemScorer,
+    Scorer,
+    TextScorer,
+    evaluate,
+    paired_gain,
+    per_user,
+    tune,
+    unit_rows,
+    unseen_items,
+)
 from services.ranker.splits import Split
 from services.ranker.training import (
     CatalogScorer,
@@ -34,14 +50,30 @@ from services.ranker.training import (
     fit_sequence_model,
     graph_neighbours,
     replace_fusion,
+    sample_cases,
     served_graph,
     tune_fusion,
 )
 
 # The library rows (services.evaluation.library) check our EASE and ItemKNN; they are not candidates of the blend.
-MODELS = ("popularity", "itemknn", "ease", *(m.name for m in LIBRARY_MODELS), "id-only", "text-only", "blend", "ours")
+MODELS = (
+    "popularity",
+    "itemknn",
+    "ease",
+    *(m.name for m in LIBRARY_MODELS),
+    "id-only",
+    "text-only",
+    "text-only-adapted",
+    "blend",
+    "ours-frozen",
+    "ours-adapted",
+    "ours",
+)
 NO_TEXT = ("popularity", "itemknn", "ease", "id-only")
+ADAPTED_ROWS = ("text-only-adapted", "ours-frozen", "ours-adapted")
 BLEND_WEIGHTS = tuple(round(0.1 * i, 1) for i in range(11))
+# A split -> the catalog's vectors from an encoder fine-tuned on its training data, and how it was tuned.
+Adapter = Callable[[Split], tuple[np.ndarray, dict[str, Any]]]
 
 
 @dataclass(frozen=True)
@@ -97,11 +129,12 @@ def run_evaluation(
     train_config: TrainConfig,
     with_cold_start: bool = True,
     progress: bool = True,
+    adapter: Adapter | None = None,
 ) -> RunResult:
     result = RunResult()
     splits = [split, cold_start(split, seed)] if with_cold_start else [split]
     for current in splits:
-        _run_split(current, text, masks, seed, data_hash, train_config, result, progress)
+        _run_split(current, text, masks, seed, data_hash, train_config, result, progress, adapter)
     return result
 
 
@@ -114,10 +147,12 @@ def _run_split(
     train_config: TrainConfig,
     result: RunResult,
     progress: bool,
+    adapter: Adapter | None,
 ) -> None:
     protocol = split.protocol
     result.users[protocol] = len(split.test)
-    bar = tqdm(total=len(MODELS), desc=f"models ({protocol})", unit="model", disable=not progress)
+    models = MODELS if adapter is not None else [m for m in MODELS if m not in ADAPTED_ROWS]
+    bar = tqdm(total=len(models), desc=f"models ({protocol})", unit="model", disable=not progress)
     unknown = unseen_items(split.train, split.n_items)
     chosen: dict[tuple[str, bool], Scorer] = {}
     val_ndcg: dict[tuple[str, bool], float] = {}
@@ -179,6 +214,14 @@ def _run_split(
     text_only = TextScorer(unit_rows(torch.from_numpy(text)))
     report("text-only", lambda mask: text_only, started)
 
+    adapted: np.ndarray | None = None
+    if adapter is not None:
+        started = time.perf_counter()
+        adapted, tuning = adapter(split)
+        result.choices[f"{protocol}/text-only-adapted/tuning"] = tuning
+        text_adapted = TextScorer(unit_rows(torch.from_numpy(adapted)))
+        report("text-only-adapted", lambda mask: text_adapted, started)
+
     started = time.perf_counter()
     blends: dict[bool, BlendScorer] = {}
     for mask in masks:
@@ -191,12 +234,61 @@ def _run_split(
     report("blend", lambda mask: blends[mask], started)
 
     started = time.perf_counter()
+    frozen = _ours(split, text, masks, lambdas, train_config, progress)
+    if adapted is None:
+        _record_ours("ours", frozen, result, protocol)
+        report("ours", frozen.scorers.__getitem__, started)
+        bar.close()
+        return
+    _record_ours("ours-frozen", frozen, result, protocol)
+    report("ours-frozen", frozen.scorers.__getitem__, started)
+    started = time.perf_counter()
+    with_adapted = _ours(split, adapted, masks, lambdas, train_config, progress)
+    _record_ours("ours-adapted", with_adapted, result, protocol)
+    report("ours-adapted", with_adapted.scorers.__getitem__, started)
+    # The served model: the adapted encoder only where its whole-model gain on validation is beyond noise.
+    served: dict[bool, Scorer] = {}
+    for mask in masks:
+        gain = paired_gain(with_adapted.val_ndcg[mask], frozen.val_ndcg[mask], train_config.seed)
+        served[mask] = (with_adapted if gain.beyond_noise else frozen).scorers[mask]
+        result.choices[f"{protocol}/ours/encoder/{_mask_name(mask)}"] = {
+            "adapted": gain.beyond_noise,
+            "val_ndcg@10_frozen": float(frozen.val_ndcg[mask].mean()),
+            "val_ndcg@10_adapted": float(with_adapted.val_ndcg[mask].mean()),
+            "gain": gain.to_dict(),
+        }
+    # Its cost is the whole recipe: adapting the encoder and fitting the ranker on both encoders' vectors.
+    seconds = sum(result.seconds[f"{protocol}/{m}"] for m in ADAPTED_ROWS)
+    report("ours", served.__getitem__, time.perf_counter() - seconds)
+    bar.close()
+
+
+@dataclass(frozen=True)
+class _Ours:
+    """The served ranker fitted on one encoder's vectors, per masking: its scorer, the per-user validation NDCG@10
+    it was chosen by, and what validation chose."""
+
+    scorers: dict[bool, Scorer]
+    val_ndcg: dict[bool, np.ndarray]
+    choices: dict[str, Any]
+
+
+def _ours(
+    split: Split,
+    text: np.ndarray,
+    masks: Sequence[bool],
+    lambdas: dict[bool, float],
+    train_config: TrainConfig,
+    progress: bool,
+) -> _Ours:
     ours = fit_ranker(split, text, train_config, progress=progress, ease_lambda=lambdas[True])
     scorer = ours.scorer(train_config.device)
-    ours_by_mask: dict[bool, Scorer] = {}
+    val = sample_cases(split.val, train_config.eval_users, train_config.seed)
+    scorers: dict[bool, Scorer] = {}
+    val_ndcg: dict[bool, np.ndarray] = {}
+    choices: dict[str, Any] = {"epochs": {"epochs": ours.epochs, "best_epoch": ours.best_epoch}}
     for mask in masks:
-        ranker = scorer
-        fusion, graph_choice = ours.fusion, ours.graph_choice
+        ranker, fusion, graph_choice = scorer, ours.fusion_choice, ours.graph_choice
         if not mask:
             # Like the baselines' lambdas, the graph and the fusion are tuned again under the row's masking.
             weights, graph_choice = fit_graph_weights(
@@ -213,14 +305,19 @@ def _run_split(
             )
             fusion = tune_fusion(
                 ranker, split, text, mask=False, max_users=train_config.tune_users, seed=train_config.seed
-            ).fusion
-        result.choices[f"{protocol}/ours/{_mask_name(mask)}"] = fusion.to_dict()
+            )
+        assert fusion is not None
         if graph_choice is not None:
-            result.choices[f"{protocol}/ours/graph/{_mask_name(mask)}"] = graph_choice.to_dict()
-        ours_by_mask[mask] = CatalogScorer(replace_fusion(ranker, fusion), split.item_ids, text)
-    result.choices[f"{protocol}/ours/epochs"] = {"epochs": ours.epochs, "best_epoch": ours.best_epoch}
-    report("ours", lambda mask: ours_by_mask[mask], started)
-    bar.close()
+            choices[f"graph/{_mask_name(mask)}"] = graph_choice.to_dict()
+        choices[_mask_name(mask)] = fusion.to_dict()
+        scorers[mask] = CatalogScorer(replace_fusion(ranker, fusion.fusion), split.item_ids, text)
+        val_ndcg[mask] = ours.val_ndcg_per_user if mask else per_user(scorers[mask], val, False, (10,))["ndcg@10"]
+    return _Ours(scorers, val_ndcg, choices)
+
+
+def _record_ours(model: str, ours: _Ours, result: RunResult, protocol: str) -> None:
+    for name, choice in ours.choices.items():
+        result.choices[f"{protocol}/{model}/{name}"] = choice
 
 
 def _blend(collaborative: Scorer, text: Scorer, split: Split, mask: bool) -> BlendScorer:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from services.evaluation.splits import cold_start, filter_dataset, ratio_split
 from services.ranker.graph import ease, gram
 from services.ranker.metrics import MetricSums, per_user_metrics, target_ranks
 from services.ranker.scoring import ItemItemScorer, evaluate
-from services.ranker.splits import loo_split
+from services.ranker.splits import Split, loo_split
 from services.ranker.training import TrainConfig
 
 TINY = TrainConfig(dim=16, layers=1, heads=1, max_len=10, max_epochs=2, batch_size=64, seed=0, tune_users=200)
@@ -132,9 +133,22 @@ def test_short_train_and_eval_run(tmp_path: Path) -> None:
     dataset = _dataset()
     split = loo_split(dataset)
     text = np.random.default_rng(0).normal(size=(len(dataset.items), 384)).astype(np.float32)
+    adapted_for: list[Split] = []
+
+    def adapter(current: Split) -> tuple[np.ndarray, dict[str, Any]]:
+        # Stands in for the fine-tuning: other vectors for the same items, fitted on the split it is given.
+        adapted_for.append(current)
+        return text + np.random.default_rng(1).normal(scale=0.5, size=text.shape).astype(np.float32), {"fake": 1}
+
     result = run_evaluation(
-        split, text, masks=(True, False), seed=0, data_hash="abc", train_config=TINY, progress=False
+        split, text, masks=(True, False), seed=0, data_hash="abc", train_config=TINY, progress=False, adapter=adapter
     )
+    # The cold-start split adapts again: its held-out items must never have been in the encoder's training pairs.
+    assert [s.protocol for s in adapted_for] == ["loo", "loo-cold"]
+    for mask in ("masked", "unmasked"):
+        choice = result.choices[f"loo/ours/encoder/{mask}"]
+        assert choice["adapted"] == (choice["gain"]["low"] > 0)
+    assert result.choices["loo-cold/text-only-adapted/tuning"] == {"fake": 1}
     protocols = {row.protocol for row in result.rows}
     assert protocols == {"loo", "loo-cold"}
     for protocol in protocols:

@@ -337,7 +337,7 @@ def test_train_writes_into_the_catalog_folder(
     )
     data, state = tmp_path / "data", tmp_path / "var"
     _write_plain(data)
-    common = ["train", "--data", str(data), "--state-dir", str(state), "--epochs", "1"]
+    common = ["train", "--data", str(data), "--state-dir", str(state), "--epochs", "1", "--no-adapt-encoder"]
     cli.main([*common, "--catalog", "articles"])
     written = Path(json.loads(capsys.readouterr().out)["checkpoint"])
     assert written.parent == state / "checkpoints" / "catalogs" / "articles"

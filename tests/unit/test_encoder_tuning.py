@@ -1,0 +1,121 @@
+"""Adapting the encoder to the interactions: the pairs, the loss, the cached training forward against the served
+one, and `recsys train` publishing an adapted encoder as a version the embedding service loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModel
+
+from services.cli import training as cli_training
+from services.cli.training import ENCODERS_DIR, item_texts, train_and_publish
+from services.datasets.loaders import load_dataset
+from services.embedding.app import encoder_at, load_encoder
+from services.embedding.config import EmbeddingSettings
+from services.embedding.encoder import default_model_path
+from services.embedding.versions import METADATA_FILE, EncoderMetadata, list_versions
+from services.ranker.checkpoints import METADATA_FILE as CHECKPOINT_METADATA
+from services.ranker.checkpoints import CheckpointMetadata
+from services.ranker.encoder_tuning import (
+    CachedItems,
+    TunedEncoder,
+    TuningConfig,
+    contrastive_loss,
+    training_pairs,
+    tune_encoder,
+)
+from services.ranker.scoring import Gain
+from services.ranker.splits import Split, loo_split
+from services.ranker.training import TrainConfig
+from tests.conftest import SCIENTIFIC
+
+TINY = TrainConfig(dim=16, layers=1, heads=1, max_len=10, max_epochs=1, batch_size=64, seed=0, tune_users=100)
+# Texts are read whole (the served limit), so the training forward and the served one see the same tokens.
+QUICK = TuningConfig(trained_layers=1, max_tokens=256, batch_size=16, max_epochs=2, pairs_per_epoch=64, eval_users=50)
+
+
+def test_pairs_are_each_item_with_the_next_ones_of_its_history() -> None:
+    pairs = training_pairs([(0, 1, 2, 1), (3,), (4, 4, 5)], window=2)
+    assert pairs.tolist() == [[0, 1], [0, 2], [1, 2], [2, 1], [4, 5], [4, 5]]
+    assert training_pairs([(3,)], window=1).shape == (0, 2)
+
+
+def test_the_loss_never_counts_the_same_item_as_a_negative() -> None:
+    eye = torch.eye(4)
+    ids = torch.tensor([0, 1, 2, 3])
+    aligned = contrastive_loss(eye, eye, ids, ids, tau=0.05)
+    # Rows 0 and 1 share their positive item: each other's column is that item, not a negative.
+    twice = torch.stack([eye[0], eye[0], eye[2], eye[3]])
+    shared = contrastive_loss(twice, twice, torch.tensor([9, 8, 2, 3]), torch.tensor([0, 0, 2, 3]), tau=0.05)
+    assert float(aligned) < 1e-6 and float(shared) < 1e-6
+
+
+@pytest.fixture(scope="module")
+def catalog() -> tuple[Split, list[str]]:
+    dataset = load_dataset(SCIENTIFIC, limit_items=120)
+    return loo_split(dataset), item_texts(dataset.items)
+
+
+@pytest.fixture(scope="module")
+def tuned(catalog: tuple[Split, list[str]]) -> TunedEncoder:
+    split, texts = catalog
+    return tune_encoder(split, texts, default_model_path(), QUICK, progress=False)
+
+
+def test_only_the_top_layers_are_trained(tuned: TunedEncoder) -> None:
+    base = AutoModel.from_pretrained(default_model_path(), local_files_only=True)
+    top = f"encoder.layer.{base.config.num_hidden_layers - QUICK.trained_layers}."
+    adapted = dict(tuned.model.named_parameters())
+    changed = {name for name, p in base.named_parameters() if not torch.equal(p, adapted[name])}
+    assert all(name.startswith(top) for name in changed)
+    assert bool(changed) == (tuned.best_epoch > 0)  # an epoch that beat the base model on validation is kept
+    assert len(tuned.val_ndcg) - 1 <= QUICK.max_epochs and tuned.best_epoch == int(np.argmax(tuned.val_ndcg))
+
+
+def test_the_cached_training_forward_reads_items_as_the_service_serves_them(
+    tuned: TunedEncoder, catalog: tuple[Split, list[str]], tmp_path: Path
+) -> None:
+    """The vectors training scores (cached lower layers, top layers in the packed forward) are the vectors the
+    embedding service makes from the saved model folder."""
+    _, texts = catalog
+    tokens = tuned.tokenizer(texts, truncation=True, max_length=QUICK.max_tokens)["input_ids"]
+    training = CachedItems(tuned.model, tokens, QUICK, torch.device("cpu")).catalog()
+    tuned.save(tmp_path)
+    served = encoder_at(EmbeddingSettings(), tmp_path, model_id="adapted")
+    vectors = np.stack([e.vector for e in served.encode(texts)])
+    assert served.max_tokens == 256  # the sentence-transformers limit travelled with the folder
+    assert float((training * vectors).sum(1).min()) > 0.995
+
+
+def test_train_publishes_an_adapted_encoder_only_where_it_pays(
+    tuned: TunedEncoder, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    dataset = load_dataset(SCIENTIFIC, limit_items=120)
+    vectors = np.random.default_rng(0).normal(size=(len(dataset.items), 384)).astype(np.float32)
+    monkeypatch.setattr(cli_training, "embed_items", lambda items, cache_dir: (vectors, "base-model"))
+    monkeypatch.setattr(cli_training, "adapt_encoder", lambda split, texts, config, progress=True: (tuned, vectors))
+    checkpoints = tmp_path / "checkpoints"
+
+    # Within noise (the same vectors): the frozen encoder is kept and no version is written.
+    path, _ = train_and_publish(dataset, checkpoints, tmp_path / "cache", TINY, tuning=QUICK)
+    assert path is not None and CheckpointMetadata.from_file(path / CHECKPOINT_METADATA).encoder_version == ""
+    assert list_versions(checkpoints / ENCODERS_DIR) == []
+
+    # Beyond noise: the adapted encoder is a version beside the checkpoint, which names it.
+    monkeypatch.setattr(cli_training, "paired_gain", lambda model, simpler, seed: Gain(0.01, 0.005, 0.02, 10))
+    path, _ = train_and_publish(dataset, checkpoints, tmp_path / "cache", TINY, tuning=QUICK)
+    assert path is not None
+    metadata = CheckpointMetadata.from_file(path / CHECKPOINT_METADATA)
+    (version,) = list_versions(checkpoints / ENCODERS_DIR)
+    assert metadata.encoder_version == version
+    assert metadata.embedding_model_id == f"sentence-transformers/all-MiniLM-L6-v2@{version}"
+    encoder = EncoderMetadata.from_file(checkpoints / ENCODERS_DIR / version / METADATA_FILE)
+    assert encoder.base_model == "sentence-transformers/all-MiniLM-L6-v2"
+    assert encoder.dataset_hash == dataset.content_hash() and encoder.metrics["val_ndcg@10_gain_low"] == 0.005
+    assert encoder.tuning["trained_layers"] == QUICK.trained_layers
+    # The embedding service loads it by name.
+    served = load_encoder(EmbeddingSettings(encoder_dir=checkpoints / ENCODERS_DIR, encoder_version=version))
+    assert served.model_id == metadata.embedding_model_id
