@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +22,7 @@ from services.ranker.model import (
     recency_weights,
 )
 from services.ranker.splits import Case, Split, loo_split
-from services.ranker.training import TrainConfig, TrainResult, train_ranker
+from services.ranker.training import TrainConfig, TrainResult, replace_fusion, train_ranker
 
 SCIENTIFIC = Path(os.environ.get("RECSYS_DATA_DIR", Path(__file__).resolve().parents[3] / "shared" / "data")) / (
     "amazon-scientific"
@@ -98,7 +99,8 @@ def test_missing_vectors_are_reported(dataset: Dataset) -> None:
 
 def test_scorer_known_unknown_and_empty_history(result: TrainResult, vectors: tuple[list[str], np.ndarray]) -> None:
     ids, matrix = vectors
-    scorer = result.scorer()
+    # The transformer's term tells a known id from an unknown one; validation may have served the model without it.
+    scorer = replace_fusion(result.scorer(), dataclasses.replace(result.fusion, sequence=1.0))
     new_vectors = _random_vectors(["new-1", "new-2"], seed=5)
     candidates = [ids[3], "new-1", ids[4], "new-2"]
     candidate_vectors = np.stack([matrix[3], new_vectors[0], matrix[4], new_vectors[1]])
