@@ -55,7 +55,7 @@ def open_edge_store(settings: RetrieverSettings, folder: Path) -> EdgeVectorStor
         half_life_events=settings.half_life_events,
         sync_writes=settings.sync_writes,
         rebuild_unindexed=settings.index_min_unindexed,
-        vector_cache_items=settings.vector_cache_items,
+        item_cache_items=settings.item_cache_items,
     )
 
 

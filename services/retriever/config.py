@@ -47,11 +47,12 @@ class RetrieverSettings(ServiceSettings):
     max_limit: int = Field(1000, ge=1, description="Most results of one query.")
     max_batch: int = Field(512, ge=1, description="Most items, ids or queries in one call.")
     workers: int = Field(4, ge=1, description="Threads that run engine calls off the event loop.")
-    vector_cache_items: int = Field(
+    item_cache_items: int = Field(
         100_000,
         ge=0,
-        description="Embedded engine: item vectors kept as float32 for search results (1.6 KB each; 0: none). "
-        "The engine hands vectors out as Python floats, which cost more than the search.",
+        description="Embedded engine: items kept decoded for search results (payload, its JSON and float32 "
+        "vector; about 2.5 KB each; 0: none). The engine hands them out as Python objects, which cost more than "
+        "the search.",
     )
     max_exclude_ids: int = Field(10_000, ge=0, description="Most excluded ids (and most only_ids) in one query.")
     max_filter_values: int = Field(1_000, ge=1, description="Most conditions and values in one filter.")

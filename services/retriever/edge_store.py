@@ -12,10 +12,11 @@ write survives a kill -9 of the process. A crash of the machine loses what the k
 `sync_writes=True` closes that gap by flushing the shards before a write is acknowledged, one flush shared by
 every writer waiting at that moment (group commit; cost in docs/reliability.md).
 
-Vectors of search results come from a cache of float32 rows by item id (`VectorCache`), filled from the shard on a
-miss: the engine hands a vector out as Python floats, which cost more than the search that found it. This store
-is the shard's only writer, so the cache stays exact: an upsert replaces an item's row and a delete drops it,
-both under `_write_lock`, which a miss's fill takes too.
+Search results are read from the engine as point ids and scores only; each item's payload (and its compact
+JSON) and float32 vector come from a cache by point id (`ItemCache`), filled from the shard on a miss: the engine
+hands a vector out as Python floats and a payload as a fresh dict, which cost more than the search that found
+them. This store is the shard's only writer, so the cache stays exact: an upsert replaces an item's entry, a
+delete or a popularity change drops it, all under `_write_lock`, which a miss's fill takes too.
 
 Locking: item writes take `_write_lock` (an index swap replays the items written during its build under it);
 searches and reads share `_rw`, which only an index swap takes exclusively. Users, events and impressions need
@@ -27,6 +28,7 @@ child process on a copy and swaps the result in.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -34,7 +36,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -126,34 +128,52 @@ _SCHEMA_TYPES: Mapping[FieldType, Any] = {
 }
 
 
-class VectorCache:
-    """Float32 vectors by item id, at most `capacity` of them (the oldest written go first). Not locked: the
-    store fills and changes it under its write lock, and a read of a dict entry is atomic."""
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+
+
+@dataclass(frozen=True, slots=True)
+class CachedItem:
+    """What a search result needs of an item, decoded once."""
+
+    item_id: str
+    payload: dict[str, Any]  # as callers see it (public_payload)
+    payload_json: bytes  # the same, as compact JSON
+    vector: np.ndarray | None  # float32
+
+    @classmethod
+    def of(cls, item_id: str, stored_payload: Mapping[str, Any], vector: object) -> CachedItem:
+        payload = public_payload(stored_payload)
+        return cls(item_id, payload, _COMPACT_JSON.encode(payload).encode(), float32_vector(vector))
+
+
+PointId = int | uuid.UUID | str  # as the engine types it; this store's are uuid5 of the item id
+
+
+class ItemCache:
+    """Decoded items by point id, at most `capacity` of them (the oldest written go first). Not locked: the store
+    fills and changes it under its write lock, and a read of a dict entry is atomic."""
 
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
-        self._rows: dict[str, np.ndarray] = {}
+        self._items: dict[PointId, CachedItem] = {}
 
-    def get(self, item_id: str) -> np.ndarray | None:
-        return self._rows.get(item_id)
+    def get(self, point_id: PointId) -> CachedItem | None:
+        return self._items.get(point_id)
 
-    def __contains__(self, item_id: object) -> bool:
-        return item_id in self._rows
-
-    def put(self, item_id: str, vector: np.ndarray) -> None:
+    def put(self, point_id: PointId, item: CachedItem) -> None:
         if self._capacity <= 0:
             return
-        self._rows.pop(item_id, None)  # a rewritten item moves to the newest end
-        self._rows[item_id] = vector
-        while len(self._rows) > self._capacity:
-            self._rows.pop(next(iter(self._rows)))
+        self._items.pop(point_id, None)  # a rewritten item moves to the newest end
+        self._items[point_id] = item
+        while len(self._items) > self._capacity:
+            self._items.pop(next(iter(self._items)))
 
-    def drop(self, item_ids: Iterable[str]) -> None:
-        for item_id in item_ids:
-            self._rows.pop(item_id, None)
+    def drop(self, point_ids: Iterable[PointId]) -> None:
+        for point_id in point_ids:
+            self._items.pop(point_id, None)
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return len(self._items)
 
 
 def to_edge_filter(
@@ -240,7 +260,7 @@ class EdgeVectorStore:
         index_build_timeout_s: float = 3600.0,
         sync_writes: bool = False,
         rebuild_unindexed: int | None = None,
-        vector_cache_items: int = 100_000,
+        item_cache_items: int = 100_000,
     ) -> None:
         validate_store_settings(dimension, max_history, half_life_events)
         if schema.get(POPULARITY_FIELD, FieldType.INTEGER) is not FieldType.INTEGER:
@@ -259,7 +279,7 @@ class EdgeVectorStore:
         self._events_dir = self._dir / "events"
         self._write_lock = threading.RLock()
         self._rw = ReadWriteLock()
-        self._vectors = VectorCache(vector_cache_items)
+        self._cache = ItemCache(item_cache_items)
         self._closed = False
         # Item ids written since the index build copied the shard (None when no build is in flight).
         self._dirty: set[str] | None = None
@@ -411,15 +431,15 @@ class EdgeVectorStore:
             existing = {
                 payload_item_id(r.payload): popularity_of(r.payload) for r in self._items.retrieve(ids, True, False)
             }
+            payloads = [item_payload(item, existing.get(item.item_id, 0)) for item in valid]
             points = [
-                Point(pid, list(item.vector or ()), item_payload(item, existing.get(item.item_id, 0)))
-                for pid, item in zip(ids, valid, strict=True)
+                Point(pid, list(item.vector or ()), payload)
+                for pid, item, payload in zip(ids, valid, payloads, strict=True)
             ]
             self._items.update(UpdateOperation.upsert_points(points))
             self._mark_dirty(item.item_id for item in valid)
-            for item in valid:
-                if item.vector is not None:
-                    self._vectors.put(item.item_id, np.asarray(item.vector, dtype=np.float32))
+            for pid, item, payload in zip(ids, valid, payloads, strict=True):
+                self._cache.put(pid, CachedItem.of(item.item_id, payload, item.vector))
         # The popularity read above may be older than an event counted meanwhile (by this or another writer).
         self._log.refresh_popularity([item.item_id for item in valid])
         self._durable()
@@ -435,7 +455,7 @@ class EdgeVectorStore:
             found = len(self._items.retrieve(point_ids, False, False))
             self._items.update(UpdateOperation.delete_points(point_ids))
             self._mark_dirty(wanted)
-            self._vectors.drop(wanted)
+            self._cache.drop(point_ids)
         self._durable()
         return found
 
@@ -475,42 +495,49 @@ class EdgeVectorStore:
                 filter=to_edge_filter(
                     q.filter, [item_point_id(i) for i in q.exclude_ids], [item_point_id(i) for i in q.only_ids]
                 ),
-                with_payload=True,
-                with_vector=False,  # from the cache
+                with_payload=False,  # ids and scores: the rest comes from the cache
+                with_vector=False,
             )
             for q in queries
         ]
         with self._rw.read():
             self._check_open()
             results = self._items.query_batch(QueryBatchRequest(requests))
-        found = [[scored_item(p, p.score, False) for p in points] for points in results]
-        wanted = unique([i.item_id for q, items in zip(queries, found, strict=True) if q.with_vectors for i in items])
-        vectors = {i: v for i in wanted if (v := self._vectors.get(i)) is not None}
-        vectors.update(self._read_vectors([i for i in wanted if i not in vectors]))
+        point_ids = list(dict.fromkeys(p.id for points in results for p in points))
+        known = {pid: item for pid in point_ids if (item := self._cache.get(pid)) is not None}
+        known.update(self._read_items([pid for pid in point_ids if pid not in known]))
         return [
-            [replace(i, vector=vectors.get(i.item_id)) for i in items] if q.with_vectors else items
-            for q, items in zip(queries, found, strict=True)
+            [
+                ScoredItem(
+                    item.item_id,
+                    float(p.score),
+                    item.payload,
+                    item.vector if q.with_vectors else None,
+                    item.payload_json,
+                )
+                for p in points
+                if (item := known.get(p.id)) is not None  # deleted since the query
+            ]
+            for q, points in zip(queries, results, strict=True)
         ]
 
-    def _read_vectors(self, item_ids: Sequence[str]) -> dict[str, np.ndarray]:
-        """The vectors of `item_ids` from the shard, kept in the cache when no write runs. Only under the write
-        lock (a write that lands between the read and the fill would otherwise be overwritten in the cache by the
-        vector it replaced), and never waiting for it: a search may run on the event loop."""
-        out: dict[str, np.ndarray] = {}
-        if not item_ids:
+    def _read_items(self, point_ids: Sequence[PointId]) -> dict[PointId, CachedItem]:
+        """The items of `point_ids` from the shard, kept in the cache when no write runs. Only under the write lock
+        (a write that lands between the read and the fill would otherwise be overwritten in the cache by the item
+        it replaced), and never waiting for it: a search may run on the event loop."""
+        out: dict[PointId, CachedItem] = {}
+        if not point_ids:
             return out
         filling = self._write_lock.acquire(blocking=False)
         try:
-            for start in range(0, len(item_ids), 1000):
-                chunk = item_ids[start : start + 1000]
+            for start in range(0, len(point_ids), 1000):
                 with self._rw.read():
-                    records = self._items.retrieve(_item_pids(chunk), True, True)
+                    records = self._items.retrieve(list(point_ids[start : start + 1000]), True, True)
                 for record in records:
-                    vector = float32_vector(record.vector)
-                    if vector is not None:
-                        out[payload_item_id(record.payload)] = vector
-                        if filling:
-                            self._vectors.put(payload_item_id(record.payload), vector)
+                    item = CachedItem.of(payload_item_id(record.payload), record.payload or {}, record.vector)
+                    out[record.id] = item
+                    if filling:
+                        self._cache.put(record.id, item)
         finally:
             if filling:
                 self._write_lock.release()
@@ -791,8 +818,10 @@ class _EdgeLog:
             self._store._check_open()
             for count, ids in by_count.items():
                 # By filter: an item deleted meanwhile is skipped, not an error.
-                only = EdgeFilter(must=[HasIdCondition(set(_item_pids(ids)))])
+                point_ids = _item_pids(ids)
+                only = EdgeFilter(must=[HasIdCondition(set(point_ids))])
                 self._store._items.update(UpdateOperation.set_payload_by_filter(only, {POPULARITY_FIELD: count}))
+                self._store._cache.drop(point_ids)
             self._store._mark_dirty(counts)
 
     def item_ids(self, offset: Any, limit: int) -> tuple[list[str], Any]:

@@ -57,7 +57,7 @@ def _packed(item: ScoredItem) -> pb.ScoredItem:
     return pb.ScoredItem(
         item_id=item.item_id,
         score=item.score,
-        payload_json=_COMPACT_JSON.encode(item.payload).encode(),
+        payload_json=item.payload_json or _COMPACT_JSON.encode(item.payload).encode(),
         vector_f32=vector.astype("<f4", copy=False).tobytes() if vector is not None else b"",
     )
 

@@ -145,6 +145,7 @@ class ScoredItem:
     score: float
     payload: Mapping[str, Any]
     vector: np.ndarray | None = None
+    payload_json: bytes = b""  # the payload as compact JSON, where the store keeps it encoded
 
 
 @dataclass(frozen=True, slots=True)

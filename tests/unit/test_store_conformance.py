@@ -232,8 +232,20 @@ def test_search_results_carry_each_item_s_current_vector(store: VectorStore, cat
     assert all(h.vector is not None and len(h.vector) == DIM for h in hits)
 
 
-def test_edge_vector_cache_smaller_than_the_results_stays_exact(tmp_path: Path) -> None:
-    store = EdgeVectorStore(tmp_path / "edge", DIM, vector_cache_items=3)
+def test_search_results_carry_each_item_s_current_payload(store: VectorStore, catalogue: list[Item]) -> None:
+    """A payload read once (the embedded engine keeps it decoded) still follows an upsert and a popularity change."""
+    first = catalogue[0]
+    query = SearchQuery(vector=list(first.vector or ()), limit=1)
+    assert store.search([query])[0][0].payload["title"] == first.payload["title"]
+    store.upsert_items([Item(first.item_id, first.vector, {**first.payload, "title": "renamed"})])
+    hit = store.search([query])[0][0]
+    assert (hit.payload["title"], hit.payload["popularity"]) == ("renamed", 0)
+    store.append_user_events("u", [UserEvent(first.item_id, "view", 10.0)])
+    assert store.search([query])[0][0].payload["popularity"] == 1
+
+
+def test_edge_item_cache_smaller_than_the_results_stays_exact(tmp_path: Path) -> None:
+    store = EdgeVectorStore(tmp_path / "edge", DIM, item_cache_items=3)
     try:
         items = make_catalogue(12)
         store.upsert_items(items)
