@@ -13,8 +13,9 @@ from google.protobuf.message import Message
 
 from recsys.embedding.v1 import embedding_pb2
 from recsys.ranker.v1 import ranker_pb2
+from recsys.retriever.v1 import retriever_pb2
 from services.common.errors import UnavailableError
-from services.gateway.backends import EmbeddingClient, RankerClient
+from services.gateway.backends import EmbeddingClient, RankerClient, RetrieverClient
 from services.gateway.fallbacks import matches, raw_query
 from services.gateway.impressions import ImpressionWriter
 from services.gateway.model import (
@@ -328,3 +329,33 @@ async def test_an_older_embedding_service_without_the_packed_encoding_still_give
         embedding = EmbeddingClient(channel, timeout_s=5.0, query_timeout_s=5.0)
         np.testing.assert_array_equal(await embedding.embed(["ab", "abcd"]), [[2.0, 1.0], [4.0, 1.0]])
         np.testing.assert_array_equal(await embedding.embed_query("abc"), [3.0, 1.0])
+
+
+def older_retriever(recorded: list[retriever_pb2.Impression]) -> OlderServiceApp:
+    """Before RecordImpressions: one page a call."""
+
+    async def record(
+        request: retriever_pb2.RecordImpressionRequest, context: object
+    ) -> retriever_pb2.RecordImpressionResponse:
+        recorded.append(request.impression)
+        return retriever_pb2.RecordImpressionResponse()
+
+    return OlderServiceApp(
+        "recsys.retriever.v1.RetrieverService",
+        "RecordImpression",
+        record,
+        retriever_pb2.RecordImpressionRequest,
+        retriever_pb2.RecordImpressionResponse,
+    )
+
+
+async def test_an_older_retriever_records_the_gateway_s_batched_pages_one_by_one() -> None:
+    recorded: list[retriever_pb2.Impression] = []
+    async with serving(older_retriever(recorded)) as channel:
+        retriever = RetrieverClient(channel, timeout_s=5.0)
+        pages = [Impression("r1", 1, "u", ("a", "b"), timestamp=1.0), Impression("r1", 2, "u", ("c",), timestamp=2.0)]
+        await retriever.record_impressions("", pages)
+    assert [(i.recommendation_id, i.page, tuple(i.item_ids)) for i in recorded] == [
+        ("r1", 1, ("a", "b")),
+        ("r1", 2, ("c",)),
+    ]
