@@ -15,9 +15,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from datetime import datetime
@@ -45,7 +47,7 @@ from bench._common import (
 )
 from bench.inprocess import local_recommender
 from recsys.retriever.v1 import retriever_pb2, retriever_pb2_grpc
-from recsys_client import AsyncRecsysClient, Event, RecsysError
+from recsys_client import AsyncRecsysClient, Event
 from services.cli.suite import Suite, free_base_port
 from services.cli.training import embed_items, train_and_publish
 from services.datasets.loaders import Dataset, load_dataset
@@ -174,38 +176,68 @@ def user_histories(dataset: Dataset, users: int) -> dict[str, list[str]]:
     return {f"bench-{u}": h for u, h in random.Random(0).sample(full, min(users, len(full)))}
 
 
-async def load(client: AsyncRecsysClient, users: Sequence[str], concurrency: int, calls: int) -> dict[str, Any]:
-    latencies: list[float] = []
+async def load(
+    address: str, users: Sequence[str], concurrency: int, calls: int, processes: int = 1, query: bool = False
+) -> dict[str, Any]:
+    """A level of load from `processes` client processes (bench/load_client.py, each its share of the callers and
+    calls, started together once all are connected): one Python process on two cores can itself become the
+    limit at high concurrency, and its CPU is reported beside the servers'."""
+    processes = max(1, min(processes, concurrency))
+    shares = [(concurrency // processes + (n < concurrency % processes), calls // processes + (n < calls % processes))
+              for n in range(processes)]  # fmt: skip
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as users_file:
+        json.dump(list(users), users_file)
+    children = [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench.load_client",
+            "--address",
+            address,
+            "--users-file",
+            users_file.name,
+            "--concurrency",
+            str(c),
+            "--calls",
+            str(n),
+            "--seed",
+            str(concurrency * 100 + i),
+            *(["--query"] if query else []),
+            cwd=REPO,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+        )
+        for i, (c, n) in enumerate(shares)
+    ]
+    try:
+        for child in children:
+            assert child.stdout is not None
+            ready = await child.stdout.readline()
+            if ready.strip() != b"ready":
+                raise RuntimeError(f"a load client did not start: {ready!r}")
+        for child in children:
+            assert child.stdin is not None
+            child.stdin.write(b"go\n")
+            await child.stdin.drain()
+        parts = [json.loads((await child.communicate())[0]) for child in children]
+    finally:
+        os.unlink(users_file.name)
+    elapsed = max(part["ended"] for part in parts) - min(part["started"] for part in parts)
+    latencies = [ms for part in parts for ms in part["latencies"]]
     stages: dict[str, list[float]] = {}
-    errors = 0
-    issued = 0
-    rng = random.Random(concurrency)
-
-    async def worker() -> None:
-        nonlocal issued, errors
-        while issued < calls:
-            issued += 1
-            started = time.perf_counter()
-            try:
-                response = await client.recommend(rng.choice(users), k=10)
-            except RecsysError:
-                errors += 1
-                continue
-            latencies.append((time.perf_counter() - started) * 1000)
-            for stage, ms in response.stage_ms.items():
-                stages.setdefault(stage, []).append(ms)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - started
+    for part in parts:
+        for stage, values in part["stages"].items():
+            stages.setdefault(stage, []).extend(values)
     return {
         "concurrency": concurrency,
+        "client_processes": processes,
         "calls": len(latencies),
-        "errors": errors,
+        "errors": sum(part["errors"] for part in parts),
         "per_s": len(latencies) / elapsed,
         "p50_ms": percentile(latencies, 50),
         "p99_ms": percentile(latencies, 99),
         "stages_p50_ms": {stage: median(values) for stage, values in sorted(stages.items())},
+        "client_cpu_ms_per_call": 1000 * sum(part["cpu_s"] for part in parts) / max(len(latencies), 1),
     }
 
 
@@ -269,25 +301,26 @@ async def measure_size(
             load_catalog(suite.address("retriever"), dataset, vectors, size)
             loaded.touch()
         result["index_wait_s"] = wait_for_index(suite.address("retriever"), args.index_timeout)
-        async with AsyncRecsysClient(suite.address("gateway")) as client:
-            if not recorded.exists():
+        if not recorded.exists():
+            async with AsyncRecsysClient(suite.address("gateway")) as client:
                 events = [Event(u, i) for u, items in histories.items() for i in items]
                 for start in range(0, len(events), 1000):
                     await client.record_events(events[start : start + 1000], deadline=60)
-                recorded.touch()
-            await load(client, users, 2, 30)  # warm-up
-            result["levels"] = []
-            for concurrency in args.concurrency:
-                # CPU each service spent per call: where the two cores go at each load level.
-                before = {name: cpu_seconds(process.pid) for name, process in suite.processes.items()}
-                window_start = time.time()
-                level = await load(client, users, concurrency, args.calls)
-                level["window"] = (window_start, time.time())
-                level["cpu_ms_per_call"] = {
-                    name: 1000 * (cpu_seconds(process.pid) - before[name]) / max(level["calls"], 1)
-                    for name, process in suite.processes.items()
-                }
-                result["levels"].append(level)
+            recorded.touch()
+        address = suite.address("gateway")
+        await load(address, users, 2, 30, query=args.query)  # warm-up
+        result["levels"] = []
+        for concurrency in args.concurrency:
+            # CPU each service spent per call: where the two cores go at each load level.
+            before = {name: cpu_seconds(process.pid) for name, process in suite.processes.items()}
+            window_start = time.time()
+            level = await load(address, users, concurrency, args.calls, args.client_processes, args.query)
+            level["window"] = (window_start, time.time())
+            level["cpu_ms_per_call"] = {
+                name: 1000 * (cpu_seconds(process.pid) - before[name]) / max(level["calls"], 1)
+                for name, process in suite.processes.items()
+            }
+            result["levels"].append(level)
         result["rss_mb"] = {name: rss_mb(process.pid) for name, process in suite.processes.items()}
     finally:
         suite.stop()
@@ -344,14 +377,23 @@ def report(runs: list[dict[str, Any]], info: dict[str, Any], args: argparse.Name
                 if waited is not None and inside is not None:
                     rows.append([run["items"], stage, rpc, waited, inside, waited - inside])
         print(table(["items", "stage", "call", "gateway waits ms", "handler ms", "hop ms"], rows))
-    print("\nCPU milliseconds per Recommend, by service (user + system time over the level / calls):")
+    print("\nCPU milliseconds per Recommend, by service (user + system time over the level / calls), and the load")
+    print("generator's own (its processes together), which shares the same two cores:")
     cpu_rows = []
     for run in runs:
         for level in run["levels"]:
             spent = level["cpu_ms_per_call"]
-            row = [run["items"], run["candidate_pool"], level["concurrency"], *spent.values(), sum(spent.values())]
+            row = [
+                run["items"],
+                run["candidate_pool"],
+                level["concurrency"],
+                *spent.values(),
+                sum(spent.values()),
+                level["client_cpu_ms_per_call"],
+            ]
             cpu_rows.append(row)
-    print(table(["items", "pool", "concurrency", *runs[0]["levels"][0]["cpu_ms_per_call"], "all"], cpu_rows))
+    header = ["items", "pool", "concurrency", *runs[0]["levels"][0]["cpu_ms_per_call"], "all five", "client"]
+    print(table(header, cpu_rows))
     print("\nResident memory (MB) after the load:")
     print(
         table(
@@ -374,6 +416,14 @@ async def main() -> None:
         "--reuse", action="store_true", help="keep a size's catalog from an earlier run (a load cut short resumes)"
     )
     parser.add_argument("--no-in-process", action="store_true", help="skip the one-process reference")
+    parser.add_argument(
+        "--client-processes", type=int, default=2, help="load generator processes (at most one per caller)"
+    )
+    parser.add_argument(
+        "--query",
+        action="store_true",
+        help="each Recommend has a short query (adds preprocessing and embedding)",
+    )
     parser.add_argument("--name", default="recommend", help="results file: docs/results/NAME.json")
     args = parser.parse_args()
 
