@@ -5,8 +5,9 @@ RecordImpressions call per catalog (group commit: under load, one call carries m
 written as soon as its answer is sent). A write the retriever could not take (down, restarting, late) is tried
 again with a backoff until it can, so a page once answered is recorded even when the retriever dies a moment
 later; impressions are keyed by (recommendation id, page), so a repeat stores nothing twice. Pages not written yet
-are visible to this gateway's next-page requests (`pending`), and `close` writes what is left before the process
-exits. A full queue (the retriever away for long) makes `submit` refuse, and the caller writes the page itself.
+are visible to this gateway's next-page requests (`pending`), `forget_user` drops a user's before DeleteUser,
+and `close` writes what is left before the process exits. A full queue (the retriever away for long) makes
+`submit` refuse, and the caller writes the page itself.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ Key = tuple[str, str, int]  # catalog, recommendation id, page
 
 FIRST_RETRY_S = 0.05
 MAX_RETRY_S = 2.0
+FORGET_WAIT_S = 10.0  # a write under way is a retriever call: its deadline
 
 
 class ImpressionWriter:
@@ -40,6 +42,9 @@ class ImpressionWriter:
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
+        # The pages of the write under way, and a future done when it ends (written or not).
+        self._in_flight: set[Key] = set()
+        self._write_done: asyncio.Future[None] | None = None
         self.written = 0  # pages the retriever took, for tests and logs
 
     def submit(self, catalog: str, impression: Impression) -> bool:
@@ -58,6 +63,24 @@ class ImpressionWriter:
     def pending(self, catalog: str, recommendation_id: str) -> list[Impression]:
         """The pages of this recommendation queued here and not yet written."""
         return [i for (c, rid, _), i in self._pending.items() if c == catalog and rid == recommendation_id]
+
+    async def forget_user(self, catalog: str, user_id: str, timeout_s: float = FORGET_WAIT_S) -> None:
+        """Drops the user's pages not written yet and waits (at most `timeout_s`) for a write under way that holds
+        one, so that a DeleteUser sent after this leaves none of them behind."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            theirs = [k for k, i in self._pending.items() if k[0] == catalog and i.user_id == user_id]
+            for key in theirs:
+                if key not in self._in_flight:
+                    del self._pending[key]
+            writing = self._write_done
+            if writing is None or not self._in_flight.intersection(theirs):
+                return
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(writing), left)
 
     async def flush(self, timeout_s: float | None = None) -> bool:
         """Waits until everything queued so far is written; False when `timeout_s` passed first."""
@@ -85,11 +108,18 @@ class ImpressionWriter:
                 by_catalog.setdefault(key[0], []).append((key, impression))
             failed = False
             for catalog, entries in by_catalog.items():
-                if not await self._write(catalog, [impression for _, impression in entries]):
+                self._in_flight = {key for key, _ in entries}
+                self._write_done = asyncio.get_running_loop().create_future()
+                try:
+                    written = await self._write(catalog, [impression for _, impression in entries])
+                finally:
+                    self._in_flight = set()
+                    self._write_done.set_result(None)
+                if not written:
                     failed = True
                     continue
                 for key, impression in entries:
-                    if self._pending.get(key) is impression:  # not replaced meanwhile by a newer copy
+                    if self._pending.get(key) is impression:  # not replaced (or forgotten) meanwhile
                         del self._pending[key]
             if failed:
                 with contextlib.suppress(TimeoutError):

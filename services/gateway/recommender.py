@@ -858,6 +858,8 @@ class Recommender:
     async def delete_user(self, user_id: str, catalog: str = DEFAULT_CATALOG) -> None:
         check_catalog(catalog)
         self._check_id(user_id, "user_id")
+        # Pages answered to the user before this call and not written yet must not land after the delete.
+        await self.impressions.forget_user(catalog, user_id)
         await self.retrieval.delete_user(catalog, user_id)
         # The user's events no longer count towards popularity; the cache must not keep their trace.
         cache = self.popular_cache(catalog)

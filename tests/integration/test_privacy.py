@@ -3,6 +3,8 @@ leaves no trace (events, profile, popularity counts, the gateway's popular cache
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import pytest
 
@@ -23,6 +25,22 @@ def _popularity(channel: grpc.Channel) -> dict[str, float]:
     return {i.item_id: i.payload["popularity"] for i in found.items}
 
 
+def _impressions_once_written(
+    retriever: retriever_pb2_grpc.RetrieverServiceStub, recommendation_id: str
+) -> retriever_pb2.GetImpressionsResponse:
+    """The gateway records a page after answering it (services/gateway/impressions.py): wait for it."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            return retriever.GetImpressions(
+                retriever_pb2.GetImpressionsRequest(recommendation_id=recommendation_id), timeout=10
+            )
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.NOT_FOUND or time.monotonic() > deadline:  # type: ignore[attr-defined]
+                raise
+            time.sleep(0.05)
+
+
 def test_delete_user_removes_every_trace_and_logs_hold_none(suite: RunningSuite, gateway_channel: grpc.Channel) -> None:
     gateway = gateway_pb2_grpc.GatewayServiceStub(gateway_channel)
     items = [pb.CatalogItem(item_id=i, title=f"Privacy test glue {n}") for n, i in enumerate(ITEMS)]
@@ -35,9 +53,7 @@ def test_delete_user_removes_every_trace_and_logs_hold_none(suite: RunningSuite,
         personal = gateway.Recommend(pb.RecommendRequest(user_id=USER, k=5, query=QUERY), timeout=30)
         assert personal.strategy == "personalised+query"
         retriever = retriever_pb2_grpc.RetrieverServiceStub(retriever_channel)
-        shown = retriever.GetImpressions(
-            retriever_pb2.GetImpressionsRequest(recommendation_id=personal.recommendation_id), timeout=10
-        )
+        shown = _impressions_once_written(retriever, personal.recommendation_id)
         assert shown.impressions[0].user_id == USER
         gateway.SearchItems(pb.SearchItemsRequest(query=QUERY, k=3), timeout=30)
 

@@ -99,3 +99,23 @@ async def test_a_full_queue_refuses_and_close_writes_what_is_left() -> None:
     retriever.gate.set()
     await writer.close(5)
     assert sorted(i.recommendation_id for _, pages in retriever.calls for i in pages) == ["r1", "r2"]
+
+
+async def test_forget_user_drops_their_queued_pages_and_waits_for_one_being_written() -> None:
+    retriever = Retriever()
+    writer = ImpressionWriter(retriever)  # type: ignore[arg-type]
+    retriever.gate.clear()
+    writer.submit("", page("r0"))  # user "u", held at the gate
+    await asyncio.sleep(0.01)
+    writer.submit("", page("r1"))  # queued behind it
+    other = Impression("r2", 1, "someone-else", ("a",), timestamp=1.0)
+    writer.submit("", other)
+    forgetting = asyncio.create_task(writer.forget_user("", "u"))
+    await asyncio.sleep(0.01)
+    assert not forgetting.done()  # r0 is being written: the delete must come after it lands
+    assert writer.pending("", "r1") == []
+    retriever.gate.set()
+    await asyncio.wait_for(forgetting, 5)
+    assert await writer.flush(5)
+    written = [i.recommendation_id for _, pages in retriever.calls for i in pages]
+    assert written == ["r0", "r2"]
