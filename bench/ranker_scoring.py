@@ -28,7 +28,8 @@ def whole_graph_product(graph: ItemGraph, histories: list[np.ndarray]) -> torch.
     for row, history in enumerate(histories):
         np.maximum.at(weights[row], history, recency_weights(len(history), 1.0))
     weights[:, UNKNOWN_ID] = 0.0
-    return torch.sparse.mm(graph.transposed, torch.from_numpy(weights).T).T
+    product: torch.Tensor = torch.sparse.mm(graph.transposed, torch.from_numpy(weights).T).T
+    return product
 
 
 def timed_ms(function: object, repeats: int) -> float:
