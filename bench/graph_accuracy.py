@@ -73,7 +73,7 @@ def fixed_graph(
         weights = sp.csr_matrix(dense)
     else:
         hoods = neighbourhoods(g, nearest, neighbours)
-        (weights,) = neighbourhood_ease(g, links, hoods, [(lam, weight * unit_count)])
+        (weights,) = neighbourhood_ease(g, {k: links}, hoods, [(lam, k, weight * unit_count)])
     return weights, GraphChoice(lam, k, weight, float("nan"))
 
 

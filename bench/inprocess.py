@@ -174,9 +174,7 @@ class LocalRetrieval:
     async def record_impressions(self, catalog: str, impressions: Sequence[Impression]) -> None:
         await self.retrieval.record_impressions(
             [
-                domain.Impression(
-                    i.recommendation_id, i.page, i.user_id, i.item_ids, i.experiment, i.arm, i.timestamp
-                )
+                domain.Impression(i.recommendation_id, i.page, i.user_id, i.item_ids, i.experiment, i.arm, i.timestamp)
                 for i in impressions
             ]
         )

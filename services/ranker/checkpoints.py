@@ -13,7 +13,6 @@ Catalogs keep models apart: the default catalog (the empty name) lives in ``<che
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import shutil
@@ -31,7 +30,10 @@ from services.ranker.training import TrainResult
 
 MODEL_FILE = "model.pt"
 METADATA_FILE = "metadata.json"
-FORMAT_VERSION = 2  # 2 added the item graph and the fusion weights; 1 (transformer only) still loads
+# 3 keeps the item graph by source row (CSR), as the ranker holds it; 2 (the graph as target x source COO, which
+# loading had to regroup) and 1 (transformer only, no graph or fusion weights) still load.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, FORMAT_VERSION)
 CATALOGS_DIR = "catalogs"
 
 
@@ -81,42 +83,42 @@ def save_checkpoint(
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     created = (now or datetime.now(UTC)).astimezone(UTC)
-    buffer = io.BytesIO()
-    torch.save(
-        {
-            "format_version": FORMAT_VERSION,
-            "model_config": result.model_config.to_dict(),
-            "item_ids": list(result.item_ids),
-            "state_dict": result.state_dict,
-            "graph": result.graph.to_tensors() if result.graph is not None else None,
-            "fusion": result.fusion.to_dict(),
-        },
-        buffer,
-    )
-    payload = buffer.getvalue()
-    version = f"{created:%Y%m%dT%H%M%SZ}-{hashlib.sha256(payload).hexdigest()[:8]}"
-    metadata = CheckpointMetadata(
-        version=version,
-        created_at=created.isoformat(timespec="microseconds"),
-        dataset_name=result.dataset_name,
-        dataset_hash=result.dataset_hash,
-        embedding_model_id=embedding_model_id,
-        train_config=result.config.to_dict(),
-        model_config=result.model_config.to_dict(),
-        metrics=result.metrics,
-        n_items=result.n_items,
-        n_users=result.n_users,
-        epochs=result.epochs,
-        best_epoch=result.best_epoch,
-        train_seconds=round(result.seconds, 3),
-        encoder_version=encoder_version,
-    )
-    final = root / version
-    if final.exists():
-        raise FileExistsError(f"checkpoint {final} already exists")
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{version}-", dir=root))
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
     try:
-        (tmp / MODEL_FILE).write_bytes(payload)
+        # Written straight to the file and hashed from it: a large catalog's weights are not copied into an
+        # in-memory file first.
+        torch.save(
+            {
+                "format_version": FORMAT_VERSION,
+                "model_config": result.model_config.to_dict(),
+                "item_ids": list(result.item_ids),
+                "state_dict": result.state_dict,
+                "graph": result.graph.to_tensors() if result.graph is not None else None,
+                "fusion": result.fusion.to_dict(),
+            },
+            tmp / MODEL_FILE,
+        )
+        with (tmp / MODEL_FILE).open("rb") as f:
+            version = f"{created:%Y%m%dT%H%M%SZ}-{hashlib.file_digest(f, 'sha256').hexdigest()[:8]}"
+        final = root / version
+        if final.exists():
+            raise FileExistsError(f"checkpoint {final} already exists")
+        metadata = CheckpointMetadata(
+            version=version,
+            created_at=created.isoformat(timespec="microseconds"),
+            dataset_name=result.dataset_name,
+            dataset_hash=result.dataset_hash,
+            embedding_model_id=embedding_model_id,
+            train_config=result.config.to_dict(),
+            model_config=result.model_config.to_dict(),
+            metrics=result.metrics,
+            n_items=result.n_items,
+            n_users=result.n_users,
+            epochs=result.epochs,
+            best_epoch=result.best_epoch,
+            train_seconds=round(result.seconds, 3),
+            encoder_version=encoder_version,
+        )
         (tmp / METADATA_FILE).write_text(json.dumps(asdict(metadata), indent=2, sort_keys=True), encoding="utf-8")
         for file in (MODEL_FILE, METADATA_FILE):
             with (tmp / file).open("rb") as f:
@@ -155,10 +157,13 @@ def load_scorer(path: Path, device: str = "cpu") -> tuple[RankerScorer, Checkpoi
     path = Path(path)
     metadata = CheckpointMetadata.from_file(path / METADATA_FILE)
     data = torch.load(path / MODEL_FILE, map_location="cpu", weights_only=True)
-    if data.get("format_version") not in (1, FORMAT_VERSION):
-        raise ValueError(f"{path / MODEL_FILE}: format version {data.get('format_version')}, expected {FORMAT_VERSION}")
-    model = RankerModel(ModelConfig.from_dict(data["model_config"]))
-    model.load_state_dict(data["state_dict"])
+    if data.get("format_version") not in READABLE_VERSIONS:
+        raise ValueError(
+            f"{path / MODEL_FILE}: format version {data.get('format_version')}, expected one of {READABLE_VERSIONS}"
+        )
+    with torch.device("meta"):  # no weights allocated (and initialised) only to be replaced by the loaded ones
+        model = RankerModel(ModelConfig.from_dict(data["model_config"]))
+    model.load_state_dict(data["state_dict"], assign=True)  # the loaded tensors become the weights: no copy
     graph = ItemGraph.from_tensors(data["graph"]) if data.get("graph") is not None else None
     fusion = Fusion.from_dict(data["fusion"]) if "fusion" in data else Fusion()
     scorer = RankerScorer(model=model, item_ids=tuple(data["item_ids"]), device=device, graph=graph, fusion=fusion)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -176,22 +176,23 @@ def _entry_keys(matrix: sp.csr_matrix) -> np.ndarray:
 
 def neighbourhood_ease(
     g: sp.csr_matrix,
-    links: sp.csr_matrix,
+    links: Mapping[int, sp.csr_matrix],
     hoods: np.ndarray,
-    settings: Sequence[tuple[float, float]],
+    settings: Sequence[tuple[float, int, float]],
     batch: int = SOLVE_BATCH,
 ) -> list[sp.csr_matrix]:
-    """EASE weights on ``X'X + w N`` (``N`` the text ``links``), item j's column regressed on its neighbourhood
-    ``hoods[j]`` (from :func:`neighbourhoods`) only, for every (lambda, w) in ``settings`` (w already in count
-    units): one sparse (n, n) matrix per setting, source items as rows. Each block of the Gram matrix is gathered
-    once for all settings."""
+    """EASE weights on ``X'X + w N_k`` (``N_k = links[k]``, the text links of ``k`` neighbours), item j's column
+    regressed on its neighbourhood ``hoods[j]`` (from :func:`neighbourhoods`) only, for every (lambda, k, w) in
+    ``settings`` (w already in count units; k or w 0: no text): one sparse (n, n) matrix per setting, source items
+    as rows. Each block of the Gram matrix and of each text-link matrix is gathered once for all settings (the
+    lookups took half of a 100k-item search when each text setting gathered its own)."""
     n = len(hoods)
     sizes = (hoods < n).sum(1)
     # Items with similar neighbourhood sizes are solved together, each batch at its own width: a few popular
     # items with full neighbourhoods do not pad every other item's system to their size.
     order = np.argsort(sizes, kind="stable")
     g_keys = _entry_keys(g)
-    link_keys = _entry_keys(links) if any(w for _, w in settings) else None
+    link_keys = {k: _entry_keys(links[k]) for _, k, w in settings if k and w}
     rows_out: list[np.ndarray] = []
     cols_out: list[np.ndarray] = []
     values_out: list[list[np.ndarray]] = [[] for _ in settings]
@@ -207,14 +208,19 @@ def neighbourhood_ease(
         target = hood * n + items[:, None]
         g_block = _symmetric(_gather(g, g_keys, pairs, pair_valid), upper, width)
         g_target = _gather(g, g_keys, target, valid)
-        if link_keys is not None:
-            l_block = _symmetric(_gather(links, link_keys, pairs, pair_valid), upper, width)
-            l_target = _gather(links, link_keys, target, valid)
+        link_blocks = {
+            k: (
+                _symmetric(_gather(links[k], keys, pairs, pair_valid), upper, width),
+                _gather(links[k], keys, target, valid),
+            )
+            for k, keys in link_keys.items()
+        }
         rows_out.append(hood[valid])
         cols_out.append(np.broadcast_to(items[:, None], hood.shape)[valid])
-        for n_setting, (lam, weight) in enumerate(settings):
+        for n_setting, (lam, k, weight) in enumerate(settings):
             system, right = g_block + lam * eye, g_target
-            if weight and link_keys is not None:
+            if k in link_blocks and weight:
+                l_block, l_target = link_blocks[k]
                 system, right = system + weight * l_block, right + weight * l_target
             # Padding rows and columns are all zero but for lambda on the diagonal: their weight solves to 0.
             solution = np.linalg.solve(system, right[..., None])[..., 0]
@@ -294,14 +300,9 @@ def fit_graph_weights(
         if neighbours is None:  # the exact reference: each (n, n) inverse built, scored and dropped in turn
             choice, results = tune(candidates, lambda c: ItemItemScorer(dense(c), unknown), val, mask)
             return choice, results[choice], sp.csr_matrix(dense(choice).numpy())
-        # One pass over the Gram matrix's blocks per text setting; every candidate's weights are held (n x m each).
-        fitted: dict[tuple[float, int, float], sp.csr_matrix] = {}
-        for k in dict.fromkeys(c[1] for c in candidates):
-            group = [c for c in candidates if c[1] == k]
-            settings = [(lam, w * unit_count) for lam, _, w in group]
-            fitted.update(
-                zip(group, neighbourhood_ease(g, links[k or TEXT_NEIGHBOURS[0]], hoods, settings), strict=True)
-            )
+        # One pass over the Gram matrix's blocks for every candidate, whose weights are all held (n x m each).
+        settings = [(lam, k, w * unit_count) for lam, k, w in candidates]
+        fitted = dict(zip(candidates, neighbourhood_ease(g, links, hoods, settings), strict=True))
         choice, results = tune(candidates, lambda c: GraphScorer(fitted[c], unknown), val, mask)
         return choice, results[choice], fitted[choice]
 

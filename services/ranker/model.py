@@ -26,6 +26,9 @@ from torch import Tensor, nn
 
 UNKNOWN_ID = 0  # row 0 of the ID table: padding and items unknown at training time (always zero)
 NEAREST_KNOWN_CACHE = 200_000  # unknown items whose nearest known item a scorer remembers (~100 bytes each)
+# Known items whose float16 text is converted at once to match unknown items: 3 MB of float32 at 384 dimensions
+# stays in cache; at 100k items this took 11 ms against 56 ms for one product with all the text held in float32.
+TEXT_CHUNK = 2048
 
 
 @dataclass(frozen=True)
@@ -133,45 +136,60 @@ def recency_weights(length: int, decay: float) -> np.ndarray:
     return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class ItemGraph:
-    """Sparse item-to-item weights over the known items (1-based, row 0 = unknown stays empty), stored transposed
-    (target x source) in checkpoints. Scoring reads the rows of the history's items only: a user's graph score
-    touches about history length x kept weights entries, where a sparse product over the whole graph cost
-    ~27 ms per call on this CPU (bench/ranker_scoring.py)."""
+    """Sparse item-to-item weights over the known items (1-based; row and column 0 = unknown stay empty), held once,
+    by source row (CSR arrays): scoring reads the rows of the history's items only, about history length x kept
+    weights entries, where a sparse product over the whole graph cost ~27 ms per call on this CPU
+    (bench/ranker_scoring.py). 8 bytes a kept weight and 8 a row in memory, as in the checkpoint."""
 
-    transposed: Tensor  # sparse COO (n + 1, n + 1), coalesced
-    # (n, text_dim) unit text vectors of the known items (row i: item i + 1), or None (checkpoints before it).
+    pointers: np.ndarray  # (n + 2,) int64: source i's weights are entries pointers[i]:pointers[i + 1]
+    targets: np.ndarray  # (nnz,) int32 target items, distinct within a source
+    values: np.ndarray  # (nnz,) float32
+    # (n, text_dim) float16 unit text vectors of the known items (row i: item i + 1), or None (checkpoints before
+    # it); float16 halves the largest per-item array after the graph, and each use converts a chunk at a time.
     # An unknown item takes the graph score of the known item nearest to it in text: cold-start Recall@10 rose
     # from 0 to 0.100 on ml-100k and from 0.101 to 0.136 on Amazon-Scientific (`recsys eval`). One neighbour:
     # averaging over more shrinks the score and leaves new items behind the known ones (ml-100k, 2: 0.051, 5: 0.013).
-    known_text: np.ndarray | None = field(default=None, repr=False, compare=False)
-    # The same weights by source row (CSR: row pointers, target columns, values), built once.
-    _rows: tuple[np.ndarray, np.ndarray, np.ndarray] = field(init=False, repr=False, compare=False)
+    known_text: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        by_source = self.transposed.t().coalesce()  # (source, target), sorted by source
-        sources, targets = by_source.indices().numpy()
-        pointers = np.zeros(by_source.shape[0] + 1, dtype=np.int64)
-        np.add.at(pointers, sources + 1, 1)
-        rows = (np.cumsum(pointers), targets.copy(), by_source.values().numpy().astype(np.float32))
-        object.__setattr__(self, "_rows", rows)
+        if (
+            self.pointers.ndim != 1
+            or self.pointers[0] != 0
+            or self.pointers[-1] != len(self.targets)
+            or len(self.targets) != len(self.values)
+            or np.any(self.pointers[1:] < self.pointers[:-1])
+            or (len(self.targets) and not 0 <= int(self.targets.min()) <= int(self.targets.max()) < self.size)
+        ):
+            raise ValueError("malformed item graph: pointers, targets and values disagree")
+
+    @property
+    def size(self) -> int:
+        """n + 1: the known items and the unknown row 0."""
+        return len(self.pointers) - 1
+
+    @property
+    def transposed(self) -> Tensor:
+        """The weights as a sparse (n + 1, n + 1) COO tensor, target x source, built on each call (scoring never
+        needs it)."""
+        sources = np.repeat(np.arange(self.size, dtype=np.int64), np.diff(self.pointers))
+        indices = torch.from_numpy(np.stack([self.targets.astype(np.int64), sources]))
+        graph = torch.sparse_coo_tensor(
+            indices, torch.from_numpy(self.values), (self.size, self.size), check_invariants=True
+        )
+        return graph.coalesce()
 
     @classmethod
     def from_dense(cls, weights: Tensor, keep: int, known_text: np.ndarray | None = None) -> ItemGraph:
         """Keep each source item's ``keep`` largest-magnitude weights; ``weights`` is (n + 1, n + 1), ``known_text``
         (n, text_dim) the known items' text vectors."""
-        top = torch.topk(weights.abs(), min(keep, weights.shape[1]), dim=1).indices
-        pruned = torch.zeros_like(weights).scatter_(1, top, weights.gather(1, top))
-        pruned[:, UNKNOWN_ID] = 0
-        pruned[UNKNOWN_ID] = 0
-        text = None if known_text is None else _unit(np.asarray(known_text, dtype=np.float32))
-        return cls(pruned.T.to_sparse().coalesce(), text)
+        return cls.from_sparse(sp.csr_matrix(weights.numpy()), keep, known_text)
 
     @classmethod
     def from_sparse(cls, weights: sp.spmatrix, keep: int, known_text: np.ndarray | None = None) -> ItemGraph:
         """:meth:`from_dense` for a scipy sparse (n + 1, n + 1) ``weights``, which large catalogs need: each source
-        item's ``keep`` largest-magnitude weights."""
+        item's ``keep`` largest-magnitude weights, strongest first."""
         coo = sp.coo_matrix(weights)
         nonzero = (coo.data != 0) & (coo.row != UNKNOWN_ID) & (coo.col != UNKNOWN_ID)
         rows, cols, values = coo.row[nonzero], coo.col[nonzero], coo.data[nonzero].astype(np.float32)
@@ -179,26 +197,36 @@ class ItemGraph:
         rows, cols, values = rows[order], cols[order], values[order]
         rank = np.arange(len(rows)) - np.searchsorted(rows, rows)
         kept = rank < keep
-        indices = torch.from_numpy(np.stack([cols[kept], rows[kept]]).astype(np.int64))  # transposed: target x source
-        size = (weights.shape[1], weights.shape[0])
-        text = None if known_text is None else _unit(np.asarray(known_text, dtype=np.float32))
-        graph = torch.sparse_coo_tensor(indices, torch.from_numpy(values[kept]), size, check_invariants=False)
-        return cls(graph.coalesce(), text)
+        counts = np.bincount(rows[kept], minlength=weights.shape[0])
+        pointers = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        text = None if known_text is None else _unit(np.asarray(known_text, dtype=np.float32)).astype(np.float16)
+        return cls(pointers, cols[kept].astype(np.int32), values[kept], text)
 
     def to_tensors(self) -> dict[str, Tensor]:
-        t = self.transposed
-        # int32 indices: 12 bytes a weight instead of 20 (the graph is most of a large catalog's checkpoint).
-        out = {"indices": t.indices().to(torch.int32), "values": t.values(), "size": torch.tensor(t.shape)}
+        """The checkpoint's form: the same arrays (the graph is most of a large catalog's checkpoint)."""
+        out = {
+            "pointers": torch.from_numpy(self.pointers),
+            "targets": torch.from_numpy(self.targets),
+            "values": torch.from_numpy(self.values),
+        }
         if self.known_text is not None:
-            out["known_text"] = torch.from_numpy(self.known_text.astype(np.float16))  # half the size, same argmax
+            out["known_text"] = torch.from_numpy(self.known_text)
         return out
 
     @classmethod
     def from_tensors(cls, data: Mapping[str, Tensor]) -> ItemGraph:
-        size = tuple(int(v) for v in data["size"])
-        coo = torch.sparse_coo_tensor(data["indices"].long(), data["values"], size, check_invariants=True)
+        """The graph of a checkpoint's tensors, sharing their memory; checkpoints before the by-source form (one
+        target x source COO ``indices`` matrix, int64 or int32, and ``values``) are regrouped by source."""
         text = data.get("known_text")
-        return cls(coo.coalesce(), None if text is None else text.float().numpy())
+        known_text = None if text is None else text.to(torch.float16).numpy()  # older checkpoints may hold float32
+        if "pointers" in data:
+            return cls(data["pointers"].numpy(), data["targets"].numpy(), data["values"].numpy(), known_text)
+        size = int(data["size"][1])
+        targets, sources = data["indices"].numpy()
+        order = np.argsort(sources, kind="stable")
+        pointers = np.concatenate([[0], np.cumsum(np.bincount(sources, minlength=size))]).astype(np.int64)
+        values = np.asarray(data["values"].numpy(), dtype=np.float32)[order]
+        return cls(pointers, targets[order].astype(np.int32), values, known_text)
 
     def columns(self, index: np.ndarray, vectors: np.ndarray) -> np.ndarray:
         """The graph columns that score candidates (1-based indexes, 0 = unknown, and their text vectors): a
@@ -206,24 +234,31 @@ class ItemGraph:
         unknown = np.flatnonzero(index == UNKNOWN_ID)
         if self.known_text is None or not len(unknown):
             return index
+        queries = torch.from_numpy(_unit(np.asarray(vectors[unknown], dtype=np.float32)))
+        known = torch.from_numpy(self.known_text)
+        best = torch.full((len(unknown),), -math.inf)
+        nearest = torch.zeros(len(unknown), dtype=torch.long)
+        for start in range(0, len(known), TEXT_CHUNK):
+            value, top = (queries @ known[start : start + TEXT_CHUNK].float().T).max(dim=1)
+            better = value > best  # strictly: the first of equal maxima wins, as one argmax over all would pick
+            best, nearest = torch.where(better, value, best), torch.where(better, top + start, nearest)
         out = index.copy()
-        out[unknown] = np.argmax(_unit(vectors[unknown]) @ self.known_text.T, axis=1) + 1
+        out[unknown] = nearest.numpy() + 1
         return out
 
     def scores(self, histories: Sequence[np.ndarray], decay: float = 1.0) -> Tensor:
         """(B, n + 1) graph scores of every known item for histories of 1-based indexes (0 = unknown); an item
         seen twice counts once, at its most recent position."""
-        pointers, targets, values = self._rows
-        out = np.zeros((len(histories), self.transposed.shape[0]), dtype=np.float32)
+        out = np.zeros((len(histories), self.size), dtype=np.float32)
         for row, history in enumerate(histories):
             weights: dict[int, float] = {}
             for item, weight in zip(history.tolist(), recency_weights(len(history), decay).tolist(), strict=True):
                 if item != UNKNOWN_ID:
                     weights[item] = max(weight, weights.get(item, 0.0))
             for item, weight in weights.items():
-                start, end = pointers[item], pointers[item + 1]
+                start, end = self.pointers[item], self.pointers[item + 1]
                 # A source's targets are distinct, so a fancy-indexed add is exact.
-                out[row, targets[start:end]] += weight * values[start:end]
+                out[row, self.targets[start:end]] += weight * self.values[start:end]
         return torch.from_numpy(out)
 
 

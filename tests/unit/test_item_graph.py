@@ -46,7 +46,7 @@ def test_a_neighbourhood_that_holds_every_item_is_exactly_ease() -> None:
     g = gram(split.train, split.n_items)
     nearest = nearest_by_text(text, 5)
     every_other = np.array([[i for i in range(40) if i != j] for j in range(40)])
-    plain, with_text = neighbourhood_ease(g, nearest.links(5), every_other, [(50.0, 0.0), (50.0, 3.0)])
+    plain, with_text = neighbourhood_ease(g, {5: nearest.links(5)}, every_other, [(50.0, 0, 0.0), (50.0, 5, 3.0)])
     np.testing.assert_allclose(plain.toarray(), ease(g.toarray(), 50.0).numpy(), atol=1e-5)
     side = g.toarray() + 3.0 * nearest.links(5).toarray()
     np.testing.assert_allclose(with_text.toarray(), ease(side, 50.0).numpy(), atol=1e-5)

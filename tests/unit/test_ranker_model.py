@@ -161,6 +161,42 @@ def test_checkpoint_round_trip(tmp_path: Path, result: TrainResult, vectors: tup
     assert scorer.fusion == result.fusion and (scorer.graph is None) == (result.graph is None)
 
 
+def test_checkpoints_of_earlier_formats_still_load(
+    tmp_path: Path, result: TrainResult, vectors: tuple[list[str], np.ndarray]
+) -> None:
+    """Format 2 kept the graph as one target x source COO matrix (int64 indices, later int32); format 1 had no graph
+    or fusion weights. Both load; a format-2 checkpoint scores as the same model saved today, unknown items too."""
+    ids, matrix = vectors
+    assert result.graph is not None
+    path = save_checkpoint(tmp_path / "now", result, embedding_model_id="m")
+    current, _ = load_scorer(path)
+    data = torch.load(path / "model.pt", weights_only=True)
+    transposed = result.graph.transposed
+    candidates = [*ids[10:20], "unknown-item"]
+    candidate_vectors = np.concatenate([matrix[10:20], _random_vectors(["x"], seed=9)])
+    expected = current.score(ids[:6], matrix[:6], candidates, candidate_vectors)
+    for name, dtype in (("int64", torch.int64), ("int32", torch.int32)):
+        graph = {
+            "indices": transposed.indices().to(dtype),
+            "values": transposed.values(),
+            "size": torch.tensor(transposed.shape),
+        }
+        assert result.graph.known_text is not None
+        graph["known_text"] = torch.from_numpy(result.graph.known_text)
+        (tmp_path / name).mkdir()
+        torch.save({**data, "format_version": 2, "graph": graph}, tmp_path / name / "model.pt")
+        (tmp_path / name / "metadata.json").write_bytes((path / "metadata.json").read_bytes())
+        older, _ = load_scorer(tmp_path / name)
+        np.testing.assert_array_equal(older.score(ids[:6], matrix[:6], candidates, candidate_vectors), expected)
+    transformer_only = {key: data[key] for key in ("model_config", "item_ids", "state_dict")}
+    (tmp_path / "v1").mkdir()
+    torch.save({**transformer_only, "format_version": 1}, tmp_path / "v1" / "model.pt")
+    (tmp_path / "v1" / "metadata.json").write_bytes((path / "metadata.json").read_bytes())
+    first, _ = load_scorer(tmp_path / "v1")
+    assert first.graph is None and first.fusion == Fusion()
+    assert np.all(np.isfinite(first.score(ids[:6], matrix[:6], candidates, candidate_vectors)))
+
+
 def test_served_scores_equal_the_full_catalog_scores(result: TrainResult, dataset: Dataset) -> None:
     """What the service computes for a candidate list is what the offline evaluation ranks by."""
     assert result.graph is not None and result.fusion.graph > 0
