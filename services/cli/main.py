@@ -15,7 +15,7 @@ from services.cli.experiments import run_report
 from services.cli.ingest import ingest
 from services.cli.progress import heartbeat
 from services.cli.suite import GaveUp, RestartPolicy, Suite, Supervisor
-from services.cli.training import catalog_argument, train_and_publish
+from services.cli.training import ENCODERS_DIR, catalog_argument, train_and_publish
 from services.console.launch import CONSOLE_PORT_OFFSET, RunningConsole, start_console
 from services.datasets.loaders import Dataset, load_dataset
 from services.datasets.movielens import download_movielens_100k
@@ -78,6 +78,14 @@ def command_train(args: argparse.Namespace) -> None:
         encoder = CheckpointMetadata.from_file(path / METADATA_FILE).encoder_version
         document = {"checkpoint": str(path), "encoder_version": encoder, "metrics": result.metrics}
         print(json.dumps({**document, "graph": graph, "fusion": fusion}, indent=2))
+        if encoder:
+            encoders = args.state_dir / "checkpoints" / ENCODERS_DIR
+            print(
+                f"the checkpoint was trained on encoder version {encoder}: serve it with that encoder's vectors, "
+                f"queries and catalog alike (EMBEDDING_ENCODER_DIR={encoders} EMBEDDING_ENCODER_VERSION={encoder}, "
+                "the catalog embedded again with it)",
+                file=sys.stderr,
+            )
 
 
 def command_eval(args: argparse.Namespace) -> None:
