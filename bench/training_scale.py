@@ -97,7 +97,8 @@ def write_plain(dataset: Dataset, folder: Path) -> None:
     with (folder / "interactions.csv").open("w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["user_id", "item_id", "timestamp"])
-        writer.writerows((it.user_id, it.item_id, it.timestamp) for it in dataset.interactions)
+        # The plain format's timestamps are integers (seconds); the generator's are whole numbers already.
+        writer.writerows((it.user_id, it.item_id, int(it.timestamp)) for it in dataset.interactions)
 
 
 def cluster_vectors(dataset: Dataset, seed: int = 0, dim: int = 384) -> np.ndarray:
