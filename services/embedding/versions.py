@@ -11,15 +11,14 @@ configured with (the packaged all-MiniLM-L6-v2 by default).
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from services.common.versions import publish, staging_folder, version_name
 
 METADATA_FILE = "metadata.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -85,13 +84,10 @@ def save_version(
     """Write a transformers ``model`` and its ``tokenizer`` (:func:`write_model_folder`) as a new version under
     ``encoder_dir``; return the version."""
     encoder_dir = Path(encoder_dir)
-    encoder_dir.mkdir(parents=True, exist_ok=True)
     created = (now or datetime.now(UTC)).astimezone(UTC)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=encoder_dir))
-    try:
+    with staging_folder(encoder_dir) as tmp:
         write_model_folder(tmp, model, tokenizer, base_path)
-        with (tmp / WEIGHTS_FILE).open("rb") as f:
-            version = f"{created:%Y%m%dT%H%M%SZ}-{hashlib.file_digest(f, 'sha256').hexdigest()[:8]}"
+        version = version_name(created, tmp / WEIGHTS_FILE)
         metadata = EncoderMetadata(
             version=version,
             created_at=created.isoformat(timespec="microseconds"),
@@ -102,15 +98,5 @@ def save_version(
             tuning=tuning,
         )
         (tmp / METADATA_FILE).write_text(json.dumps(asdict(metadata), indent=2, sort_keys=True), encoding="utf-8")
-        for file in tmp.iterdir():
-            with file.open("rb") as f:
-                os.fsync(f.fileno())
-        final = version_path(encoder_dir, version)
-        if final.exists():
-            raise FileExistsError(f"encoder version {final} already exists")
-        tmp.chmod(0o755)  # mkdtemp makes it 0700; the embedding service may run as another user
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        publish(tmp, version_path(encoder_dir, version))
     return version

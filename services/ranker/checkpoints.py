@@ -12,11 +12,7 @@ Catalogs keep models apart: the default catalog (the empty name) lives in ``<che
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -25,6 +21,7 @@ from typing import Any
 import torch
 
 from services.common.catalogs import DEFAULT_CATALOG, check_catalog
+from services.common.versions import publish, staging_folder, version_name
 from services.ranker.model import Fusion, ItemGraph, ModelConfig, RankerModel, RankerScorer
 from services.ranker.training import TrainResult
 
@@ -81,10 +78,8 @@ def save_checkpoint(
     """Write ``result`` as a new version under ``root``; return the version folder. ``encoder_version`` names
     the encoder the item vectors came from (empty: the base model)."""
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
     created = (now or datetime.now(UTC)).astimezone(UTC)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
-    try:
+    with staging_folder(root) as tmp:
         # Written straight to the file and hashed from it: a large catalog's weights are not copied into an
         # in-memory file first.
         torch.save(
@@ -98,11 +93,7 @@ def save_checkpoint(
             },
             tmp / MODEL_FILE,
         )
-        with (tmp / MODEL_FILE).open("rb") as f:
-            version = f"{created:%Y%m%dT%H%M%SZ}-{hashlib.file_digest(f, 'sha256').hexdigest()[:8]}"
-        final = root / version
-        if final.exists():
-            raise FileExistsError(f"checkpoint {final} already exists")
+        version = version_name(created, tmp / MODEL_FILE)
         metadata = CheckpointMetadata(
             version=version,
             created_at=created.isoformat(timespec="microseconds"),
@@ -120,14 +111,8 @@ def save_checkpoint(
             encoder_version=encoder_version,
         )
         (tmp / METADATA_FILE).write_text(json.dumps(asdict(metadata), indent=2, sort_keys=True), encoding="utf-8")
-        for file in (MODEL_FILE, METADATA_FILE):
-            with (tmp / file).open("rb") as f:
-                os.fsync(f.fileno())
-        tmp.chmod(0o755)  # mkdtemp makes it 0700; a serving process may run as another user
-        tmp.rename(final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        final = root / version
+        publish(tmp, final)
     return final
 
 
