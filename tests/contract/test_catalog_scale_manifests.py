@@ -6,14 +6,12 @@ in a temporary overlay."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 
 import pytest
 
 from services.ranker.training import TrainConfig
-from tests.contract.test_manifests import DEPLOY, K8S_VERSION, Manifests, _load_yaml_docs, render
+from tests.contract.test_manifests import DEPLOY, K8S_VERSION, Manifests, render, render_prod_with
 
 COMPONENT = DEPLOY / "components" / "catalog-1m"
 MEASURED = DEPLOY.parent / "docs" / "results" / "checkpoint_scale-1m.json"
@@ -29,17 +27,7 @@ def _bytes(quantity: str) -> float:
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> Manifests:
     if shutil.which("kubectl") is None:
         pytest.skip("kubectl is not installed: the component cannot be rendered onto an overlay")
-    overlay = tmp_path_factory.mktemp("overlay") / "prod-with-catalog-1m"
-    overlay.mkdir()
-    (overlay / "kustomization.yaml").write_text(
-        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
-        f"resources:\n  - {os.path.relpath(DEPLOY / 'overlays' / 'prod', overlay)}\n"
-        f"components:\n  - {os.path.relpath(COMPONENT, overlay)}\n"
-    )
-    result = subprocess.run(
-        ["kubectl", "kustomize", str(overlay)], capture_output=True, text=True, check=True, timeout=120
-    )
-    return Manifests("prod+catalog-1m", _load_yaml_docs(result.stdout))
+    return Manifests("prod+catalog-1m", render_prod_with(COMPONENT, tmp_path_factory.mktemp("overlay")))
 
 
 def _model_bytes() -> float:

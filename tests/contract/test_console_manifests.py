@@ -4,10 +4,7 @@ overlay enables it: the checks render the prod overlay with the component added,
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-from functools import cache
 from pathlib import Path
 
 import pytest
@@ -22,13 +19,12 @@ from tests.contract.test_manifests import (
     QDRANT_PORTS,
     SERVICES,
     UID,
-    Doc,
     Manifests,
     _allowed,
-    _load_yaml_docs,
     _read_kustomization_files,
     _selects,
     render,
+    render_prod_with,
 )
 
 COMPONENT = DEPLOY / "components" / "console"
@@ -36,27 +32,11 @@ CONSOLE_PORT = 8080
 EXPERIMENTS_DIR = "/etc/recsys/experiments"
 
 
-@cache
-def _prod_with_console(workdir: Path) -> tuple[Doc, ...]:
-    """kubectl kustomize of an overlay that is prod plus the console component (as an operator would add it)."""
-    overlay = workdir / "prod-with-console"
-    overlay.mkdir(exist_ok=True)
-    (overlay / "kustomization.yaml").write_text(
-        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamespace: recsys\n"
-        f"resources:\n  - {os.path.relpath(DEPLOY / 'overlays' / 'prod', overlay)}\n"
-        f"components:\n  - {os.path.relpath(COMPONENT, overlay)}\n"
-    )
-    result = subprocess.run(
-        ["kubectl", "kustomize", str(overlay)], capture_output=True, text=True, check=True, timeout=120
-    )
-    return tuple(_load_yaml_docs(result.stdout))
-
-
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory: pytest.TempPathFactory) -> Manifests:
     if shutil.which("kubectl") is None:
         pytest.skip("kubectl is not installed: the component is checked from its files alone")
-    return Manifests("prod+console", list(_prod_with_console(tmp_path_factory.mktemp("overlay"))))
+    return Manifests("prod+console", render_prod_with(COMPONENT, tmp_path_factory.mktemp("overlay")))
 
 
 @pytest.fixture(scope="module")

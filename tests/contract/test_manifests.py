@@ -9,6 +9,7 @@ ServiceAccounts, the gateway's backend addresses, Qdrant's StatefulSet, the GPU 
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -94,6 +95,22 @@ def _kustomize(folder: Path) -> tuple[Doc, ...]:
     proc = subprocess.run([kubectl, "kustomize", str(folder)], capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, f"kubectl kustomize {folder} failed:\n{proc.stderr}"
     return tuple(_load_yaml_docs(proc.stdout))
+
+
+def render_prod_with(component: Path, workdir: Path) -> list[Doc]:
+    """kubectl kustomize of an overlay that is prod plus ``component``, as an operator would add it (opt-in
+    components are in no overlay of ours, so their checks render one in ``workdir``)."""
+    overlay = workdir / f"prod-with-{component.name}"
+    overlay.mkdir(exist_ok=True)
+    (overlay / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamespace: recsys\n"
+        f"resources:\n  - {os.path.relpath(DEPLOY / 'overlays' / 'prod', overlay)}\n"
+        f"components:\n  - {os.path.relpath(component, overlay)}\n"
+    )
+    result = subprocess.run(
+        ["kubectl", "kustomize", str(overlay)], capture_output=True, text=True, check=True, timeout=120
+    )
+    return _load_yaml_docs(result.stdout)
 
 
 def render(source: str) -> list[Doc]:
