@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 
 @contextlib.contextmanager
@@ -25,10 +27,14 @@ def staging_folder(root: Path) -> Iterator[Path]:
         raise
 
 
-def version_name(created: datetime, content: Path) -> str:
-    """``<UTC time>-<first 8 hex digits of the sha256 of content>``: sorts by time, differs by content."""
+def version_name(created: datetime, content: Path, description: dict[str, Any]) -> str:
+    """``<UTC time to the second>-<first 8 hex digits of the sha256 of content and description>``: sorts by time,
+    differs by content. ``description`` is the version's metadata (less its name), whose creation time to the
+    microsecond keeps two runs in one second that trained the same weights apart."""
     with content.open("rb") as f:
-        return f"{created:%Y%m%dT%H%M%SZ}-{hashlib.file_digest(f, 'sha256').hexdigest()[:8]}"
+        digest = hashlib.file_digest(f, "sha256")
+    digest.update(json.dumps(description, sort_keys=True).encode())
+    return f"{created:%Y%m%dT%H%M%SZ}-{digest.hexdigest()[:8]}"
 
 
 def publish(staged: Path, final: Path) -> None:

@@ -4,16 +4,16 @@ Layout: ``<encoder_dir>/<version>/`` holds the transformers files (config.json, 
 files, sentence-transformers' sentence_bert_config.json with the token limit) and ``metadata.json`` (the base model,
 the data it was adapted on, its validation metrics, when). `recsys train` writes them under
 ``<checkpoint_dir>/encoders/``, beside the ranker checkpoints trained on them, whose metadata names the version. A
-version is ``<UTC timestamp>-<8 hex of the weights' sha256>``, written in a hidden temporary folder and renamed
-into place, so a reader never sees a half-written one. The empty version is the base model the service is
-configured with (the packaged all-MiniLM-L6-v2 by default).
+version is ``<UTC timestamp>-<8 hex of the sha256 of the weights and metadata>``, written in a hidden temporary
+folder and renamed into place, so a reader never sees a half-written one. The empty version is the base model
+the service is configured with (the packaged all-MiniLM-L6-v2 by default).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -87,9 +87,8 @@ def save_version(
     created = (now or datetime.now(UTC)).astimezone(UTC)
     with staging_folder(encoder_dir) as tmp:
         write_model_folder(tmp, model, tokenizer, base_path)
-        version = version_name(created, tmp / WEIGHTS_FILE)
-        metadata = EncoderMetadata(
-            version=version,
+        unnamed = EncoderMetadata(
+            version="",
             created_at=created.isoformat(timespec="microseconds"),
             base_model=base_model,
             dataset_name=dataset_name,
@@ -97,6 +96,8 @@ def save_version(
             metrics=metrics,
             tuning=tuning,
         )
+        version = version_name(created, tmp / WEIGHTS_FILE, asdict(unnamed))
+        metadata = replace(unnamed, version=version)
         (tmp / METADATA_FILE).write_text(json.dumps(asdict(metadata), indent=2, sort_keys=True), encoding="utf-8")
         publish(tmp, version_path(encoder_dir, version))
     return version

@@ -1,9 +1,9 @@
 """Versioned ranker checkpoints.
 
 Layout: ``<root>/<version>/model.pt`` (state dict, architecture, item ID vocabulary, item graph, fusion weights) and
-``<root>/<version>/metadata.json``. A version is ``<UTC timestamp>-<8 hex of the weights' sha256>``, e.g.
-``20261128T051500Z-3fa2c1d0``. A version is written in a hidden temporary folder and renamed into place, so a
-reader never sees a half-written one.
+``<root>/<version>/metadata.json``. A version is ``<UTC timestamp>-<8 hex of the sha256 of the weights and
+metadata>``, e.g. ``20261128T051500Z-3fa2c1d0``. A version is written in a hidden temporary folder and renamed
+into place, so a reader never sees a half-written one.
 
 Catalogs keep models apart: the default catalog (the empty name) lives in ``<checkpoint_dir>/`` itself, catalog
 ``NAME`` in ``<checkpoint_dir>/catalogs/NAME/``, each with the layout above. ``catalogs`` never holds a
@@ -13,7 +13,7 @@ Catalogs keep models apart: the default catalog (the empty name) lives in ``<che
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -93,9 +93,8 @@ def save_checkpoint(
             },
             tmp / MODEL_FILE,
         )
-        version = version_name(created, tmp / MODEL_FILE)
-        metadata = CheckpointMetadata(
-            version=version,
+        unnamed = CheckpointMetadata(
+            version="",
             created_at=created.isoformat(timespec="microseconds"),
             dataset_name=result.dataset_name,
             dataset_hash=result.dataset_hash,
@@ -110,6 +109,8 @@ def save_checkpoint(
             train_seconds=round(result.seconds, 3),
             encoder_version=encoder_version,
         )
+        version = version_name(created, tmp / MODEL_FILE, asdict(unnamed))
+        metadata = replace(unnamed, version=version)
         (tmp / METADATA_FILE).write_text(json.dumps(asdict(metadata), indent=2, sort_keys=True), encoding="utf-8")
         final = root / version
         publish(tmp, final)

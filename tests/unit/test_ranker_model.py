@@ -136,6 +136,26 @@ def test_long_history_is_truncated(vectors: tuple[list[str], np.ndarray]) -> Non
     np.testing.assert_array_equal(full, recent)
 
 
+def test_two_runs_in_one_second_publish_two_versions(tmp_path: Path, result: TrainResult) -> None:
+    # Same weights, same second (a quick retrain, or the frozen and the adapted encoder's runs): the metadata's
+    # microseconds and encoder version keep the versions apart instead of failing the second publication.
+    first = save_checkpoint(
+        tmp_path, result, embedding_model_id="m", now=datetime(2026, 11, 28, 5, 15, 0, 1000, tzinfo=UTC)
+    )
+    second = save_checkpoint(
+        tmp_path, result, embedding_model_id="m", now=datetime(2026, 11, 28, 5, 15, 0, 2000, tzinfo=UTC)
+    )
+    adapted = save_checkpoint(
+        tmp_path,
+        result,
+        embedding_model_id="m",
+        encoder_version="20261128T051400Z-0",
+        now=datetime(2026, 11, 28, 5, 15, 0, 2000, tzinfo=UTC),
+    )
+    assert len({first.name, second.name, adapted.name}) == 3
+    assert all(path.name.startswith("20261128T051500Z-") for path in (first, second, adapted))
+
+
 def test_checkpoint_round_trip(tmp_path: Path, result: TrainResult, vectors: tuple[list[str], np.ndarray]) -> None:
     ids, matrix = vectors
     assert latest_checkpoint(tmp_path) is None
