@@ -104,8 +104,8 @@ class RankingService:
         self._pinned: set[ModelKey] = set()
         # Loads in progress, so concurrent first calls for one model share one load.
         self._loading: dict[ModelKey, asyncio.Task[LoadedModel]] = {}
-        # Scoring runs on the event loop (one call at a time; torch parallelises inside); loading a checkpoint,
-        # seconds of work, on this thread so calls keep being scored meanwhile.
+        # One thread scores; torch parallelises inside. Loading uses the same thread, so a load never competes
+        # with a forward pass for the cores.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ranker")
         self._watcher: asyncio.Task[None] | None = None
 
@@ -339,9 +339,8 @@ class RankingService:
                 self.observer.scored(len(requests), candidates, started - submitted, time.perf_counter() - started)
             return scores
 
-        # On the event loop: a call's scoring is a millisecond or two of torch, and handing it to a worker and the
-        # result back woke the loop through its self-pipe, 8% of the ranker's CPU per Recommend (py-spy).
-        return run(), model.metadata.version
+        scores = await asyncio.get_running_loop().run_in_executor(self._executor, run)
+        return scores, model.metadata.version
 
     async def suggest(
         self, history_item_ids: Sequence[str], limit: int, catalog: str = DEFAULT_CATALOG, version: str = ""
@@ -357,7 +356,10 @@ class RankingService:
         if not 1 <= limit <= self.limits.max_candidates:
             raise InvalidArgumentError(f"limit is {limit}; ask for 1 to {self.limits.max_candidates} candidates")
         model = await self.model(catalog, version)
-        return model.scorer.suggest(list(history_item_ids), limit), model.metadata.version
+        suggested = await asyncio.get_running_loop().run_in_executor(
+            self._executor, model.scorer.suggest, list(history_item_ids), limit
+        )
+        return suggested, model.metadata.version
 
     async def close(self) -> None:
         if self._watcher is not None:

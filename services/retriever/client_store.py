@@ -136,7 +136,6 @@ class ClientVectorStore:
     """`VectorStore` on a Qdrant server (or qdrant-client's local mode)."""
 
     backend = "qdrant-client"
-    inline_reads = False  # a server's reads wait for the network
 
     def __init__(
         self,

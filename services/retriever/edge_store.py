@@ -242,9 +242,6 @@ class EdgeVectorStore:
     """`VectorStore` on qdrant-edge shards under `data_dir`."""
 
     backend = "qdrant-edge"
-    # The engine is in this process and its reads hold the GIL anyway, so a worker thread buys them nothing but
-    # the hand-off: waking a worker and then the event loop was 9% of the retriever's CPU per Recommend (py-spy).
-    inline_reads = True
 
     def __init__(
         self,
@@ -524,7 +521,7 @@ class EdgeVectorStore:
     def _read_items(self, point_ids: Sequence[PointId]) -> dict[PointId, CachedItem]:
         """The items of `point_ids` from the shard, kept in the cache when no write runs. Only under the write lock
         (a write that lands between the read and the fill would otherwise be overwritten in the cache by the item
-        it replaced), and never waiting for it: a search may run on the event loop."""
+        it replaced), and never waiting for it: a search does not queue behind an upsert batch for a cache fill."""
         out: dict[PointId, CachedItem] = {}
         if not point_ids:
             return out

@@ -79,15 +79,9 @@ class Retrieval:
     async def _run(self, function: Callable[..., T], *args: object) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, function, *args)
 
-    async def _read(self, function: Callable[..., T], *args: object) -> T:
-        """A read: on this thread when the store's reads are short in-process work, else on a worker."""
-        if self.store.inline_reads:
-            return function(*args)
-        return await self._run(function, *args)
-
     async def _query(self, operation: str, function: Callable[..., T], *args: object) -> T:
         started = time.perf_counter()
-        result = await self._read(function, *args)
+        result = await self._run(function, *args)
         if self.observer is not None:
             self.observer.searched(operation, time.perf_counter() - started)
         return result
@@ -190,7 +184,7 @@ class Retrieval:
 
     async def get_items(self, ids: Sequence[str], with_vectors: bool, skip_missing: bool) -> list[Item]:
         self._check_batch(len(ids), "item_ids")
-        return await self._read(self.store.get_items, ids, with_vectors, skip_missing)
+        return await self._run(self.store.get_items, ids, with_vectors, skip_missing)
 
     async def search(self, queries: Sequence[SearchQuery]) -> list[list[ScoredItem]]:
         self._check_batch(len(queries), "queries")
@@ -231,7 +225,7 @@ class Retrieval:
         return profile, await self._run(self.store.unknown_recommendations, events)
 
     async def get_user(self, user_id: str) -> UserProfile:
-        return await self._read(self.store.get_user, user_id)
+        return await self._run(self.store.get_user, user_id)
 
     async def delete_user(self, user_id: str) -> None:
         await self._run(self.store.delete_user, user_id)
@@ -243,7 +237,7 @@ class Retrieval:
         await self._run(self.store.record_impressions, impressions)
 
     async def get_impressions(self, recommendation_id: str) -> list[Impression]:
-        return await self._read(self.store.get_impressions, recommendation_id)
+        return await self._run(self.store.get_impressions, recommendation_id)
 
     async def list_impressions(self, experiment: str, limit: int, page_token: str) -> tuple[list[Impression], str]:
         return await self._run(self.store.list_impressions, experiment, limit, page_token)

@@ -221,10 +221,7 @@ class StoreInfo:
 @runtime_checkable
 class VectorStore(Protocol):
     """Items and user profiles in a vector engine. Every method is synchronous, blocking and thread-safe:
-    call it from a worker thread, never from the event loop, except the reads of a store with `inline_reads`
-    (short work in this process that never waits for I/O or for another thread's write)."""
-
-    inline_reads: bool
+    call it from a worker thread, never from the event loop."""
 
     @property
     def dimension(self) -> int: ...
