@@ -7,6 +7,10 @@ from __future__ import annotations
 class ServiceError(Exception):
     """Base of the errors a caller can act on; the message says what to fix."""
 
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        """What a program acting on the error needs besides the message, sent as trailing metadata."""
+        return ()
+
 
 class InvalidArgumentError(ServiceError, ValueError):
     """The request is malformed or out of bounds."""

@@ -136,7 +136,7 @@ class RequestInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
                 return await inner(request, context)
             except ServiceError as error:
                 code = status_for(error)
-                await context.abort(code, str(error))
+                await context.abort(code, str(error), trailing_metadata=error.trailing_metadata())
             except grpc.aio.AioRpcError as error:
                 code, details = _downstream_status(error)
                 await context.abort(code, details)

@@ -13,18 +13,20 @@ belongs to the client (what a server's own locking gives), never held across cal
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 import warnings
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import structlog
 from qdrant_client import QdrantClient, models
 
-from services.common.errors import InvalidArgumentError, UnavailableError
+from services.common.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
 from services.retriever import eventlog, feedback
 from services.retriever.eventlog import EventLog
 from services.retriever.store import (
@@ -32,8 +34,11 @@ from services.retriever.store import (
     DEFAULT_SCHEMA,
     ITEM_ID_FIELD,
     POPULARITY_FIELD,
+    STAGED_BEHIND_FIELD,
     USER_ID_FIELD,
     DimensionMismatchError,
+    EncoderMismatchError,
+    EncoderState,
     FieldType,
     Filter,
     Impression,
@@ -45,7 +50,11 @@ from services.retriever.store import (
     UserEvent,
     UserProfile,
     as_vector,
+    check_caught_up,
+    check_encoder,
+    encoder_label,
     in_requested_order,
+    item_content,
     item_payload,
     item_point_id,
     not_found,
@@ -84,6 +93,24 @@ EVENT_INDEXES = {
 # write goes through the shard's leader, each collection is created with a write_consistency_factor of its
 # replication factor, and the event log reads from a majority of the replicas. Local mode ignores all three.
 ORDERED = models.WriteOrdering.STRONG
+# How long a replica trusts what it last read of the serving alias. A switch made through another replica
+# reaches this one's searches within it; meanwhile they keep reading the previous copy, which stays whole.
+ENCODER_STATE_TTL_S = 2.0
+# `<items>--<encoder version>` holds the items embedded by that encoder; `<items>` is the base encoder's.
+ENCODER_SEPARATOR = "--"
+SERVING_ALIAS_SUFFIX = "-serving"
+
+
+@dataclass(frozen=True, slots=True)
+class _Copies:
+    """The items' collections by encoder: the served one (the alias's target) and the staged one, if any."""
+
+    serving: str
+    serving_collection: str
+    staged: str | None
+    staged_collection: str | None
+
+
 CONSISTENT = models.ReadConsistencyType.MAJORITY
 # One lock per local-mode client, shared by every store on it.
 _LOCAL_ENGINE_LOCKS: weakref.WeakKeyDictionary[QdrantClient, threading.RLock] = weakref.WeakKeyDictionary()
@@ -120,7 +147,7 @@ def to_client_filter(
     return models.Filter(must=must or None, must_not=must_not or None)
 
 
-def _match(field: str, value: str) -> models.Filter:
+def _match(field: str, value: str | bool) -> models.Filter:
     return models.Filter(must=[models.FieldCondition(key=field, match=models.MatchValue(value=value))])
 
 
@@ -160,7 +187,9 @@ class ClientVectorStore:
         self._owns_client = owns_client
         self._dimension = dimension
         self._schema: PayloadSchema = dict(schema)
-        self._items = items_collection
+        self._items_base = items_collection
+        self._serving_alias = items_collection + SERVING_ALIAS_SUFFIX
+        self._copies: tuple[_Copies, float] | None = None
         self._users = users_collection
         self._feedback = feedback_collection
         self._events = events_collection
@@ -172,7 +201,9 @@ class ClientVectorStore:
         self._local = options.get("location") == ":memory:" or options.get("path") is not None
         self._engine_lock = _local_engine_lock(client) if self._local else None
         self._closed = False
-        self._ensure_collection(self._items, shard_number, replication_factor, indexes=self._index_fields())
+        self._ensure_collection(
+            self._read_copies().serving_collection, shard_number, replication_factor, indexes=self._index_fields()
+        )
         self._ensure_collection(self._users, shard_number, replication_factor, indexes=USER_INDEXES)
         self._ensure_collection(self._feedback, shard_number, replication_factor, indexes=FEEDBACK_INDEXES)
         self._ensure_collection(self._events, shard_number, replication_factor, indexes=EVENT_INDEXES)
@@ -224,12 +255,148 @@ class ClientVectorStore:
             half_life_events=self._half_life,
         )
 
+    # -- encoder copies ------------------------------------------------------------------------------------
+
+    def _collection_of(self, version: str) -> str:
+        return self._items_base if version == "" else f"{self._items_base}{ENCODER_SEPARATOR}{version}"
+
+    def _version_of(self, collection: str) -> str:
+        return collection.removeprefix(self._items_base).removeprefix(ENCODER_SEPARATOR)
+
+    def _read_copies(self) -> _Copies:
+        """Reads the serving alias and the items' collections from the server (and remembers them)."""
+        with self._engine():
+            aliases = {a.alias_name: a.collection_name for a in self._client.get_aliases().aliases}
+            names = {c.name for c in self._client.get_collections().collections}
+        serving_collection = aliases.get(self._serving_alias, self._items_base)
+        others = sorted(
+            n
+            for n in names
+            if n != serving_collection and (n == self._items_base or n.startswith(self._items_base + ENCODER_SEPARATOR))
+        )
+        staged = others[0] if others else None
+        copies = _Copies(
+            self._version_of(serving_collection),
+            serving_collection,
+            None if staged is None else self._version_of(staged),
+            staged,
+        )
+        self._copies = (copies, time.monotonic())
+        return copies
+
+    def _current_copies(self) -> _Copies:
+        cached = self._copies
+        if cached is not None and time.monotonic() - cached[1] < ENCODER_STATE_TTL_S:
+            return cached[0]
+        return self._read_copies()
+
+    @property
+    def _items(self) -> str:
+        """The served items' collection, as this replica last read the alias."""
+        return self._current_copies().serving_collection
+
+    def _checked_copies(self, encoder_version: str | None, *, staged_ok: bool) -> tuple[_Copies, bool]:
+        """The copies and whether ``encoder_version``'s vectors belong to the staged one; read again from the
+        server before refusing (this replica may not have seen a switch yet)."""
+        copies = self._current_copies()
+        try:
+            return copies, check_encoder(self._state_of(copies), encoder_version, staged_ok=staged_ok)
+        except EncoderMismatchError:
+            copies = self._read_copies()
+            return copies, check_encoder(self._state_of(copies), encoder_version, staged_ok=staged_ok)
+
+    def _state_of(self, copies: _Copies, staged_items: int = 0) -> EncoderState:
+        return EncoderState(copies.serving, copies.staged, staged_items)
+
+    def encoders(self) -> EncoderState:
+        copies = self._read_copies()
+        if copies.staged_collection is None:
+            return self._state_of(copies)
+        with self._engine():
+            staged_items = self._client.count(copies.staged_collection, exact=True).count
+        return self._state_of(copies, staged_items)
+
+    def list_items(self, encoder_version: str | None, offset: str, limit: int) -> tuple[list[Item], str]:
+        validate_limit(limit, max_limit=1000)
+        copies, staged = self._checked_copies(encoder_version, staged_ok=True)
+        collection = copies.staged_collection if staged and copies.staged_collection else copies.serving_collection
+        start: models.ExtendedPointId | None = None
+        if offset:
+            try:
+                start = str(uuid.UUID(offset))
+            except ValueError as error:
+                raise InvalidArgumentError(
+                    f"offset {offset!r} is not one this store returned: start again from ''"
+                ) from error
+        with self._engine():
+            records, next_offset = self._client.scroll(
+                collection, limit=limit, offset=start, with_payload=True, with_vectors=False, consistency=CONSISTENT
+            )
+        items = [
+            Item(payload_item_id(r.payload), None, {k: v for k, v in (r.payload or {}).items() if k != ITEM_ID_FIELD})
+            for r in records
+        ]
+        return items, "" if next_offset is None else str(next_offset)
+
+    def stage_encoder(self, version: str) -> EncoderState:
+        copies = self._read_copies()
+        if version == copies.serving:
+            raise FailedPreconditionError(f"{encoder_label(version)} serves already: nothing to reindex")
+        if copies.staged is not None and copies.staged != version:
+            raise FailedPreconditionError(
+                f"{encoder_label(copies.staged)} is staged: switch to it or drop it before staging another"
+            )
+        self._ensure_collection(
+            self._collection_of(version), self._shard_number, self._replication_factor, indexes=self._index_fields()
+        )
+        return self.encoders()
+
+    def switch_encoder(self, version: str) -> EncoderState:
+        copies = self._read_copies()
+        if copies.staged != version or copies.staged_collection is None:
+            raise FailedPreconditionError(
+                f"{encoder_label(version)} is not staged: run `recsys reindex --encoder {version or 'base'}` first"
+            )
+        with self._engine():
+            serving_count = self._client.count(copies.serving_collection, exact=True).count
+            staged_count = self._client.count(copies.staged_collection, exact=True).count
+            ahead = self._client.count(
+                copies.serving_collection, count_filter=_match(STAGED_BEHIND_FIELD, True), exact=True
+            ).count
+        check_caught_up(version, serving_count, staged_count, ahead)
+        # One request: the server moves the alias atomically, so every reader sees one copy or the other.
+        operations: list[models.AliasOperations] = [
+            models.CreateAliasOperation(
+                create_alias=models.CreateAlias(
+                    collection_name=copies.staged_collection, alias_name=self._serving_alias
+                )
+            )
+        ]
+        with self._engine():
+            if any(a.alias_name == self._serving_alias for a in self._client.get_aliases().aliases):
+                operations.insert(
+                    0, models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=self._serving_alias))
+                )
+            self._client.update_collection_aliases(change_aliases_operations=operations)
+        log.info("switched the served items", encoder=version, collection=copies.staged_collection)
+        return self.encoders()
+
+    def drop_staged_encoder(self, version: str) -> EncoderState:
+        copies = self._read_copies()
+        if copies.staged != version or copies.staged_collection is None:
+            raise FailedPreconditionError(f"{encoder_label(version)} is not staged: nothing to drop")
+        with self._engine():
+            self._client.delete_collection(copies.staged_collection)
+        log.info("dropped the staged copy", encoder=version, collection=copies.staged_collection)
+        return self.encoders()
+
     # -- setup ---------------------------------------------------------------------------------------------
 
     def _index_fields(self) -> dict[str, FieldType]:
         fields = dict(self._schema)
         fields[ITEM_ID_FIELD] = FieldType.KEYWORD
         fields[POPULARITY_FIELD] = FieldType.INTEGER
+        fields[STAGED_BEHIND_FIELD] = FieldType.BOOL
         return fields
 
     def _ensure_collection(
@@ -304,47 +471,108 @@ class ClientVectorStore:
 
     # -- items ---------------------------------------------------------------------------------------------
 
-    def upsert_items(self, items: Sequence[Item]) -> int:
+    def upsert_items(self, items: Sequence[Item], encoder_version: str | None = None) -> int:
         valid = validate_items(items, self._dimension, self._schema)
         if not valid:
             return 0
         ids = _item_pids(item.item_id for item in valid)
-        with self._engine():
-            existing = {
-                payload_item_id(r.payload): popularity_of(r.payload)
-                for r in self._client.retrieve(self._items, ids=ids, with_payload=[POPULARITY_FIELD, ITEM_ID_FIELD])
-            }
+        # Read fresh: a write of one encoder's vectors must not land in the other's copy after a switch.
+        copies = self._read_copies()
+        staged = check_encoder(self._state_of(copies), encoder_version, staged_ok=True)
+        if staged and copies.staged_collection is not None:
+            written = self._upsert_staged(copies, valid)
+        else:
+            with self._engine():
+                existing = {
+                    payload_item_id(r.payload): popularity_of(r.payload)
+                    for r in self._client.retrieve(
+                        copies.serving_collection, ids=ids, with_payload=[POPULARITY_FIELD, ITEM_ID_FIELD]
+                    )
+                }
+            # While a staged copy exists, each served write marks the item as ahead of it (see switch).
+            behind = {STAGED_BEHIND_FIELD: True} if copies.staged_collection is not None else {}
             points = [
                 models.PointStruct(
                     id=pid,
                     vector=list(item.vector or ()),
-                    payload=item_payload(item, existing.get(item.item_id, 0)),
+                    payload=item_payload(item, existing.get(item.item_id, 0)) | behind,
                 )
                 for pid, item in zip(ids, valid, strict=True)
             ]
-        with self._engine():
-            self._client.upsert(self._items, points=points, wait=True, ordering=ORDERED)
+            with self._engine():
+                self._client.upsert(copies.serving_collection, points=points, wait=True, ordering=ORDERED)
+            written = [item.item_id for item in valid]
         # The popularity read above may be older than an event counted meanwhile (by this or another replica).
-        self._log.refresh_popularity([item.item_id for item in valid])
-        return len(valid)
+        self._log.refresh_popularity(written)
+        return len(written)
+
+    def _upsert_staged(self, copies: _Copies, items: Sequence[Item]) -> list[str]:
+        """Writes into the staged copy the items the served copy holds (one deleted meanwhile is not brought
+        back), each with the served popularity; an item whose payload and text equal the served one's is no
+        longer ahead of its staged copy. Across replicas the read and the clearing are two requests: a served
+        write between them stays ahead only until the reindex's next round finds it by content."""
+        assert copies.staged_collection is not None
+        with self._engine():
+            served = {
+                payload_item_id(r.payload): dict(r.payload or {})
+                for r in self._client.retrieve(
+                    copies.serving_collection, ids=_item_pids(i.item_id for i in items), with_payload=True
+                )
+            }
+        kept = [item for item in items if item.item_id in served]
+        payloads = [item_payload(item, popularity_of(served[item.item_id])) for item in kept]
+        points = [
+            models.PointStruct(id=item_point_id(i.item_id), vector=list(i.vector or ()), payload=p)
+            for i, p in zip(kept, payloads, strict=True)
+        ]
+        caught_up = [
+            item.item_id
+            for item, payload in zip(kept, payloads, strict=True)
+            if served[item.item_id].get(STAGED_BEHIND_FIELD)
+            and item_content(payload) == item_content(served[item.item_id])
+        ]
+        with self._engine():
+            if points:
+                self._client.upsert(copies.staged_collection, points=points, wait=True, ordering=ORDERED)
+            if caught_up:
+                self._client.set_payload(
+                    copies.serving_collection,
+                    payload={STAGED_BEHIND_FIELD: False},
+                    points=models.PointIdsList(points=_item_pids(caught_up)),
+                    wait=True,
+                    ordering=ORDERED,
+                )
+        return [item.item_id for item in kept]
 
     def delete_items(self, ids: Sequence[str]) -> int:
         wanted = unique(validate_ids(ids, "item id"))
         if not wanted:
             return 0
         pids = _item_pids(wanted)
+        copies = self._read_copies()
         with self._engine():
-            found = len(self._client.retrieve(self._items, ids=pids, with_payload=False))
-            self._client.delete(
-                self._items, points_selector=models.PointIdsList(points=pids), wait=True, ordering=ORDERED
-            )
+            found = len(self._client.retrieve(copies.serving_collection, ids=pids, with_payload=False))
+            for collection in filter(None, (copies.serving_collection, copies.staged_collection)):
+                self._client.delete(
+                    collection, points_selector=models.PointIdsList(points=pids), wait=True, ordering=ORDERED
+                )
         return found
 
-    def get_items(self, ids: Sequence[str], with_vectors: bool = False, skip_missing: bool = False) -> list[Item]:
+    def get_items(
+        self,
+        ids: Sequence[str],
+        with_vectors: bool = False,
+        skip_missing: bool = False,
+        encoder_version: str | None = None,
+    ) -> list[Item]:
         wanted = validate_ids(ids, "item id")
+        copies, _ = self._checked_copies(encoder_version, staged_ok=False)
         with self._engine():
             records = self._client.retrieve(
-                self._items, ids=_item_pids(unique(wanted)), with_payload=True, with_vectors=with_vectors
+                copies.serving_collection,
+                ids=_item_pids(unique(wanted)),
+                with_payload=True,
+                with_vectors=with_vectors,
             )
         by_id = {
             payload_item_id(r.payload): Item(
@@ -362,7 +590,7 @@ class ClientVectorStore:
 
     # -- queries -------------------------------------------------------------------------------------------
 
-    def search(self, queries: Sequence[SearchQuery]) -> list[list[ScoredItem]]:
+    def search(self, queries: Sequence[SearchQuery], encoder_version: str | None = None) -> list[list[ScoredItem]]:
         for index, query in enumerate(queries):
             validate_search_query(query, self._dimension, self._schema, index)
         if not queries:
@@ -380,8 +608,9 @@ class ClientVectorStore:
             )
             for q in queries
         ]
+        copies, _ = self._checked_copies(encoder_version, staged_ok=False)
         with self._engine():
-            responses = self._client.query_batch_points(self._items, requests=requests)
+            responses = self._client.query_batch_points(copies.serving_collection, requests=requests)
         return [
             [scored_item(p, p.score, q.with_vectors) for p in response.points]
             for q, response in zip(queries, responses, strict=True)
@@ -570,16 +799,20 @@ class _ClientLog:
             )
         return [dict(r.payload or {}) for r in records]
 
-    def item_vectors(self, item_ids: Sequence[str]) -> dict[str, tuple[float, ...] | None]:
+    def item_vectors(self, item_ids: Sequence[str]) -> tuple[str, dict[str, tuple[float, ...] | None]]:
+        copies = self._store._current_copies()
         with self._store._engine():
             records = self._client.retrieve(
-                self._store._items,
+                copies.serving_collection,
                 ids=_item_pids(item_ids),
                 with_payload=[ITEM_ID_FIELD],
                 with_vectors=True,
                 consistency=CONSISTENT,
             )
-        return {payload_item_id(r.payload): as_vector(r.vector) for r in records}
+        return copies.serving, {payload_item_id(r.payload): as_vector(r.vector) for r in records}
+
+    def serving_encoder(self) -> str:
+        return self._store._current_copies().serving
 
     def set_popularity(self, counts: Mapping[str, int]) -> None:
         by_count: dict[int, list[str]] = {}
@@ -596,10 +829,12 @@ class _ClientLog:
             for count, ids in by_count.items()
         ]
         if operations:
+            copies = self._store._read_copies()  # both copies keep the count
             with self._store._engine():
-                self._client.batch_update_points(
-                    self._store._items, update_operations=operations, wait=True, ordering=ORDERED
-                )
+                for collection in filter(None, (copies.serving_collection, copies.staged_collection)):
+                    self._client.batch_update_points(
+                        collection, update_operations=operations, wait=True, ordering=ORDERED
+                    )
 
     def item_ids(self, offset: Any, limit: int) -> tuple[list[str], Any]:
         with self._store._engine():

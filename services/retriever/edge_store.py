@@ -2,9 +2,11 @@
 
 Layout of `data_dir`: `users/`, `events/` and `feedback/` (vectorless points: user snapshots, events,
 impressions; see `eventlog.py`) and `items` (the live shards); `items` is a symlink to `items.<generation>/`,
-and an index build writes the next generation beside it and moves the link when done. Shards are created on
-first start and loaded on restart; a folder written before the event log existed (histories inside the users'
-points) is moved into it on its next start.
+and an index build writes the next generation beside it and moves the link when done. `encoders.json` names
+the encoder the served items were embedded with and, during a reindex or after a switch, a second generation
+with the same items embedded by another encoder (the staged copy); switching swaps the two at once. Shards are
+created on first start and loaded on restart; a folder written before the event log existed (histories inside
+the users' points) is moved into it on its next start.
 
 Durability: the WAL is on, and `update` writes it through a shared memory map before it returns (measured:
 no fsync or msync per update; 2,000 updates followed by SIGKILL all come back on load), so an acknowledged
@@ -69,7 +71,7 @@ from qdrant_edge import (
 )
 from qdrant_edge import Filter as EdgeFilter
 
-from services.common.errors import InvalidArgumentError, UnavailableError
+from services.common.errors import FailedPreconditionError, InvalidArgumentError, UnavailableError
 from services.retriever import eventlog, feedback
 from services.retriever.eventlog import EventLog
 from services.retriever.indexing import NEVER_INDEX_KB, BackgroundIndexer
@@ -78,8 +80,11 @@ from services.retriever.store import (
     DEFAULT_SCHEMA,
     ITEM_ID_FIELD,
     POPULARITY_FIELD,
+    STAGED_BEHIND_FIELD,
     USER_ID_FIELD,
     DimensionMismatchError,
+    EncoderMismatchError,
+    EncoderState,
     FieldType,
     Filter,
     Impression,
@@ -92,8 +97,12 @@ from services.retriever.store import (
     UserEvent,
     UserProfile,
     as_vector,
+    check_caught_up,
+    check_encoder,
+    encoder_label,
     float32_vector,
     in_requested_order,
+    item_content,
     item_payload,
     item_point_id,
     not_found,
@@ -129,6 +138,7 @@ _SCHEMA_TYPES: Mapping[FieldType, Any] = {
 
 
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
+LAYOUT_FILE = "encoders.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +177,9 @@ class ItemCache:
         self._items[point_id] = item
         while len(self._items) > self._capacity:
             self._items.pop(next(iter(self._items)))
+
+    def clear(self) -> None:
+        self._items.clear()
 
     def drop(self, point_ids: Iterable[PointId]) -> None:
         for point_id in point_ids:
@@ -281,10 +294,22 @@ class EdgeVectorStore:
         # Item ids written since the index build copied the shard (None when no build is in flight).
         self._dirty: set[str] | None = None
         self._dir.mkdir(parents=True, exist_ok=True)
-        self._items_dir = self._current_items_dir()
+        self._layout_file = self._dir / LAYOUT_FILE
+        layout = self._read_layout()
+        self._serving_encoder = str(layout.get("serving", ""))
+        staged = layout.get("staged")
+        self._items_dir = self._current_items_dir(layout.get("serving_dir"), staged["dir"] if staged else None)
         self._items = self._open(self._items_dir, self._index_fields())
         opened = [self._items]
+        # The staged copy: (encoder version, folder, shard), or None.
+        self._staged: tuple[str, Path, EdgeShard] | None = None
+        # Raised by each switch: a search that started on the other copy sees it changed under it.
+        self._switches = 0
         try:
+            if staged:
+                staged_dir = self._dir / staged["dir"]
+                self._staged = (str(staged["version"]), staged_dir, self._open(staged_dir, self._index_fields()))
+                opened.append(self._staged[2])
             self._users = self._open(self._users_dir, USER_INDEXES)
             opened.append(self._users)
             self._feedback = self._open(self._feedback_dir, FEEDBACK_INDEXES)
@@ -316,12 +341,40 @@ class EdgeVectorStore:
             wal_enabled=True,
         )
 
-    def _current_items_dir(self) -> Path:
+    def _read_layout(self) -> dict[str, Any]:
+        if not self._layout_file.is_file():
+            return {}  # a folder from before encoder versions: the base encoder's items, nothing staged
+        layout: dict[str, Any] = json.loads(self._layout_file.read_text(encoding="utf-8"))
+        return layout
+
+    def _write_layout(self, serving_dir: Path, serving: str, staged: tuple[str, Path] | None) -> None:
+        """Records which generation serves which encoder, then points `items` at the served one. The file is
+        the record (a restart re-points the link from it), replaced in one rename."""
+        layout = {
+            "serving": serving,
+            "serving_dir": serving_dir.name,
+            "staged": None if staged is None else {"version": staged[0], "dir": staged[1].name},
+        }
+        tmp = self._layout_file.with_suffix(".tmp")
+        with tmp.open("w", encoding="utf-8") as f:
+            json.dump(layout, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._layout_file)
+        self._point_items_link(serving_dir)
+
+    def _current_items_dir(self, serving_dir: str | None, staged_dir: str | None) -> Path:
         """The folder of the live items shard: `items` is a symlink to `items.<generation>`; an index build
-        writes the next generation and moves the link. Folders of other generations are leftovers of a build
-        cut short (or of the shard it replaced) and are removed."""
+        writes the next generation and moves the link. Folders of other generations, but the staged copy's,
+        are leftovers of a build cut short (or of the shard it replaced) and are removed."""
         link = self._items_link
-        if link.is_symlink():
+        if serving_dir is not None:
+            current = self._dir / serving_dir
+            if not current.is_dir():
+                raise UnavailableError(f"{self._layout_file} names {current}, which does not exist")
+            if not link.is_symlink() or os.readlink(link) != current.name:
+                self._point_items_link(current)  # a switch stopped between its record and the link
+        elif link.is_symlink():
             current = self._dir / os.readlink(link)
             if not current.is_dir():
                 raise UnavailableError(f"{link} points to {current}, which does not exist")
@@ -336,7 +389,7 @@ class EdgeVectorStore:
         for path in self._dir.glob("items.*"):
             if path.is_symlink():
                 path.unlink()
-            elif path.is_dir() and path.name != current.name:
+            elif path.is_dir() and path.name not in (current.name, staged_dir):
                 logger.info("removing stale shard folder %s", path)
                 shutil.rmtree(path)
         return current
@@ -377,6 +430,7 @@ class EdgeVectorStore:
         fields = dict(self._schema)
         fields[ITEM_ID_FIELD] = FieldType.KEYWORD
         fields[POPULARITY_FIELD] = FieldType.INTEGER
+        fields[STAGED_BEHIND_FIELD] = FieldType.BOOL
         return fields
 
     def _check_open(self) -> None:
@@ -418,29 +472,63 @@ class EdgeVectorStore:
 
     # -- items ---------------------------------------------------------------------------------------------
 
-    def upsert_items(self, items: Sequence[Item]) -> int:
+    def upsert_items(self, items: Sequence[Item], encoder_version: str | None = None) -> int:
         valid = validate_items(items, self._dimension, self._schema)
         if not valid:
             return 0
         with self._write_lock:
             self._check_open()
-            ids = _item_pids(item.item_id for item in valid)
-            existing = {
-                payload_item_id(r.payload): popularity_of(r.payload) for r in self._items.retrieve(ids, True, False)
-            }
-            payloads = [item_payload(item, existing.get(item.item_id, 0)) for item in valid]
-            points = [
-                Point(pid, list(item.vector or ()), payload)
-                for pid, item, payload in zip(ids, valid, payloads, strict=True)
-            ]
-            self._items.update(UpdateOperation.upsert_points(points))
-            self._mark_dirty(item.item_id for item in valid)
-            for pid, item, payload in zip(ids, valid, payloads, strict=True):
-                self._cache.put(pid, CachedItem.of(item.item_id, payload, item.vector))
+            to_staged = check_encoder(self._encoder_state(), encoder_version, staged_ok=True)
+            if to_staged and self._staged is not None:
+                written = self._upsert_staged(self._staged[2], valid)
+            else:
+                ids = _item_pids(item.item_id for item in valid)
+                existing = {
+                    payload_item_id(r.payload): popularity_of(r.payload) for r in self._items.retrieve(ids, True, False)
+                }
+                # While a staged copy exists, each served write marks the item as ahead of it (see switch).
+                behind = {STAGED_BEHIND_FIELD: True} if self._staged is not None else {}
+                payloads = [item_payload(item, existing.get(item.item_id, 0)) | behind for item in valid]
+                points = [
+                    Point(pid, list(item.vector or ()), payload)
+                    for pid, item, payload in zip(ids, valid, payloads, strict=True)
+                ]
+                self._items.update(UpdateOperation.upsert_points(points))
+                self._mark_dirty(item.item_id for item in valid)
+                for pid, item, payload in zip(ids, valid, payloads, strict=True):
+                    self._cache.put(pid, CachedItem.of(item.item_id, payload, item.vector))
+                written = [item.item_id for item in valid]
         # The popularity read above may be older than an event counted meanwhile (by this or another writer).
-        self._log.refresh_popularity([item.item_id for item in valid])
+        self._log.refresh_popularity(written)
         self._durable()
-        return len(valid)
+        return len(written)
+
+    def _upsert_staged(self, staged: EdgeShard, items: Sequence[Item]) -> list[str]:
+        """Writes into the staged copy the items the served copy holds (one deleted meanwhile is not brought
+        back), each with the served popularity; an item whose payload and text equal the served one's is no
+        longer ahead of its staged copy. Under the write lock."""
+        served = {
+            payload_item_id(r.payload): dict(r.payload or {})
+            for r in self._items.retrieve(_item_pids(i.item_id for i in items), True, False)
+        }
+        kept = [item for item in items if item.item_id in served]
+        payloads = [item_payload(item, popularity_of(served[item.item_id])) for item in kept]
+        staged.update(
+            UpdateOperation.upsert_points(
+                [Point(item_point_id(i.item_id), list(i.vector or ()), p) for i, p in zip(kept, payloads, strict=True)]
+            )
+        )
+        caught_up = [
+            item.item_id
+            for item, payload in zip(kept, payloads, strict=True)
+            if served[item.item_id].get(STAGED_BEHIND_FIELD)
+            and item_content(payload) == item_content(served[item.item_id])
+        ]
+        if caught_up:
+            only = EdgeFilter(must=[HasIdCondition(set(_item_pids(caught_up)))])
+            self._items.update(UpdateOperation.set_payload_by_filter(only, {STAGED_BEHIND_FIELD: False}))
+            self._mark_dirty(caught_up)  # an index build in flight replays the served payload
+        return [item.item_id for item in kept]
 
     def delete_items(self, ids: Sequence[str]) -> int:
         wanted = unique(validate_ids(ids, "item id"))
@@ -451,15 +539,24 @@ class EdgeVectorStore:
             point_ids = _item_pids(wanted)
             found = len(self._items.retrieve(point_ids, False, False))
             self._items.update(UpdateOperation.delete_points(point_ids))
+            if self._staged is not None:
+                self._staged[2].update(UpdateOperation.delete_points(point_ids))
             self._mark_dirty(wanted)
             self._cache.drop(point_ids)
         self._durable()
         return found
 
-    def get_items(self, ids: Sequence[str], with_vectors: bool = False, skip_missing: bool = False) -> list[Item]:
+    def get_items(
+        self,
+        ids: Sequence[str],
+        with_vectors: bool = False,
+        skip_missing: bool = False,
+        encoder_version: str | None = None,
+    ) -> list[Item]:
         wanted = validate_ids(ids, "item id")
         with self._rw.read():
             self._check_open()
+            check_encoder(self._encoder_state(), encoder_version, staged_ok=False)
             point_ids = _item_pids(unique(wanted))
             records = self._items.retrieve(point_ids, True, with_vectors)
         by_id = {
@@ -479,7 +576,7 @@ class EdgeVectorStore:
 
     # -- queries -------------------------------------------------------------------------------------------
 
-    def search(self, queries: Sequence[SearchQuery]) -> list[list[ScoredItem]]:
+    def search(self, queries: Sequence[SearchQuery], encoder_version: str | None = None) -> list[list[ScoredItem]]:
         for index, query in enumerate(queries):
             validate_search_query(query, self._dimension, self._schema, index)
         if not queries:
@@ -499,10 +596,19 @@ class EdgeVectorStore:
         ]
         with self._rw.read():
             self._check_open()
+            check_encoder(self._encoder_state(), encoder_version, staged_ok=False)
+            switches = self._switches
             results = self._items.query_batch(QueryBatchRequest(requests))
         point_ids = list(dict.fromkeys(p.id for points in results for p in points))
         known = {pid: item for pid in point_ids if (item := self._cache.get(pid)) is not None}
         known.update(self._read_items([pid for pid in point_ids if pid not in known]))
+        if encoder_version is not None and switches != self._switches:
+            # Found on one copy, read (vectors included) maybe from the other: the caller embeds again.
+            raise EncoderMismatchError(
+                f"the catalog switched to {encoder_label(self._serving_encoder)} during this search: embed with it "
+                f"and search again",
+                self._serving_encoder,
+            )
         return [
             [
                 ScoredItem(
@@ -682,11 +788,106 @@ class EdgeVectorStore:
             if self._closed:
                 return
             self._closed = True
-            for shard in (self._items, self._users, self._feedback, self._events):
+            staged = [] if self._staged is None else [self._staged[2]]
+            for shard in (self._items, self._users, self._feedback, self._events, *staged):
                 try:
                     shard.flush()
                 finally:
                     shard.close()
+
+    # -- encoders ------------------------------------------------------------------------------------------
+
+    def encoders(self) -> EncoderState:
+        staged = self._staged
+        if staged is None:
+            return EncoderState(self._serving_encoder)
+        return EncoderState(self._serving_encoder, staged[0], staged[2].count(CountRequest(exact=True)))
+
+    def _encoder_state(self) -> EncoderState:
+        """The copies without counting the staged one's items (what a check of a request's encoder needs)."""
+        staged = self._staged
+        return EncoderState(self._serving_encoder, None if staged is None else staged[0])
+
+    def _staged_record(self) -> tuple[str, Path] | None:
+        return None if self._staged is None else (self._staged[0], self._staged[1])
+
+    def list_items(self, encoder_version: str | None, offset: str, limit: int) -> tuple[list[Item], str]:
+        validate_limit(limit, max_limit=1000)
+        with self._rw.read():
+            self._check_open()
+            staged = check_encoder(self._encoder_state(), encoder_version, staged_ok=True)
+            shard = self._staged[2] if staged and self._staged is not None else self._items
+            start = None if not offset else _point_id_from_token(offset)
+            request = ScrollRequest(offset=start, limit=limit, with_payload=True, with_vector=False)
+            records, next_offset = shard.scroll(request)
+        items = [
+            Item(payload_item_id(r.payload), None, {k: v for k, v in (r.payload or {}).items() if k != ITEM_ID_FIELD})
+            for r in records
+        ]
+        return items, "" if next_offset is None else str(next_offset)
+
+    def stage_encoder(self, version: str) -> EncoderState:
+        with self._write_lock:
+            self._check_open()
+            if version == self._serving_encoder:
+                raise FailedPreconditionError(f"{encoder_label(version)} serves already: nothing to reindex")
+            if self._staged is not None:
+                if self._staged[0] == version:
+                    return self.encoders()
+                raise FailedPreconditionError(
+                    f"{encoder_label(self._staged[0])} is staged: switch to it or drop it before staging another"
+                )
+            folder = self._next_generation()
+            shard = self._open(folder, self._index_fields())
+            self._staged = (version, folder, shard)
+            self._write_layout(self._items_dir, self._serving_encoder, self._staged_record())
+            logger.info("staged an empty copy of the items for %s in %s", encoder_label(version), folder)
+            return self.encoders()
+
+    def switch_encoder(self, version: str) -> EncoderState:
+        with self._write_lock:
+            self._check_open()
+            staged = self._staged
+            if staged is None or staged[0] != version:
+                raise FailedPreconditionError(
+                    f"{encoder_label(version)} is not staged: run `recsys reindex --encoder {version or 'base'}` first"
+                )
+            if self._dirty is not None:
+                # Its copy of the served shard would replace the switched-to one: let it finish first.
+                raise FailedPreconditionError(
+                    "an index build of the served items is running: switch when it finishes (index_ready in "
+                    "GetCollectionInfo); `recsys reindex` waits for it"
+                )
+            serving_count = self._items.count(CountRequest(exact=True))
+            staged_count = staged[2].count(CountRequest(exact=True))
+            ahead = self._items.count(CountRequest(exact=True, filter=_flag(STAGED_BEHIND_FIELD)))
+            check_caught_up(version, serving_count, staged_count, ahead)
+            staged[2].flush()
+            previous = (self._serving_encoder, self._items_dir, self._items)
+            self._write_layout(staged[1], version, (previous[0], previous[1]))
+            with self._rw.write():  # searches wait only for in-flight ones and the swap
+                self._serving_encoder, self._items_dir, self._items = staged
+                self._staged = previous
+                self._switches += 1
+                self._cache.clear()
+                self._index_built = self._items.info().indexed_vectors_count > 0
+        logger.info("switched the served items to %s", encoder_label(version))
+        if not self._index_built:
+            self._indexer.start()  # the staged copy was filled by upserts, which leave it unindexed
+        return self.encoders()
+
+    def drop_staged_encoder(self, version: str) -> EncoderState:
+        with self._write_lock:
+            self._check_open()
+            staged = self._staged
+            if staged is None or staged[0] != version:
+                raise FailedPreconditionError(f"{encoder_label(version)} is not staged: nothing to drop")
+            self._write_layout(self._items_dir, self._serving_encoder, None)
+            self._staged = None
+            staged[2].close()
+            shutil.rmtree(staged[1], ignore_errors=True)
+        logger.info("dropped the staged copy of %s", encoder_label(version))
+        return self.encoders()
 
     # -- background index build ----------------------------------------------------------------------------
 
@@ -744,7 +945,7 @@ class EdgeVectorStore:
                         new.update(UpdateOperation.delete_points(deletes))
                 new.flush()
                 # From here a restart loads the new shard, which holds every write.
-                self._point_items_link(staging)
+                self._write_layout(staging, self._serving_encoder, self._staged_record())
             except Exception:
                 new.close()
                 raise
@@ -774,6 +975,18 @@ def _item_pids(ids: Iterable[str]) -> list[Any]:
     return [item_point_id(i) for i in ids]
 
 
+def _point_id_from_token(token: str) -> Any:
+    try:
+        return uuid.UUID(token)
+    except ValueError as error:
+        raise InvalidArgumentError(f"offset {token!r} is not one this store returned: start again from ''") from error
+
+
+def _flag(field: str) -> EdgeFilter:
+    # numpy's bool: qdrant-edge 0.9.0 turns a Python bool into the integer 1, which matches no bool (to_edge_filter).
+    return EdgeFilter(must=[FieldCondition(key=field, match=MatchValue(cast(bool, np.bool_(True))))])
+
+
 def _match(field: str, value: str) -> EdgeFilter:
     return EdgeFilter(must=[FieldCondition(key=field, match=MatchValue(value))])
 
@@ -801,11 +1014,15 @@ class _EdgeLog:
     def __init__(self, store: EdgeVectorStore) -> None:
         self._store = store
 
-    def item_vectors(self, item_ids: Sequence[str]) -> dict[str, tuple[float, ...] | None]:
+    def item_vectors(self, item_ids: Sequence[str]) -> tuple[str, dict[str, tuple[float, ...] | None]]:
         with self._store._rw.read():
             self._store._check_open()
+            encoder = self._store._serving_encoder
             records = self._store._items.retrieve(_item_pids(item_ids), True, True)
-        return {payload_item_id(r.payload): as_vector(r.vector) for r in records}
+        return encoder, {payload_item_id(r.payload): as_vector(r.vector) for r in records}
+
+    def serving_encoder(self) -> str:
+        return self._store._serving_encoder
 
     def set_popularity(self, counts: Mapping[str, int]) -> None:
         by_count: dict[int, list[str]] = {}
@@ -813,11 +1030,13 @@ class _EdgeLog:
             by_count.setdefault(count, []).append(item_id)
         with self._store._write_lock:
             self._store._check_open()
+            staged = [] if self._store._staged is None else [self._store._staged[2]]
             for count, ids in by_count.items():
                 # By filter: an item deleted meanwhile is skipped, not an error.
                 point_ids = _item_pids(ids)
                 only = EdgeFilter(must=[HasIdCondition(set(point_ids))])
-                self._store._items.update(UpdateOperation.set_payload_by_filter(only, {POPULARITY_FIELD: count}))
+                for shard in (self._store._items, *staged):
+                    shard.update(UpdateOperation.set_payload_by_filter(only, {POPULARITY_FIELD: count}))
                 self._store._cache.drop(point_ids)
             self._store._mark_dirty(counts)
 

@@ -71,6 +71,7 @@ INCARNATION_FIELD = "incarnation"
 EVENTS_FIELD = "events_counted"
 IMPRESSIONS_FIELD = "impressions_counted"
 STATE_FIELD = "state"
+ENCODER_FIELD = "encoder"  # the encoder whose item vectors the snapshot's profile vector was computed from
 DELETED = "deleted"
 # The shown counts (rotation: items shown again and again without a reaction move down) come from this many of the
 # user's newest recorded pages. Each page recorded reads them again: at 200 that read was most of a Recommend's
@@ -84,8 +85,13 @@ MAX_ROUNDS = 20
 class LogEngine(Protocol):
     """The engine calls the event log needs; each is one atomic engine operation (or a read)."""
 
-    def item_vectors(self, item_ids: Sequence[str]) -> dict[str, tuple[float, ...] | None]:
-        """Vectors of the items that exist (missing ones are left out)."""
+    def item_vectors(self, item_ids: Sequence[str]) -> tuple[str, dict[str, tuple[float, ...] | None]]:
+        """The serving encoder and, read at the same moment, the vectors of the items that exist (missing ones
+        are left out)."""
+        ...
+
+    def serving_encoder(self) -> str:
+        """The encoder whose vectors the served items carry."""
         ...
 
     def set_popularity(self, counts: Mapping[str, int]) -> None:
@@ -287,6 +293,7 @@ class Snapshot:
     history: tuple[UserEvent, ...]
     vector: tuple[float, ...] | None
     shown: dict[str, int]
+    encoder: str = ""
 
 
 def read_snapshot(found: tuple[dict[str, Any], tuple[float, ...] | None] | None) -> Snapshot | None:
@@ -305,6 +312,7 @@ def read_snapshot(found: tuple[dict[str, Any], tuple[float, ...] | None] | None)
         history=_history_from_payload(payload.get("history")),
         vector=vector,
         shown=feedback.shown_from_payload(payload.get(feedback.SHOWN_FIELD)),
+        encoder=str(payload.get(ENCODER_FIELD, "")),
     )
 
 
@@ -336,12 +344,12 @@ class EventLog:
         validate_id(user_id, "user id")
         checked = validate_events(user_id, events)
         items = unique([e.item_id for e in checked])
-        vectors = self._engine.item_vectors(items)
+        _, vectors = self._engine.item_vectors(items)
         missing = [i for i in items if i not in vectors]
         if missing:
             raise not_found("item", missing)
         self._engine.insert_events([(event_point_id(user_id, e.event_id), event_payload(user_id, e)) for e in checked])
-        profile = self._refresh_user(user_id, vectors)
+        profile = self._refresh_user(user_id)
         self.refresh_popularity(items)
         if profile is None:  # a DeleteUser of this user ran at the same moment and took these events with it
             return UserProfile(user_id=user_id, vector=None, events=())
@@ -400,12 +408,7 @@ class EventLog:
             else:
                 log.warning("popularity still changing after repeated counts; the next event repairs it", items=pending)
 
-    def _refresh_user(
-        self,
-        user_id: str,
-        known_vectors: Mapping[str, tuple[float, ...] | None] | None = None,
-        recompute_same_version: bool = False,
-    ) -> UserProfile | None:
+    def _refresh_user(self, user_id: str, recompute_same_version: bool = False) -> UserProfile | None:
         """Writes a snapshot that covers everything of the user written so far; None when the user has nothing."""
         for _ in range(MAX_ROUNDS):
             current = read_snapshot(self._engine.read_user(user_id))
@@ -424,15 +427,22 @@ class EventLog:
                 and not (recompute_same_version and current.version == version)
             ):
                 return self._profile(user_id, current)
-            if current is not None and not current.deleted and current.version.events == version.events:
-                history, vector = current.history, current.vector  # only impressions changed
+            serving = self._engine.serving_encoder()
+            if (
+                current is not None
+                and not current.deleted
+                and current.version.events == version.events
+                and current.encoder == serving
+            ):
+                history, vector, encoder = current.history, current.vector, serving  # only impressions changed
             else:
-                history, vector = self._history(user_id, known_vectors or {})
+                history, encoder, vector = self._history(user_id)
             pages = self._engine.newest_impressions(user_id, SHOWN_PAGES) if version.impressions else []
             shown = shown_counts((feedback.from_payload(p) for p in pages), history)
             payload = {
                 USER_ID_FIELD: user_id,
                 **version.fields(),
+                ENCODER_FIELD: encoder,
                 "history": _history_to_payload(history),
                 feedback.SHOWN_FIELD: feedback.shown_to_payload(shown),
             }
@@ -444,21 +454,26 @@ class EventLog:
             # events and fewer impressions than this one, or the other way round: count again.
         raise UnavailableError(f"user {user_id!r} kept changing while their profile was computed: retry the call")
 
-    def _history(
-        self, user_id: str, known_vectors: Mapping[str, tuple[float, ...] | None]
-    ) -> tuple[tuple[UserEvent, ...], tuple[float, ...] | None]:
+    def _history(self, user_id: str) -> tuple[tuple[UserEvent, ...], str, tuple[float, ...] | None]:
+        """The user's newest events, the serving encoder, and the profile vector from its item vectors."""
         newest = self._engine.newest_events(user_id, self._max_history)
         history = tuple(oldest_first(event_from_payload(p) for p in newest))
-        vectors = dict(known_vectors)
-        others = unique([e.item_id for e in history if e.item_id not in vectors])
-        if others:
-            vectors.update(self._engine.item_vectors(others))
-        return history, profiles.history_profile(history, vectors, self._half_life)
+        encoder, vectors = self._engine.item_vectors(unique([e.item_id for e in history]))
+        return history, encoder, profiles.history_profile(history, vectors, self._half_life)
 
-    @staticmethod
-    def _profile(user_id: str, snapshot: Snapshot) -> UserProfile:
+    def _profile(self, user_id: str, snapshot: Snapshot) -> UserProfile:
+        vector, encoder = snapshot.vector, snapshot.encoder
+        if snapshot.history and encoder != self._engine.serving_encoder():
+            # Computed before a switch of encoder: its vector would meet the other encoder's items. Computed
+            # again from the served vectors; the user's next write stores it.
+            encoder, vectors = self._engine.item_vectors(unique([e.item_id for e in snapshot.history]))
+            vector = profiles.history_profile(snapshot.history, vectors, self._half_life)
         return UserProfile(
-            user_id=user_id, vector=snapshot.vector, events=snapshot.history, shown_counts=snapshot.shown
+            user_id=user_id,
+            vector=vector,
+            events=snapshot.history,
+            shown_counts=snapshot.shown,
+            encoder_version=encoder,
         )
 
     # -- reads -----------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import structlog
 from services.common.errors import InvalidArgumentError
 from services.retriever import feedback
 from services.retriever.store import (
+    EncoderState,
     Filter,
     Impression,
     Item,
@@ -126,9 +127,9 @@ class Retrieval:
             )
         feedback.validate_impression(impression)
 
-    async def upsert_items(self, items: Sequence[Item]) -> int:
+    async def upsert_items(self, items: Sequence[Item], encoder_version: str | None = None) -> int:
         self._check_batch(len(items), "items")
-        written = await self._run(self.store.upsert_items, items)
+        written = await self._run(self.store.upsert_items, items, encoder_version)
         self._quiet_since = time.monotonic()
         await self.check_index()
         return written
@@ -182,11 +183,15 @@ class Retrieval:
         await self.check_index()
         return deleted
 
-    async def get_items(self, ids: Sequence[str], with_vectors: bool, skip_missing: bool) -> list[Item]:
+    async def get_items(
+        self, ids: Sequence[str], with_vectors: bool, skip_missing: bool, encoder_version: str | None = None
+    ) -> list[Item]:
         self._check_batch(len(ids), "item_ids")
-        return await self._run(self.store.get_items, ids, with_vectors, skip_missing)
+        return await self._run(self.store.get_items, ids, with_vectors, skip_missing, encoder_version)
 
-    async def search(self, queries: Sequence[SearchQuery]) -> list[list[ScoredItem]]:
+    async def search(
+        self, queries: Sequence[SearchQuery], encoder_version: str | None = None
+    ) -> list[list[ScoredItem]]:
         self._check_batch(len(queries), "queries")
         for query in queries:
             self._check_limit(query.limit)
@@ -195,7 +200,7 @@ class Retrieval:
                 raise InvalidArgumentError(
                     f"{len(query.only_ids)} only_ids; the limit is {self.max_exclude_ids} (RETRIEVER_MAX_EXCLUDE_IDS)"
                 )
-        return await self._query("search", self.store.search, queries)
+        return await self._query("search", self.store.search, queries, encoder_version)
 
     async def recommend(
         self,
@@ -241,6 +246,27 @@ class Retrieval:
 
     async def list_impressions(self, experiment: str, limit: int, page_token: str) -> tuple[list[Impression], str]:
         return await self._run(self.store.list_impressions, experiment, limit, page_token)
+
+    async def list_items(self, encoder_version: str | None, offset: str, limit: int) -> tuple[list[Item], str]:
+        return await self._run(self.store.list_items, encoder_version, offset, limit)
+
+    async def encoders(self) -> EncoderState:
+        return await self._run(self.store.encoders)
+
+    async def stage_encoder(self, version: str) -> EncoderState:
+        state = await self._run(self.store.stage_encoder, version)
+        log.info("encoder staged", encoder=version, staged_items=state.staged_items)
+        return state
+
+    async def switch_encoder(self, version: str) -> EncoderState:
+        state = await self._run(self.store.switch_encoder, version)
+        log.info("encoder switched", serving=state.serving, kept_for_rollback=state.staged)
+        return state
+
+    async def drop_staged_encoder(self, version: str) -> EncoderState:
+        state = await self._run(self.store.drop_staged_encoder, version)
+        log.info("staged encoder dropped", encoder=version)
+        return state
 
     async def info(self) -> StoreInfo:
         info = await self._run(self.store.info)

@@ -11,9 +11,20 @@ from google.protobuf import struct_pb2
 
 from recsys.retriever.v1 import retriever_pb2 as pb
 from recsys.retriever.v1 import retriever_pb2_grpc
+from services.common.errors import InvalidArgumentError
 from services.common.structs import struct_to_dict
 from services.retriever.catalogs import CatalogRegistry
-from services.retriever.store import Filter, Impression, Item, ScoredItem, SearchQuery, UserEvent, UserProfile
+from services.retriever.store import (
+    ITEM_TEXT_FIELD,
+    EncoderState,
+    Filter,
+    Impression,
+    Item,
+    ScoredItem,
+    SearchQuery,
+    UserEvent,
+    UserProfile,
+)
 
 
 def _struct(payload: Mapping[str, Any]) -> struct_pb2.Struct:
@@ -78,7 +89,41 @@ def _profile(profile: UserProfile) -> pb.UserProfile:
             for e in profile.events
         ],
         shown_counts=dict(profile.shown_counts),
+        encoder_version=profile.encoder_version,
     )
+
+
+def _encoder(request: Any) -> str | None:
+    """The request's optional encoder_version: None when the caller left it unset (unchecked)."""
+    return str(request.encoder_version) if request.HasField("encoder_version") else None
+
+
+def _encoders(state: EncoderState) -> pb.EncoderState:
+    return pb.EncoderState(
+        serving=state.serving,
+        has_staged=state.staged is not None,
+        staged=state.staged or "",
+        staged_items=state.staged_items,
+    )
+
+
+def _upserted_items(request: pb.UpsertItemsRequest) -> list[Item]:
+    texts = list(request.texts)
+    if texts and len(texts) != len(request.items):
+        raise InvalidArgumentError(
+            f"{len(texts)} texts for {len(request.items)} items: send one text per item, or none"
+        )
+    items = []
+    for index, message in enumerate(request.items):
+        payload = _payload(message.payload)
+        if ITEM_TEXT_FIELD in payload:
+            raise InvalidArgumentError(
+                f"items[{index}].payload uses the reserved name {ITEM_TEXT_FIELD!r}: send the text in texts"
+            )
+        if texts:
+            payload[ITEM_TEXT_FIELD] = texts[index]
+        items.append(Item(message.item_id, _vector(message.vector), payload))
+    return items
 
 
 def to_impression(message: pb.Impression) -> Impression:
@@ -114,10 +159,10 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
     async def UpsertItems(
         self, request: pb.UpsertItemsRequest, context: grpc.aio.ServicerContext
     ) -> pb.UpsertItemsResponse:
-        items = [Item(i.item_id, _vector(i.vector), _payload(i.payload)) for i in request.items]
+        items = _upserted_items(request)
         self._catalogs.default.check_upsert(items)  # a bad batch creates no catalog
         retrieval = await self._catalogs.for_write(request.catalog)
-        return pb.UpsertItemsResponse(upserted=await retrieval.upsert_items(items))
+        return pb.UpsertItemsResponse(upserted=await retrieval.upsert_items(items, _encoder(request)))
 
     async def DeleteItems(
         self, request: pb.DeleteItemsRequest, context: grpc.aio.ServicerContext
@@ -127,7 +172,9 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
 
     async def GetItems(self, request: pb.GetItemsRequest, context: grpc.aio.ServicerContext) -> pb.GetItemsResponse:
         retrieval = await self._catalogs.for_read(request.catalog)
-        items = await retrieval.get_items(list(request.item_ids), request.with_vectors, request.skip_missing)
+        items = await retrieval.get_items(
+            list(request.item_ids), request.with_vectors, request.skip_missing, _encoder(request)
+        )
         return pb.GetItemsResponse(
             items=[pb.Item(item_id=i.item_id, vector=i.vector or (), payload=_struct(i.payload)) for i in items]
         )
@@ -148,7 +195,7 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
             )
             for q in request.queries
         ]
-        results = await retrieval.search(queries)
+        results = await retrieval.search(queries, _encoder(request))
         return pb.SearchItemsResponse(
             results=[
                 pb.SearchResult(items=[_packed(i) if query.packed else _scored(i) for i in result])
@@ -217,7 +264,41 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
             distance=info.distance,
             payload_fields=[pb.PayloadField(name=name, type=str(kind)) for name, kind in schema.items()],
             index_ready=info.index_ready,
+            encoders=_encoders(await retrieval.encoders()),
         )
+
+    async def ListItems(self, request: pb.ListItemsRequest, context: grpc.aio.ServicerContext) -> pb.ListItemsResponse:
+        retrieval = await self._catalogs.for_read(request.catalog)
+        items, token = await retrieval.list_items(_encoder(request), request.page_token, request.limit)
+        return pb.ListItemsResponse(
+            items=[
+                pb.Item(
+                    item_id=i.item_id, payload=_struct({k: v for k, v in i.payload.items() if k != ITEM_TEXT_FIELD})
+                )
+                for i in items
+            ],
+            texts=[str(i.payload.get(ITEM_TEXT_FIELD, "")) for i in items],
+            next_page_token=token,
+        )
+
+    async def StageEncoder(
+        self, request: pb.StageEncoderRequest, context: grpc.aio.ServicerContext
+    ) -> pb.StageEncoderResponse:
+        retrieval = await self._catalogs.for_read(request.catalog)
+        return pb.StageEncoderResponse(encoders=_encoders(await retrieval.stage_encoder(request.encoder_version)))
+
+    async def SwitchEncoder(
+        self, request: pb.SwitchEncoderRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SwitchEncoderResponse:
+        retrieval = await self._catalogs.for_read(request.catalog)
+        return pb.SwitchEncoderResponse(encoders=_encoders(await retrieval.switch_encoder(request.encoder_version)))
+
+    async def DropStagedEncoder(
+        self, request: pb.DropStagedEncoderRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DropStagedEncoderResponse:
+        retrieval = await self._catalogs.for_read(request.catalog)
+        state = await retrieval.drop_staged_encoder(request.encoder_version)
+        return pb.DropStagedEncoderResponse(encoders=_encoders(state))
 
     async def RecordImpression(
         self, request: pb.RecordImpressionRequest, context: grpc.aio.ServicerContext

@@ -19,15 +19,19 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from services.common.errors import InvalidArgumentError, NotFoundError
+from services.common.encoders import SERVING_ENCODER_KEY, encoder_token
+from services.common.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError
 from services.common.input_rules import check_id
 
 __all__ = [
     "DEFAULT_SCHEMA",
     "ITEM_ID_FIELD",
+    "ITEM_TEXT_FIELD",
     "POPULARITY_FIELD",
     "USER_ID_FIELD",
     "DimensionMismatchError",
+    "EncoderMismatchError",
+    "EncoderState",
     "FieldType",
     "Filter",
     "Impression",
@@ -69,6 +73,11 @@ DEFAULT_SCHEMA: PayloadSchema = {
 }
 
 ITEM_ID_FIELD = "item_id"
+# The text the item's vector was embedded from (kept for a reindex with another encoder; never shown to callers).
+ITEM_TEXT_FIELD = "item_text"
+# Set on a served item written while a staged copy exists, cleared when the staged copy takes the same item: a
+# switch waits until no served item is ahead of its staged copy.
+STAGED_BEHIND_FIELD = "staged_behind"
 USER_ID_FIELD = "user_id"
 POPULARITY_FIELD = "popularity"
 EVENTS_FIELD = "events"
@@ -99,6 +108,18 @@ class InvalidVectorError(InvalidArgumentError):
 
 class DimensionMismatchError(InvalidVectorError):
     """A vector's length differs from the store's dimension."""
+
+
+class EncoderMismatchError(FailedPreconditionError):
+    """Vectors of one encoder met a collection of another's (the serving encoder was switched meanwhile).
+    `serving` names the encoder the catalog serves now, so a caller can embed again and retry."""
+
+    def __init__(self, message: str, serving: str) -> None:
+        super().__init__(message)
+        self.serving = serving
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ((SERVING_ENCODER_KEY, encoder_token(self.serving)),)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -186,6 +207,7 @@ class UserProfile:
     vector: tuple[float, ...] | None
     events: tuple[UserEvent, ...]
     shown_counts: Mapping[str, int] = field(default_factory=dict)
+    encoder_version: str = ""  # the encoder whose item vectors `vector` was computed from
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,6 +226,47 @@ class Impression:
     timestamp: float = 0.0
     engaged_item_ids: tuple[str, ...] = ()
     converted_item_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EncoderState:
+    """Which encoder's vectors a catalog's items carry. `serving` is searched ("" is the base model). `staged`,
+    when not None, is a second copy of the items embedded by another encoder: filled by a reindex, or the
+    previous encoder's kept for rollback after a switch. Deletes and popularity reach both copies; upserts
+    reach the copy whose encoder made their vectors."""
+
+    serving: str
+    staged: str | None = None
+    staged_items: int = 0
+
+
+def encoder_label(version: str | None) -> str:
+    return "the base encoder" if version == "" else f"encoder {version!r}"
+
+
+def check_encoder(state: EncoderState, version: str | None, *, staged_ok: bool) -> bool:
+    """Whether vectors of ``version`` belong to the staged copy (False: the serving one); None is unchecked
+    (callers from before encoder versions). EncoderMismatchError when neither copy holds that encoder's."""
+    if version is None or version == state.serving:
+        return False
+    if staged_ok and version == state.staged:
+        return True
+    held = encoder_label(state.serving) + ("" if state.staged is None else f" (staged: {encoder_label(state.staged)})")
+    raise EncoderMismatchError(
+        f"vectors of {encoder_label(version)} sent, but this catalog serves {held}: embed with the serving "
+        f"encoder and send again",
+        state.serving,
+    )
+
+
+def check_caught_up(version: str, served: int, staged: int, ahead: int) -> None:
+    """FailedPreconditionError unless the staged copy holds every served item as the served copy holds it."""
+    if staged != served or ahead:
+        behind = f"{ahead} served items were written after the staged copy took them; " if ahead else ""
+        raise FailedPreconditionError(
+            f"the staged copy of {encoder_label(version)} holds {staged} items, the served one {served}; {behind}"
+            f"run `recsys reindex --encoder {version or 'base'}` again to catch it up"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,17 +295,53 @@ class VectorStore(Protocol):
     @property
     def index_ready(self) -> bool: ...
 
-    def upsert_items(self, items: Sequence[Item]) -> int: ...
+    def upsert_items(self, items: Sequence[Item], encoder_version: str | None = None) -> int:
+        """Writes the items into the copy of ``encoder_version``'s vectors (serving or staged; None: serving,
+        unchecked); EncoderMismatchError when neither copy is that encoder's."""
+        ...
 
-    def delete_items(self, ids: Sequence[str]) -> int: ...
+    def delete_items(self, ids: Sequence[str]) -> int:
+        """Deletes from both copies; returns how many the serving copy held."""
+        ...
 
-    def get_items(self, ids: Sequence[str], with_vectors: bool = False, skip_missing: bool = False) -> list[Item]:
-        """Items in the order asked; unknown ids raise NotFoundError, or are left out with skip_missing."""
+    def get_items(
+        self,
+        ids: Sequence[str],
+        with_vectors: bool = False,
+        skip_missing: bool = False,
+        encoder_version: str | None = None,
+    ) -> list[Item]:
+        """Items in the order asked; unknown ids raise NotFoundError, or are left out with skip_missing;
+        EncoderMismatchError when ``encoder_version`` (None: unchecked) is not the serving one."""
         ...
 
     def count_items(self) -> int: ...
 
-    def search(self, queries: Sequence[SearchQuery]) -> list[list[ScoredItem]]: ...
+    def search(self, queries: Sequence[SearchQuery], encoder_version: str | None = None) -> list[list[ScoredItem]]:
+        """Nearest items of the serving copy; EncoderMismatchError when the query vectors are of another
+        encoder than it serves (None: unchecked)."""
+        ...
+
+    def list_items(self, encoder_version: str | None, offset: str, limit: int) -> tuple[list[Item], str]:
+        """A page of the items of one copy (None: serving) by id, with their stored payloads (the embedded text
+        included, no vectors), and the next page's offset ("" after the last)."""
+        ...
+
+    def encoders(self) -> EncoderState: ...
+
+    def stage_encoder(self, version: str) -> EncoderState:
+        """Creates an empty staged copy for ``version``'s vectors (nothing when it is staged already);
+        FailedPreconditionError while a copy of another encoder is staged, or when it serves already."""
+        ...
+
+    def switch_encoder(self, version: str) -> EncoderState:
+        """Makes the staged copy of ``version`` the served one, at once, keeping the other staged for rollback;
+        FailedPreconditionError when ``version`` is not staged or its copy lacks items the serving one has."""
+        ...
+
+    def drop_staged_encoder(self, version: str) -> EncoderState:
+        """Deletes the staged copy of ``version``; FailedPreconditionError when it is not the staged one."""
+        ...
 
     def recommend(
         self,
@@ -507,12 +606,22 @@ def item_payload(item: Item, popularity: int) -> dict[str, Any]:
 
 
 def public_payload(payload: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The payload shown to callers: without the internal id field."""
+    """The payload shown to callers: without the internal id and text fields."""
     if not payload:
         return {}
     public = dict(payload)
-    public.pop(ITEM_ID_FIELD, None)
+    for internal in (ITEM_ID_FIELD, ITEM_TEXT_FIELD, STAGED_BEHIND_FIELD):
+        public.pop(internal, None)
     return public
+
+
+def item_content(payload: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What an item's copies must agree on: its payload and text, without what the store keeps per copy."""
+    return {
+        k: list(v) if isinstance(v, tuple) else v
+        for k, v in (payload or {}).items()
+        if k not in (ITEM_ID_FIELD, POPULARITY_FIELD, STAGED_BEHIND_FIELD)
+    }
 
 
 def as_vector(raw: object) -> tuple[float, ...] | None:

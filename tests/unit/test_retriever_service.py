@@ -145,6 +145,36 @@ async def test_get_items_skip_missing_and_info(stub: retriever_pb2_grpc.Retrieve
             grpc.StatusCode.NOT_FOUND,
             "ghost",
         ),
+        (
+            "UpsertItems",
+            pb.UpsertItemsRequest(items=[pb.Item(item_id="x", vector=_vector(1))], texts=["a", "b"]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "2 texts for 1 items",
+        ),
+        (
+            "UpsertItems",
+            pb.UpsertItemsRequest(items=[pb.Item(item_id="x", vector=_vector(1), payload=_payload(item_text="t"))]),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "reserved name 'item_text'",
+        ),
+        (
+            "UpsertItems",
+            pb.UpsertItemsRequest(items=[pb.Item(item_id="x", vector=_vector(1))], encoder_version="v9"),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "this catalog serves the base encoder",
+        ),
+        (
+            "SwitchEncoder",
+            pb.SwitchEncoderRequest(encoder_version="v9"),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "encoder 'v9' is not staged: run `recsys reindex --encoder v9` first",
+        ),
+        (
+            "ListItems",
+            pb.ListItemsRequest(limit=5, page_token="not-a-token"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "is not one this store returned",
+        ),
     ],
 )
 async def test_bad_input(
@@ -159,6 +189,20 @@ async def test_bad_input(
     assert caught.value.code() == code, caught.value.details()
     assert message in (caught.value.details() or "")
     assert (await stub.GetCollectionInfo(pb.GetCollectionInfoRequest())).items == 10
+
+
+async def test_vectors_of_another_encoder_are_refused_naming_the_served_one(
+    stub: retriever_pb2_grpc.RetrieverServiceStub,
+) -> None:
+    request = pb.SearchItemsRequest(queries=[pb.SearchQuery(vector=_vector(1), limit=3)], encoder_version="v2")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.SearchItems(request)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert dict(caught.value.trailing_metadata() or ())["recsys-serving-encoder"] == "base"
+    info = await stub.GetCollectionInfo(pb.GetCollectionInfoRequest())
+    assert (info.encoders.serving, info.encoders.has_staged) == ("", False)
+    request.encoder_version = ""
+    assert len((await stub.SearchItems(request)).results[0].items) == 3
 
 
 class _BuildingStore:
@@ -178,7 +222,7 @@ class _BuildingStore:
         self.starts += 1
         return not self.busy
 
-    def upsert_items(self, items: object) -> int:
+    def upsert_items(self, items: object, encoder_version: str | None = None) -> int:
         return 1
 
     def close(self) -> None:

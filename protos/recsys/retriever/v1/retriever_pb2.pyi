@@ -7,6 +7,82 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class EncoderState(_message.Message):
+    __slots__ = ("serving", "has_staged", "staged", "staged_items")
+    SERVING_FIELD_NUMBER: _ClassVar[int]
+    HAS_STAGED_FIELD_NUMBER: _ClassVar[int]
+    STAGED_FIELD_NUMBER: _ClassVar[int]
+    STAGED_ITEMS_FIELD_NUMBER: _ClassVar[int]
+    serving: str
+    has_staged: bool
+    staged: str
+    staged_items: int
+    def __init__(self, serving: _Optional[str] = ..., has_staged: _Optional[bool] = ..., staged: _Optional[str] = ..., staged_items: _Optional[int] = ...) -> None: ...
+
+class ListItemsRequest(_message.Message):
+    __slots__ = ("catalog", "encoder_version", "limit", "page_token")
+    CATALOG_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    catalog: str
+    encoder_version: str
+    limit: int
+    page_token: str
+    def __init__(self, catalog: _Optional[str] = ..., encoder_version: _Optional[str] = ..., limit: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ListItemsResponse(_message.Message):
+    __slots__ = ("items", "texts", "next_page_token")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[Item]
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    next_page_token: str
+    def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., texts: _Optional[_Iterable[str]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
+
+class StageEncoderRequest(_message.Message):
+    __slots__ = ("catalog", "encoder_version")
+    CATALOG_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    catalog: str
+    encoder_version: str
+    def __init__(self, catalog: _Optional[str] = ..., encoder_version: _Optional[str] = ...) -> None: ...
+
+class StageEncoderResponse(_message.Message):
+    __slots__ = ("encoders",)
+    ENCODERS_FIELD_NUMBER: _ClassVar[int]
+    encoders: EncoderState
+    def __init__(self, encoders: _Optional[_Union[EncoderState, _Mapping]] = ...) -> None: ...
+
+class SwitchEncoderRequest(_message.Message):
+    __slots__ = ("catalog", "encoder_version")
+    CATALOG_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    catalog: str
+    encoder_version: str
+    def __init__(self, catalog: _Optional[str] = ..., encoder_version: _Optional[str] = ...) -> None: ...
+
+class SwitchEncoderResponse(_message.Message):
+    __slots__ = ("encoders",)
+    ENCODERS_FIELD_NUMBER: _ClassVar[int]
+    encoders: EncoderState
+    def __init__(self, encoders: _Optional[_Union[EncoderState, _Mapping]] = ...) -> None: ...
+
+class DropStagedEncoderRequest(_message.Message):
+    __slots__ = ("catalog", "encoder_version")
+    CATALOG_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    catalog: str
+    encoder_version: str
+    def __init__(self, catalog: _Optional[str] = ..., encoder_version: _Optional[str] = ...) -> None: ...
+
+class DropStagedEncoderResponse(_message.Message):
+    __slots__ = ("encoders",)
+    ENCODERS_FIELD_NUMBER: _ClassVar[int]
+    encoders: EncoderState
+    def __init__(self, encoders: _Optional[_Union[EncoderState, _Mapping]] = ...) -> None: ...
+
 class Item(_message.Message):
     __slots__ = ("item_id", "vector", "payload")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
@@ -72,12 +148,16 @@ class ScoredItem(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., vector: _Optional[_Iterable[float]] = ..., payload_json: _Optional[bytes] = ..., vector_f32: _Optional[bytes] = ...) -> None: ...
 
 class UpsertItemsRequest(_message.Message):
-    __slots__ = ("items", "catalog")
+    __slots__ = ("items", "catalog", "encoder_version", "texts")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     CATALOG_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TEXTS_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[Item]
     catalog: str
-    def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., catalog: _Optional[str] = ...) -> None: ...
+    encoder_version: str
+    texts: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., catalog: _Optional[str] = ..., encoder_version: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class UpsertItemsResponse(_message.Message):
     __slots__ = ("upserted",)
@@ -100,16 +180,18 @@ class DeleteItemsResponse(_message.Message):
     def __init__(self, deleted: _Optional[int] = ...) -> None: ...
 
 class GetItemsRequest(_message.Message):
-    __slots__ = ("item_ids", "with_vectors", "skip_missing", "catalog")
+    __slots__ = ("item_ids", "with_vectors", "skip_missing", "catalog", "encoder_version")
     ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     WITH_VECTORS_FIELD_NUMBER: _ClassVar[int]
     SKIP_MISSING_FIELD_NUMBER: _ClassVar[int]
     CATALOG_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_VERSION_FIELD_NUMBER: _ClassVar[int]
     item_ids: _containers.RepeatedScalarFieldContainer[str]
     with_vectors: bool
     skip_missing: bool
     catalog: str
-    def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., with_vectors: _Optional[bool] = ..., skip_missing: _Optional[bool] = ..., catalog: _Optional[str] = ...) -> None: ...
+    encoder_version: str
+    def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., with_vectors: _Optional[bool] = ..., skip_missing: _Optional[bool] = ..., catalog: _Optional[str] = ..., encoder_version: _Optional[str] = ...) -> None: ...
 
 class GetItemsResponse(_message.Message):
     __slots__ = ("items",)
@@ -138,12 +220,14 @@ class SearchQuery(_message.Message):
     def __init__(self, vector: _Optional[_Iterable[float]] = ..., limit: _Optional[int] = ..., filter: _Optional[_Union[Filter, _Mapping]] = ..., exclude_ids: _Optional[_Iterable[str]] = ..., offset: _Optional[int] = ..., with_vectors: _Optional[bool] = ..., only_ids: _Optional[_Iterable[str]] = ..., packed: _Optional[bool] = ...) -> None: ...
 
 class SearchItemsRequest(_message.Message):
-    __slots__ = ("queries", "catalog")
+    __slots__ = ("queries", "catalog", "encoder_version")
     QUERIES_FIELD_NUMBER: _ClassVar[int]
     CATALOG_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_VERSION_FIELD_NUMBER: _ClassVar[int]
     queries: _containers.RepeatedCompositeFieldContainer[SearchQuery]
     catalog: str
-    def __init__(self, queries: _Optional[_Iterable[_Union[SearchQuery, _Mapping]]] = ..., catalog: _Optional[str] = ...) -> None: ...
+    encoder_version: str
+    def __init__(self, queries: _Optional[_Iterable[_Union[SearchQuery, _Mapping]]] = ..., catalog: _Optional[str] = ..., encoder_version: _Optional[str] = ...) -> None: ...
 
 class SearchResult(_message.Message):
     __slots__ = ("items",)
@@ -230,7 +314,7 @@ class AppendUserEventsRequest(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., events: _Optional[_Iterable[_Union[UserEvent, _Mapping]]] = ..., catalog: _Optional[str] = ...) -> None: ...
 
 class UserProfile(_message.Message):
-    __slots__ = ("user_id", "vector", "events", "shown_counts")
+    __slots__ = ("user_id", "vector", "events", "shown_counts", "encoder_version")
     class ShownCountsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -242,11 +326,13 @@ class UserProfile(_message.Message):
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     SHOWN_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_VERSION_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     vector: _containers.RepeatedScalarFieldContainer[float]
     events: _containers.RepeatedCompositeFieldContainer[UserEvent]
     shown_counts: _containers.ScalarMap[str, int]
-    def __init__(self, user_id: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., events: _Optional[_Iterable[_Union[UserEvent, _Mapping]]] = ..., shown_counts: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    encoder_version: str
+    def __init__(self, user_id: _Optional[str] = ..., vector: _Optional[_Iterable[float]] = ..., events: _Optional[_Iterable[_Union[UserEvent, _Mapping]]] = ..., shown_counts: _Optional[_Mapping[str, int]] = ..., encoder_version: _Optional[str] = ...) -> None: ...
 
 class AppendUserEventsResponse(_message.Message):
     __slots__ = ("profile", "unknown_recommendation_ids")
@@ -297,7 +383,7 @@ class PayloadField(_message.Message):
     def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ...) -> None: ...
 
 class GetCollectionInfoResponse(_message.Message):
-    __slots__ = ("backend", "items", "users", "indexed_vectors", "dimension", "distance", "payload_fields", "index_ready")
+    __slots__ = ("backend", "items", "users", "indexed_vectors", "dimension", "distance", "payload_fields", "index_ready", "encoders")
     BACKEND_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     USERS_FIELD_NUMBER: _ClassVar[int]
@@ -306,6 +392,7 @@ class GetCollectionInfoResponse(_message.Message):
     DISTANCE_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELDS_FIELD_NUMBER: _ClassVar[int]
     INDEX_READY_FIELD_NUMBER: _ClassVar[int]
+    ENCODERS_FIELD_NUMBER: _ClassVar[int]
     backend: str
     items: int
     users: int
@@ -314,7 +401,8 @@ class GetCollectionInfoResponse(_message.Message):
     distance: str
     payload_fields: _containers.RepeatedCompositeFieldContainer[PayloadField]
     index_ready: bool
-    def __init__(self, backend: _Optional[str] = ..., items: _Optional[int] = ..., users: _Optional[int] = ..., indexed_vectors: _Optional[int] = ..., dimension: _Optional[int] = ..., distance: _Optional[str] = ..., payload_fields: _Optional[_Iterable[_Union[PayloadField, _Mapping]]] = ..., index_ready: _Optional[bool] = ...) -> None: ...
+    encoders: EncoderState
+    def __init__(self, backend: _Optional[str] = ..., items: _Optional[int] = ..., users: _Optional[int] = ..., indexed_vectors: _Optional[int] = ..., dimension: _Optional[int] = ..., distance: _Optional[str] = ..., payload_fields: _Optional[_Iterable[_Union[PayloadField, _Mapping]]] = ..., index_ready: _Optional[bool] = ..., encoders: _Optional[_Union[EncoderState, _Mapping]] = ...) -> None: ...
 
 class Impression(_message.Message):
     __slots__ = ("recommendation_id", "page", "user_id", "item_ids", "experiment", "arm", "timestamp", "engaged_item_ids", "converted_item_ids")

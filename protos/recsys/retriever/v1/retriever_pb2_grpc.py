@@ -108,6 +108,26 @@ class RetrieverServiceStub:
                 request_serializer=recsys_dot_retriever_dot_v1_dot_retriever__pb2.ListImpressionsRequest.SerializeToString,
                 response_deserializer=recsys_dot_retriever_dot_v1_dot_retriever__pb2.ListImpressionsResponse.FromString,
                 _registered_method=True)
+        self.ListItems = channel.unary_unary(
+                '/recsys.retriever.v1.RetrieverService/ListItems',
+                request_serializer=recsys_dot_retriever_dot_v1_dot_retriever__pb2.ListItemsRequest.SerializeToString,
+                response_deserializer=recsys_dot_retriever_dot_v1_dot_retriever__pb2.ListItemsResponse.FromString,
+                _registered_method=True)
+        self.StageEncoder = channel.unary_unary(
+                '/recsys.retriever.v1.RetrieverService/StageEncoder',
+                request_serializer=recsys_dot_retriever_dot_v1_dot_retriever__pb2.StageEncoderRequest.SerializeToString,
+                response_deserializer=recsys_dot_retriever_dot_v1_dot_retriever__pb2.StageEncoderResponse.FromString,
+                _registered_method=True)
+        self.SwitchEncoder = channel.unary_unary(
+                '/recsys.retriever.v1.RetrieverService/SwitchEncoder',
+                request_serializer=recsys_dot_retriever_dot_v1_dot_retriever__pb2.SwitchEncoderRequest.SerializeToString,
+                response_deserializer=recsys_dot_retriever_dot_v1_dot_retriever__pb2.SwitchEncoderResponse.FromString,
+                _registered_method=True)
+        self.DropStagedEncoder = channel.unary_unary(
+                '/recsys.retriever.v1.RetrieverService/DropStagedEncoder',
+                request_serializer=recsys_dot_retriever_dot_v1_dot_retriever__pb2.DropStagedEncoderRequest.SerializeToString,
+                response_deserializer=recsys_dot_retriever_dot_v1_dot_retriever__pb2.DropStagedEncoderResponse.FromString,
+                _registered_method=True)
 
 
 class RetrieverServiceServicer:
@@ -218,6 +238,37 @@ class RetrieverServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListItems(self, request, context):
+        """Items page by page with their stored payloads and the text they were embedded from (no vectors), from
+        the served copy or the staged one: what `recsys reindex` embeds again with another encoder.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StageEncoder(self, request, context):
+        """Creates an empty staged copy of the catalog's items for another encoder's vectors (a reindex fills it
+        with UpsertItems naming that encoder). Deletes and popularity reach both copies from then on.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SwitchEncoder(self, request, context):
+        """Serves the staged copy at once (searches and writes move together) and keeps the previous one staged,
+        for rollback. FAILED_PRECONDITION when the staged copy lacks items the served one has.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DropStagedEncoder(self, request, context):
+        """Deletes the staged copy.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RetrieverServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -290,6 +341,26 @@ def add_RetrieverServiceServicer_to_server(servicer, server):
                     servicer.ListImpressions,
                     request_deserializer=recsys_dot_retriever_dot_v1_dot_retriever__pb2.ListImpressionsRequest.FromString,
                     response_serializer=recsys_dot_retriever_dot_v1_dot_retriever__pb2.ListImpressionsResponse.SerializeToString,
+            ),
+            'ListItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListItems,
+                    request_deserializer=recsys_dot_retriever_dot_v1_dot_retriever__pb2.ListItemsRequest.FromString,
+                    response_serializer=recsys_dot_retriever_dot_v1_dot_retriever__pb2.ListItemsResponse.SerializeToString,
+            ),
+            'StageEncoder': grpc.unary_unary_rpc_method_handler(
+                    servicer.StageEncoder,
+                    request_deserializer=recsys_dot_retriever_dot_v1_dot_retriever__pb2.StageEncoderRequest.FromString,
+                    response_serializer=recsys_dot_retriever_dot_v1_dot_retriever__pb2.StageEncoderResponse.SerializeToString,
+            ),
+            'SwitchEncoder': grpc.unary_unary_rpc_method_handler(
+                    servicer.SwitchEncoder,
+                    request_deserializer=recsys_dot_retriever_dot_v1_dot_retriever__pb2.SwitchEncoderRequest.FromString,
+                    response_serializer=recsys_dot_retriever_dot_v1_dot_retriever__pb2.SwitchEncoderResponse.SerializeToString,
+            ),
+            'DropStagedEncoder': grpc.unary_unary_rpc_method_handler(
+                    servicer.DropStagedEncoder,
+                    request_deserializer=recsys_dot_retriever_dot_v1_dot_retriever__pb2.DropStagedEncoderRequest.FromString,
+                    response_serializer=recsys_dot_retriever_dot_v1_dot_retriever__pb2.DropStagedEncoderResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -674,6 +745,114 @@ class RetrieverService:
             '/recsys.retriever.v1.RetrieverService/ListImpressions',
             recsys_dot_retriever_dot_v1_dot_retriever__pb2.ListImpressionsRequest.SerializeToString,
             recsys_dot_retriever_dot_v1_dot_retriever__pb2.ListImpressionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.retriever.v1.RetrieverService/ListItems',
+            recsys_dot_retriever_dot_v1_dot_retriever__pb2.ListItemsRequest.SerializeToString,
+            recsys_dot_retriever_dot_v1_dot_retriever__pb2.ListItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StageEncoder(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.retriever.v1.RetrieverService/StageEncoder',
+            recsys_dot_retriever_dot_v1_dot_retriever__pb2.StageEncoderRequest.SerializeToString,
+            recsys_dot_retriever_dot_v1_dot_retriever__pb2.StageEncoderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SwitchEncoder(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.retriever.v1.RetrieverService/SwitchEncoder',
+            recsys_dot_retriever_dot_v1_dot_retriever__pb2.SwitchEncoderRequest.SerializeToString,
+            recsys_dot_retriever_dot_v1_dot_retriever__pb2.SwitchEncoderResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DropStagedEncoder(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/recsys.retriever.v1.RetrieverService/DropStagedEncoder',
+            recsys_dot_retriever_dot_v1_dot_retriever__pb2.DropStagedEncoderRequest.SerializeToString,
+            recsys_dot_retriever_dot_v1_dot_retriever__pb2.DropStagedEncoderResponse.FromString,
             options,
             channel_credentials,
             insecure,
