@@ -64,6 +64,10 @@ def _catalog_label(catalog: str) -> str:
     return "the default catalog" if catalog == DEFAULT_CATALOG else f"catalog {catalog}"
 
 
+def _encoder_label(version: str) -> str:
+    return "the base encoder" if not version else f"encoder {version}"
+
+
 def _no_model(catalog: str) -> FailedPreconditionError:
     if catalog == DEFAULT_CATALOG:
         return FailedPreconditionError("no ranker model is loaded yet: run `recsys train` to publish a checkpoint")
@@ -104,6 +108,9 @@ class RankingService:
         self._pinned: set[ModelKey] = set()
         # Loads in progress, so concurrent first calls for one model share one load.
         self._loading: dict[ModelKey, asyncio.Task[LoadedModel]] = {}
+        # (catalog, encoder) -> the newest version trained on that encoder, for calls whose newest model is not;
+        # forgotten when a newer checkpoint is loaded.
+        self._by_encoder: dict[tuple[str, str], str] = {}
         # One thread scores; torch parallelises inside. Loading uses the same thread, so a load never competes
         # with a forward pass for the cores.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ranker")
@@ -182,16 +189,46 @@ class RankingService:
 
     def _set_newest(self, catalog: str, model: LoadedModel) -> None:
         version = model.path.name
+        self._by_encoder = {key: v for key, v in self._by_encoder.items() if key[0] != catalog}
         old = self._newest.get(catalog)
         self._newest[catalog] = version
         if old is not None and old != version and (catalog, old) not in self._pinned:
             self._models.pop((catalog, old), None)
         self._hold((catalog, version), model)
 
-    async def model(self, catalog: str = DEFAULT_CATALOG, version: str = "") -> LoadedModel:
-        """The model that serves ``catalog`` at ``version`` (empty: the catalog's newest), loading it if needed.
-        InvalidArgumentError for a malformed catalog name, FailedPreconditionError when the catalog has no
-        checkpoint, NotFoundError for a version not on disk."""
+    async def model(self, catalog: str = DEFAULT_CATALOG, version: str = "", encoder: str | None = None) -> LoadedModel:
+        """The model that serves ``catalog`` at ``version`` (empty: the catalog's newest; with ``encoder``, the
+        newest trained on that encoder's vectors), loading it if needed. InvalidArgumentError for a malformed
+        catalog name, FailedPreconditionError when the catalog has no checkpoint (of that encoder), or the
+        pinned one was trained on another, NotFoundError for a version not on disk."""
+        loaded = await self._model(catalog, version)
+        if encoder is None or loaded.metadata.encoder_version == encoder:
+            return loaded
+        if version:
+            raise FailedPreconditionError(
+                f"ranker model {version} of {_catalog_label(catalog)} was trained on "
+                f"{_encoder_label(loaded.metadata.encoder_version)}'s vectors, not {_encoder_label(encoder)}'s: "
+                "pin a model trained on the encoder the catalog serves"
+            )
+        chosen = self._by_encoder.get((catalog, encoder))
+        if chosen is None:
+            chosen = (await self._newest_trained_on(catalog, encoder, await self._versions(catalog))).version
+            self._by_encoder[(catalog, encoder)] = chosen
+        return await self._model(catalog, chosen)
+
+    async def _newest_trained_on(self, catalog: str, encoder: str, paths: Sequence[Path]) -> CheckpointMetadata:
+        """The metadata of the newest of ``paths`` trained on ``encoder``'s vectors; FailedPreconditionError
+        when none was."""
+        described = await asyncio.to_thread(lambda: [CheckpointMetadata.from_file(p / METADATA_FILE) for p in paths])
+        found = next((m for m in described if m.encoder_version == encoder), None)
+        if found is None:
+            raise FailedPreconditionError(
+                f"no ranker model of {_catalog_label(catalog)} was trained on {_encoder_label(encoder)}'s vectors: "
+                "train one (`recsys train`) before switching the catalog to that encoder"
+            )
+        return found
+
+    async def _model(self, catalog: str, version: str) -> LoadedModel:
         check_catalog(catalog)
         held = self.held(catalog, version)
         if held is not None:
@@ -229,13 +266,18 @@ class RankingService:
         self._settle(key)
         return loaded
 
-    async def describe(self, catalog: str = DEFAULT_CATALOG, version: str = "") -> tuple[CheckpointMetadata, list[str]]:
+    async def describe(
+        self, catalog: str = DEFAULT_CATALOG, version: str = "", encoder: str | None = None
+    ) -> tuple[CheckpointMetadata, list[str]]:
         """The metadata of the model that would serve ``catalog`` at ``version`` (the held newest one when
-        ``version`` is empty, so it matches what scores now) and the versions on disk, newest first. Reads
-        metadata only: describing a model does not load it. Same errors as ``model``."""
+        ``version`` is empty, so it matches what scores now; with ``encoder``, the newest trained on it) and the
+        versions on disk, newest first. Reads metadata only: describing a model does not load it. Same errors
+        as ``model``."""
         check_catalog(catalog)
         paths = await self._versions(catalog)
         available = [p.name for p in paths]
+        if encoder is not None and not version:
+            return await self._newest_trained_on(catalog, encoder, paths), available
         held = self.held(catalog, version)
         if held is not None:
             return held.metadata, available
@@ -321,13 +363,17 @@ class RankingService:
                     raise InvalidArgumentError(f"tasks[{index}].{what} vectors hold NaN or infinite values")
 
     async def score(
-        self, requests: Sequence[ScoreRequest], catalog: str = DEFAULT_CATALOG, version: str = ""
+        self,
+        requests: Sequence[ScoreRequest],
+        catalog: str = DEFAULT_CATALOG,
+        version: str = "",
+        encoder: str | None = None,
     ) -> tuple[list[np.ndarray], str]:
         """Scores with ``catalog``'s model at ``version`` (empty: its newest); returns the scores and the version
         that scored them."""
         if not requests:
             raise InvalidArgumentError("tasks is empty: send at least one scoring task")
-        model = await self.model(catalog, version)
+        model = await self.model(catalog, version, encoder)
         self._validate(requests, model)
         submitted = time.perf_counter()
 
@@ -343,7 +389,12 @@ class RankingService:
         return scores, model.metadata.version
 
     async def suggest(
-        self, history_item_ids: Sequence[str], limit: int, catalog: str = DEFAULT_CATALOG, version: str = ""
+        self,
+        history_item_ids: Sequence[str],
+        limit: int,
+        catalog: str = DEFAULT_CATALOG,
+        version: str = "",
+        encoder: str | None = None,
     ) -> tuple[list[tuple[str, float]], str]:
         """Candidates from ``catalog``'s item graph for a history (see :meth:`RankerScorer.suggest`) and the
         version that proposed them."""
@@ -355,7 +406,7 @@ class RankingService:
             )
         if not 1 <= limit <= self.limits.max_candidates:
             raise InvalidArgumentError(f"limit is {limit}; ask for 1 to {self.limits.max_candidates} candidates")
-        model = await self.model(catalog, version)
+        model = await self.model(catalog, version, encoder)
         suggested = await asyncio.get_running_loop().run_in_executor(
             self._executor, model.scorer.suggest, list(history_item_ids), limit
         )

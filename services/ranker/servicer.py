@@ -74,7 +74,7 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
             history_ids, history_vectors = _items(task, "history", "history_matrix", f"tasks[{n}]")
             candidate_ids, candidate_vectors = _items(task, "candidates", "candidate_matrix", f"tasks[{n}]")
             requests.append(ScoreRequest(history_ids, history_vectors, candidate_ids, candidate_vectors))
-        scores, version = await self._ranking.score(requests, request.catalog, request.model_version)
+        scores, version = await self._ranking.score(requests, request.catalog, request.model_version, _encoder(request))
         return ranker_pb2.ScoreCandidatesResponse(
             results=[ranker_pb2.TaskScores(scores=s.tolist()) for s in scores], model_version=version
         )
@@ -83,7 +83,7 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
         self, request: ranker_pb2.SuggestCandidatesRequest, context: grpc.aio.ServicerContext
     ) -> ranker_pb2.SuggestCandidatesResponse:
         suggested, version = await self._ranking.suggest(
-            list(request.history_item_ids), request.limit, request.catalog, request.model_version
+            list(request.history_item_ids), request.limit, request.catalog, request.model_version, _encoder(request)
         )
         return ranker_pb2.SuggestCandidatesResponse(
             item_ids=[item_id for item_id, _ in suggested],
@@ -94,7 +94,7 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
     async def GetModelInfo(
         self, request: ranker_pb2.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> ranker_pb2.GetModelInfoResponse:
-        meta, available = await self._ranking.describe(request.catalog, request.model_version)
+        meta, available = await self._ranking.describe(request.catalog, request.model_version, _encoder(request))
         return ranker_pb2.GetModelInfoResponse(
             version=meta.version,
             created_at=meta.created_at,
@@ -105,4 +105,12 @@ class RankerServicer(ranker_pb2_grpc.RankerServiceServicer):
             known_items=meta.n_items,
             device=self._ranking.device,
             available_versions=available,
+            encoder_version=meta.encoder_version,
         )
+
+
+def _encoder(
+    request: ranker_pb2.ScoreCandidatesRequest | ranker_pb2.SuggestCandidatesRequest | ranker_pb2.GetModelInfoRequest,
+) -> str | None:
+    """The request's encoder_version: None when unset (the newest model, whatever its encoder)."""
+    return str(request.encoder_version) if request.HasField("encoder_version") else None

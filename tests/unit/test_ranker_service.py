@@ -223,3 +223,31 @@ async def test_a_newer_checkpoint_is_picked_up(
             break
         await asyncio.sleep(0.1)
     assert response.model_version == newer.name
+
+
+async def test_each_encoder_is_scored_by_the_newest_model_trained_on_it(tmp_path: Path, trained: TrainResult) -> None:
+    older = save_checkpoint(tmp_path, trained, embedding_model_id="m", now=datetime(2026, 1, 1, tzinfo=UTC))
+    adapted = save_checkpoint(
+        tmp_path, trained, embedding_model_id="m@v2", encoder_version="v2", now=datetime(2026, 1, 2, tzinfo=UTC)
+    )
+    settings = RankerSettings(checkpoint_dir=tmp_path, device="cpu", reload_interval_s=0.2, max_candidates=50)
+    async with serving(RankerApp(settings)) as channel:
+        stub = ranker_pb2_grpc.RankerServiceStub(channel)
+        newest = await stub.ScoreCandidates(pb.ScoreCandidatesRequest(tasks=[_task(3, 5)]))
+        assert newest.model_version == adapted.name  # unset: the newest, whatever its encoder
+        for encoder, expected in (("", older.name), ("v2", adapted.name)):
+            request = pb.ScoreCandidatesRequest(tasks=[_task(3, 5)], encoder_version=encoder)
+            assert (await stub.ScoreCandidates(request)).model_version == expected
+            suggest = pb.SuggestCandidatesRequest(history_item_ids=["i1", "i2"], limit=3, encoder_version=encoder)
+            assert (await stub.SuggestCandidates(suggest)).model_version == expected
+            info = await stub.GetModelInfo(pb.GetModelInfoRequest(encoder_version=encoder))
+            assert (info.version, info.encoder_version) == (expected, encoder)
+        pinned = pb.ScoreCandidatesRequest(tasks=[_task(3, 5)], model_version=older.name, encoder_version="v2")
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.ScoreCandidates(pinned)
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "trained on the base encoder's vectors, not encoder v2's" in (refused.value.details() or "")
+        with pytest.raises(grpc.aio.AioRpcError) as none:
+            await stub.ScoreCandidates(pb.ScoreCandidatesRequest(tasks=[_task(3, 5)], encoder_version="v3"))
+        assert none.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "no ranker model of the default catalog was trained on encoder v3" in (none.value.details() or "")

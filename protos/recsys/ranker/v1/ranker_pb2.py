@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1drecsys/ranker/v1/ranker.proto\x12\x10recsys.ranker.v1\"A\n\nItemVector\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x0e\n\x06vector\x18\x02 \x03(\x02\x12\x12\n\nvector_f32\x18\x03 \x01(\x0c\"3\n\nItemMatrix\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x13\n\x0bvectors_f32\x18\x02 \x01(\x0c\"\xed\x01\n\x0bScoringTask\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12-\n\x07history\x18\x02 \x03(\x0b\x32\x1c.recsys.ranker.v1.ItemVector\x12\x30\n\ncandidates\x18\x03 \x03(\x0b\x32\x1c.recsys.ranker.v1.ItemVector\x12\x34\n\x0ehistory_matrix\x18\x04 \x01(\x0b\x32\x1c.recsys.ranker.v1.ItemMatrix\x12\x36\n\x10\x63\x61ndidate_matrix\x18\x05 \x01(\x0b\x32\x1c.recsys.ranker.v1.ItemMatrix\"n\n\x16ScoreCandidatesRequest\x12,\n\x05tasks\x18\x01 \x03(\x0b\x32\x1d.recsys.ranker.v1.ScoringTask\x12\x0f\n\x07\x63\x61talog\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\"\x1c\n\nTaskScores\x12\x0e\n\x06scores\x18\x01 \x03(\x02\"_\n\x17ScoreCandidatesResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.recsys.ranker.v1.TaskScores\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"k\n\x18SuggestCandidatesRequest\x12\x18\n\x10history_item_ids\x18\x01 \x03(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x0f\n\x07\x63\x61talog\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\"T\n\x19SuggestCandidatesResponse\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\x15\n\rmodel_version\x18\x03 \x01(\t\"=\n\x13GetModelInfoRequest\x12\x0f\n\x07\x63\x61talog\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"\xb2\x02\n\x14GetModelInfoResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x12\n\ncreated_at\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x03 \x01(\t\x12\x14\n\x0c\x64\x61taset_hash\x18\x04 \x01(\t\x12\x17\n\x0f\x65mbedding_model\x18\x05 \x01(\t\x12\x44\n\x07metrics\x18\x06 \x03(\x0b\x32\x33.recsys.ranker.v1.GetModelInfoResponse.MetricsEntry\x12\x13\n\x0bknown_items\x18\x07 \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\x08 \x01(\t\x12\x1a\n\x12\x61vailable_versions\x18\t \x03(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\xc4\x02\n\rRankerService\x12\x66\n\x0fScoreCandidates\x12(.recsys.ranker.v1.ScoreCandidatesRequest\x1a).recsys.ranker.v1.ScoreCandidatesResponse\x12l\n\x11SuggestCandidates\x12*.recsys.ranker.v1.SuggestCandidatesRequest\x1a+.recsys.ranker.v1.SuggestCandidatesResponse\x12]\n\x0cGetModelInfo\x12%.recsys.ranker.v1.GetModelInfoRequest\x1a&.recsys.ranker.v1.GetModelInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1drecsys/ranker/v1/ranker.proto\x12\x10recsys.ranker.v1\"A\n\nItemVector\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x0e\n\x06vector\x18\x02 \x03(\x02\x12\x12\n\nvector_f32\x18\x03 \x01(\x0c\"3\n\nItemMatrix\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x13\n\x0bvectors_f32\x18\x02 \x01(\x0c\"\xed\x01\n\x0bScoringTask\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12-\n\x07history\x18\x02 \x03(\x0b\x32\x1c.recsys.ranker.v1.ItemVector\x12\x30\n\ncandidates\x18\x03 \x03(\x0b\x32\x1c.recsys.ranker.v1.ItemVector\x12\x34\n\x0ehistory_matrix\x18\x04 \x01(\x0b\x32\x1c.recsys.ranker.v1.ItemMatrix\x12\x36\n\x10\x63\x61ndidate_matrix\x18\x05 \x01(\x0b\x32\x1c.recsys.ranker.v1.ItemMatrix\"\xa0\x01\n\x16ScoreCandidatesRequest\x12,\n\x05tasks\x18\x01 \x03(\x0b\x32\x1d.recsys.ranker.v1.ScoringTask\x12\x0f\n\x07\x63\x61talog\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\x12\x1c\n\x0f\x65ncoder_version\x18\x04 \x01(\tH\x00\x88\x01\x01\x42\x12\n\x10_encoder_version\"\x1c\n\nTaskScores\x12\x0e\n\x06scores\x18\x01 \x03(\x02\"_\n\x17ScoreCandidatesResponse\x12-\n\x07results\x18\x01 \x03(\x0b\x32\x1c.recsys.ranker.v1.TaskScores\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"\x9d\x01\n\x18SuggestCandidatesRequest\x12\x18\n\x10history_item_ids\x18\x01 \x03(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\x12\x0f\n\x07\x63\x61talog\x18\x03 \x01(\t\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\x1c\n\x0f\x65ncoder_version\x18\x05 \x01(\tH\x00\x88\x01\x01\x42\x12\n\x10_encoder_version\"T\n\x19SuggestCandidatesResponse\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x0e\n\x06scores\x18\x02 \x03(\x02\x12\x15\n\rmodel_version\x18\x03 \x01(\t\"o\n\x13GetModelInfoRequest\x12\x0f\n\x07\x63\x61talog\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x1c\n\x0f\x65ncoder_version\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\x12\n\x10_encoder_version\"\xcb\x02\n\x14GetModelInfoResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x12\n\ncreated_at\x18\x02 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x03 \x01(\t\x12\x14\n\x0c\x64\x61taset_hash\x18\x04 \x01(\t\x12\x17\n\x0f\x65mbedding_model\x18\x05 \x01(\t\x12\x44\n\x07metrics\x18\x06 \x03(\x0b\x32\x33.recsys.ranker.v1.GetModelInfoResponse.MetricsEntry\x12\x13\n\x0bknown_items\x18\x07 \x01(\x05\x12\x0e\n\x06\x64\x65vice\x18\x08 \x01(\t\x12\x1a\n\x12\x61vailable_versions\x18\t \x03(\t\x12\x17\n\x0f\x65ncoder_version\x18\n \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x32\xc4\x02\n\rRankerService\x12\x66\n\x0fScoreCandidates\x12(.recsys.ranker.v1.ScoreCandidatesRequest\x1a).recsys.ranker.v1.ScoreCandidatesResponse\x12l\n\x11SuggestCandidates\x12*.recsys.ranker.v1.SuggestCandidatesRequest\x1a+.recsys.ranker.v1.SuggestCandidatesResponse\x12]\n\x0cGetModelInfo\x12%.recsys.ranker.v1.GetModelInfoRequest\x1a&.recsys.ranker.v1.GetModelInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,22 +39,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ITEMMATRIX']._serialized_end=169
   _globals['_SCORINGTASK']._serialized_start=172
   _globals['_SCORINGTASK']._serialized_end=409
-  _globals['_SCORECANDIDATESREQUEST']._serialized_start=411
-  _globals['_SCORECANDIDATESREQUEST']._serialized_end=521
-  _globals['_TASKSCORES']._serialized_start=523
-  _globals['_TASKSCORES']._serialized_end=551
-  _globals['_SCORECANDIDATESRESPONSE']._serialized_start=553
-  _globals['_SCORECANDIDATESRESPONSE']._serialized_end=648
-  _globals['_SUGGESTCANDIDATESREQUEST']._serialized_start=650
-  _globals['_SUGGESTCANDIDATESREQUEST']._serialized_end=757
-  _globals['_SUGGESTCANDIDATESRESPONSE']._serialized_start=759
-  _globals['_SUGGESTCANDIDATESRESPONSE']._serialized_end=843
-  _globals['_GETMODELINFOREQUEST']._serialized_start=845
-  _globals['_GETMODELINFOREQUEST']._serialized_end=906
-  _globals['_GETMODELINFORESPONSE']._serialized_start=909
-  _globals['_GETMODELINFORESPONSE']._serialized_end=1215
-  _globals['_GETMODELINFORESPONSE_METRICSENTRY']._serialized_start=1169
-  _globals['_GETMODELINFORESPONSE_METRICSENTRY']._serialized_end=1215
-  _globals['_RANKERSERVICE']._serialized_start=1218
-  _globals['_RANKERSERVICE']._serialized_end=1542
+  _globals['_SCORECANDIDATESREQUEST']._serialized_start=412
+  _globals['_SCORECANDIDATESREQUEST']._serialized_end=572
+  _globals['_TASKSCORES']._serialized_start=574
+  _globals['_TASKSCORES']._serialized_end=602
+  _globals['_SCORECANDIDATESRESPONSE']._serialized_start=604
+  _globals['_SCORECANDIDATESRESPONSE']._serialized_end=699
+  _globals['_SUGGESTCANDIDATESREQUEST']._serialized_start=702
+  _globals['_SUGGESTCANDIDATESREQUEST']._serialized_end=859
+  _globals['_SUGGESTCANDIDATESRESPONSE']._serialized_start=861
+  _globals['_SUGGESTCANDIDATESRESPONSE']._serialized_end=945
+  _globals['_GETMODELINFOREQUEST']._serialized_start=947
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1058
+  _globals['_GETMODELINFORESPONSE']._serialized_start=1061
+  _globals['_GETMODELINFORESPONSE']._serialized_end=1392
+  _globals['_GETMODELINFORESPONSE_METRICSENTRY']._serialized_start=1346
+  _globals['_GETMODELINFORESPONSE_METRICSENTRY']._serialized_end=1392
+  _globals['_RANKERSERVICE']._serialized_start=1395
+  _globals['_RANKERSERVICE']._serialized_end=1719
 # @@protoc_insertion_point(module_scope)

@@ -39,14 +39,16 @@ class ScoringTask(_message.Message):
     def __init__(self, user_id: _Optional[str] = ..., history: _Optional[_Iterable[_Union[ItemVector, _Mapping]]] = ..., candidates: _Optional[_Iterable[_Union[ItemVector, _Mapping]]] = ..., history_matrix: _Optional[_Union[ItemMatrix, _Mapping]] = ..., candidate_matrix: _Optional[_Union[ItemMatrix, _Mapping]] = ...) -> None: ...
 
 class ScoreCandidatesRequest(_message.Message):
-    __slots__ = ("tasks", "catalog", "model_version")
+    __slots__ = ("tasks", "catalog", "model_version", "encoder_version")
     TASKS_FIELD_NUMBER: _ClassVar[int]
     CATALOG_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_VERSION_FIELD_NUMBER: _ClassVar[int]
     tasks: _containers.RepeatedCompositeFieldContainer[ScoringTask]
     catalog: str
     model_version: str
-    def __init__(self, tasks: _Optional[_Iterable[_Union[ScoringTask, _Mapping]]] = ..., catalog: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
+    encoder_version: str
+    def __init__(self, tasks: _Optional[_Iterable[_Union[ScoringTask, _Mapping]]] = ..., catalog: _Optional[str] = ..., model_version: _Optional[str] = ..., encoder_version: _Optional[str] = ...) -> None: ...
 
 class TaskScores(_message.Message):
     __slots__ = ("scores",)
@@ -63,16 +65,18 @@ class ScoreCandidatesResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[TaskScores, _Mapping]]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class SuggestCandidatesRequest(_message.Message):
-    __slots__ = ("history_item_ids", "limit", "catalog", "model_version")
+    __slots__ = ("history_item_ids", "limit", "catalog", "model_version", "encoder_version")
     HISTORY_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     CATALOG_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_VERSION_FIELD_NUMBER: _ClassVar[int]
     history_item_ids: _containers.RepeatedScalarFieldContainer[str]
     limit: int
     catalog: str
     model_version: str
-    def __init__(self, history_item_ids: _Optional[_Iterable[str]] = ..., limit: _Optional[int] = ..., catalog: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
+    encoder_version: str
+    def __init__(self, history_item_ids: _Optional[_Iterable[str]] = ..., limit: _Optional[int] = ..., catalog: _Optional[str] = ..., model_version: _Optional[str] = ..., encoder_version: _Optional[str] = ...) -> None: ...
 
 class SuggestCandidatesResponse(_message.Message):
     __slots__ = ("item_ids", "scores", "model_version")
@@ -85,15 +89,17 @@ class SuggestCandidatesResponse(_message.Message):
     def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., scores: _Optional[_Iterable[float]] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class GetModelInfoRequest(_message.Message):
-    __slots__ = ("catalog", "model_version")
+    __slots__ = ("catalog", "model_version", "encoder_version")
     CATALOG_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_VERSION_FIELD_NUMBER: _ClassVar[int]
     catalog: str
     model_version: str
-    def __init__(self, catalog: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
+    encoder_version: str
+    def __init__(self, catalog: _Optional[str] = ..., model_version: _Optional[str] = ..., encoder_version: _Optional[str] = ...) -> None: ...
 
 class GetModelInfoResponse(_message.Message):
-    __slots__ = ("version", "created_at", "dataset", "dataset_hash", "embedding_model", "metrics", "known_items", "device", "available_versions")
+    __slots__ = ("version", "created_at", "dataset", "dataset_hash", "embedding_model", "metrics", "known_items", "device", "available_versions", "encoder_version")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +116,7 @@ class GetModelInfoResponse(_message.Message):
     KNOWN_ITEMS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     AVAILABLE_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    ENCODER_VERSION_FIELD_NUMBER: _ClassVar[int]
     version: str
     created_at: str
     dataset: str
@@ -119,4 +126,5 @@ class GetModelInfoResponse(_message.Message):
     known_items: int
     device: str
     available_versions: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, version: _Optional[str] = ..., created_at: _Optional[str] = ..., dataset: _Optional[str] = ..., dataset_hash: _Optional[str] = ..., embedding_model: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., known_items: _Optional[int] = ..., device: _Optional[str] = ..., available_versions: _Optional[_Iterable[str]] = ...) -> None: ...
+    encoder_version: str
+    def __init__(self, version: _Optional[str] = ..., created_at: _Optional[str] = ..., dataset: _Optional[str] = ..., dataset_hash: _Optional[str] = ..., embedding_model: _Optional[str] = ..., metrics: _Optional[_Mapping[str, float]] = ..., known_items: _Optional[int] = ..., device: _Optional[str] = ..., available_versions: _Optional[_Iterable[str]] = ..., encoder_version: _Optional[str] = ...) -> None: ...
