@@ -14,7 +14,13 @@ from recsys.preprocessor.v1 import preprocessor_pb2
 from recsys.ranker.v1 import ranker_pb2
 from recsys.retriever.v1 import retriever_pb2
 from services.common.clients import open_channel
-from services.gateway.backends import EmbeddingClient, PreprocessorClient, RankerClient, RetrieverClient
+from services.gateway.backends import (
+    EmbeddingClient,
+    EncoderTracker,
+    PreprocessorClient,
+    RankerClient,
+    RetrieverClient,
+)
 from services.gateway.config import GatewaySettings
 from services.gateway.experiments import Experiments
 from services.gateway.reasons import ReasonSettings
@@ -83,6 +89,7 @@ class GatewayApp:
             text=PreprocessorClient(preprocessor, settings.preprocessor_timeout_s, settings.query_timeout_s),
             embedding=EmbeddingClient(embedding, settings.embedding_timeout_s, settings.query_timeout_s),
             retrieval=RetrieverClient(retriever, settings.retriever_timeout_s),
+            encoders=EncoderTracker(retriever, settings.retriever_timeout_s),
             ranking=RankerClient(ranker, settings.ranker_timeout_s),
             limits=RecommenderLimits(
                 max_k=settings.max_k,

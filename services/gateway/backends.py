@@ -17,11 +17,14 @@ from recsys.ranker.v1 import ranker_pb2, ranker_pb2_grpc
 from recsys.retriever.v1 import retriever_pb2, retriever_pb2_grpc
 from services.common.attributes import format_attribute_value
 from services.common.clients import call_timeout, request_metadata
+from services.common.encoders import SERVING_ENCODER_KEY, encoder_from_token, encoder_token
 from services.common.structs import struct_to_dict
 from services.gateway.model import (
+    SERVING_ENCODER,
     BackendUnavailableError,
     Candidates,
     CatalogRecord,
+    EncoderChangedError,
     HistoryEvent,
     Impression,
     ItemFilter,
@@ -51,7 +54,24 @@ async def _call(
             raise BackendUnavailableError(
                 name, f"the {name} service did not answer ({error.code().name}); retry"
             ) from error
+        if error.code() == grpc.StatusCode.FAILED_PRECONDITION:
+            serving = dict(error.trailing_metadata() or ()).get(SERVING_ENCODER_KEY)
+            if serving is not None:
+                raise EncoderChangedError(encoder_from_token(str(serving))) from error
         raise
+
+
+def _encoder_fields() -> dict[str, str]:
+    """The encoder_version field of a request that carries or asks for vectors: the request's serving encoder,
+    or nothing (unchecked) outside a tracked request."""
+    serving = SERVING_ENCODER.get()
+    return {} if serving is None else {"encoder_version": serving}
+
+
+def _embedding_version() -> str:
+    """EmbedTexts' encoder_version: the serving encoder ("base" for the base model), else the service's own."""
+    serving = SERVING_ENCODER.get()
+    return "" if serving is None else encoder_token(serving)
 
 
 def _vector(values: Sequence[float]) -> np.ndarray | None:
@@ -149,13 +169,13 @@ class EmbeddingClient:
         self._query_timeout_s = query_timeout_s
 
     async def embed_query(self, text: str) -> np.ndarray:
-        request = embedding_pb2.EmbedTextsRequest(texts=[text], packed=True)
+        request = embedding_pb2.EmbedTextsRequest(texts=[text], packed=True, encoder_version=_embedding_version())
         response = await _call("embedding", self._stub.EmbedTexts, request, self._query_timeout_s, OPTIONAL_SHARE)
         vector: np.ndarray = embedding_matrix(response)[0]
         return vector
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
-        request = embedding_pb2.EmbedTextsRequest(texts=list(texts), packed=True)
+        request = embedding_pb2.EmbedTextsRequest(texts=list(texts), packed=True, encoder_version=_embedding_version())
         response = await _call("embedding", self._stub.EmbedTexts, request, self._timeout_s)
         return embedding_matrix(response)
 
@@ -197,7 +217,7 @@ class RetrieverClient:
             with_vectors=True,
             packed=True,
         )
-        request = retriever_pb2.SearchItemsRequest(queries=[query], catalog=catalog)
+        request = retriever_pb2.SearchItemsRequest(queries=[query], catalog=catalog, **_encoder_fields())
         response = await _call("retriever", self._stub.SearchItems, request, self._timeout_s)
         return [_found(i) for i in response.results[0].items]
 
@@ -235,7 +255,7 @@ class RetrieverClient:
                     vector=values, limit=len(history_ids), only_ids=list(history_ids), with_vectors=True, packed=True
                 )
             )
-        request = retriever_pb2.SearchItemsRequest(queries=queries, catalog=catalog)
+        request = retriever_pb2.SearchItemsRequest(queries=queries, catalog=catalog, **_encoder_fields())
         response = await _call("retriever", self._stub.SearchItems, request, self._timeout_s)
         nearest = [_found(i) for i in response.results[0].items]
         proposed: list[StoredItem] = []
@@ -283,7 +303,7 @@ class RetrieverClient:
 
     async def get_items(self, catalog: str, item_ids: Sequence[str], skip_missing: bool) -> list[StoredItem]:
         request = retriever_pb2.GetItemsRequest(
-            item_ids=list(item_ids), with_vectors=True, skip_missing=skip_missing, catalog=catalog
+            item_ids=list(item_ids), with_vectors=True, skip_missing=skip_missing, catalog=catalog, **_encoder_fields()
         )
         response = await _call("retriever", self._stub.GetItems, request, self._timeout_s)
         return [_stored(i) for i in response.items]
@@ -295,6 +315,8 @@ class RetrieverClient:
                 for i in items
             ],
             catalog=catalog,
+            texts=[i.text for i in items] if all(i.text for i in items) else [],
+            **_encoder_fields(),
         )
         response = await _call("retriever", self._stub.UpsertItems, request, self._timeout_s)
         return int(response.upserted)
@@ -336,6 +358,9 @@ class RetrieverClient:
                 return None
             raise
         profile = response.profile
+        serving = SERVING_ENCODER.get()
+        if serving is not None and profile.vector and profile.encoder_version != serving:
+            raise EncoderChangedError(profile.encoder_version)  # its vector would meet the other encoder's items
         events = tuple(HistoryEvent(e.item_id, e.event_type, e.timestamp, e.weight) for e in profile.events)
         return Profile(profile.user_id, _vector(profile.vector), events, dict(profile.shown_counts))
 
@@ -403,6 +428,9 @@ class RankerClient:
                 matrix.vectors_f32 = np.stack([v for _, v in rows]).astype("<f4", copy=False).tobytes()
 
         request = ranker_pb2.ScoreCandidatesRequest(catalog=catalog, model_version=model_version)
+        serving = SERVING_ENCODER.get()
+        if serving is not None:
+            request.encoder_version = serving
         task = request.tasks.add(user_id=user_id)
         fill(task.history_matrix, history)
         fill(task.candidate_matrix, candidates)
@@ -425,7 +453,11 @@ class RankerClient:
         self, catalog: str, model_version: str, history_ids: Sequence[str], limit: int
     ) -> list[tuple[str, float]]:
         request = ranker_pb2.SuggestCandidatesRequest(
-            history_item_ids=list(history_ids), limit=limit, catalog=catalog, model_version=model_version
+            history_item_ids=list(history_ids),
+            limit=limit,
+            catalog=catalog,
+            model_version=model_version,
+            **_encoder_fields(),
         )
         try:
             response = await _call("ranker", self._stub.SuggestCandidates, request, self._timeout_s, OPTIONAL_SHARE)
@@ -437,3 +469,32 @@ class RankerClient:
                 return []
             raise BackendUnavailableError("ranker", f"the ranker failed: {error.code().name}") from error
         return list(zip(response.item_ids, response.scores, strict=True))
+
+
+class EncoderTracker:
+    """The encoder each catalog serves, as the retriever last said: read once per catalog, read again when the
+    retriever refuses a request's vectors (a switch)."""
+
+    def __init__(self, channel: grpc.aio.Channel, timeout_s: float) -> None:
+        self._stub = retriever_pb2_grpc.RetrieverServiceStub(channel)
+        self._timeout_s = timeout_s
+        self._serving: dict[str, str] = {}
+
+    async def current(self, catalog: str) -> str | None:
+        """The catalog's serving encoder; None for a catalog that does not exist yet (nothing to check)."""
+        known = self._serving.get(catalog)
+        if known is not None:
+            return known
+        request = retriever_pb2.GetCollectionInfoRequest(catalog=catalog)
+        try:
+            response = await _call("retriever", self._stub.GetCollectionInfo, request, self._timeout_s)
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+        serving = str(response.encoders.serving)
+        self._serving[catalog] = serving
+        return serving
+
+    def changed(self, catalog: str, serving: str) -> None:
+        self._serving[catalog] = serving

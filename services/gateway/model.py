@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -13,6 +14,28 @@ from services.common.errors import UnavailableError
 
 # The longest recommendation id the retriever stores; ids the gateway issues are 32 hex characters.
 MAX_RECOMMENDATION_ID_CHARS = 128
+
+
+# The encoder whose vectors the request under way embeds, searches and scores with (the catalog's serving one
+# when the request started); None: nothing checked (a recommender without an EncoderTracker).
+SERVING_ENCODER: ContextVar[str | None] = ContextVar("serving_encoder", default=None)
+
+
+class EncoderChangedError(UnavailableError):
+    """The catalog switched encoders while a request was under way (the retriever refused vectors of the one it
+    started with); `serving` is the encoder served now. The recommender runs the request again with it."""
+
+    def __init__(self, serving: str) -> None:
+        super().__init__("the catalog switched encoders during the call: retry it")
+        self.serving = serving
+
+
+class EncoderSource(Protocol):
+    """Where the recommender learns which encoder a catalog serves (the retriever)."""
+
+    async def current(self, catalog: str) -> str | None: ...
+
+    def changed(self, catalog: str, serving: str) -> None: ...
 
 
 class BackendUnavailableError(UnavailableError):
@@ -92,6 +115,7 @@ class NewItem:
     item_id: str
     vector: np.ndarray
     payload: Mapping[str, Any]
+    text: str = ""  # what the vector was embedded from, kept by the retriever for a reindex
 
 
 @dataclass(frozen=True)

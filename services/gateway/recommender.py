@@ -7,7 +7,7 @@ import contextlib
 import math
 import time
 import uuid
-from collections.abc import Awaitable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
@@ -23,9 +23,12 @@ from services.gateway.fallbacks import PopularCache, matches, raw_query
 from services.gateway.impressions import ImpressionWriter
 from services.gateway.model import (
     MAX_RECOMMENDATION_ID_CHARS,
+    SERVING_ENCODER,
     BackendUnavailableError,
     CatalogRecord,
     EmbeddingPort,
+    EncoderChangedError,
+    EncoderSource,
     EventRecord,
     HistoryEvent,
     Impression,
@@ -264,8 +267,10 @@ class Recommender:
         experiments: Experiments | None = None,
         rotation: Rotation | None = None,
         reasons: ReasonSettings | None = None,
+        encoders: EncoderSource | None = None,
     ) -> None:
         self.text = text
+        self.encoders = encoders
         self.embedding = embedding
         self.retrieval = retrieval
         self.ranking = ranking
@@ -278,6 +283,24 @@ class Recommender:
         self.reasons = reasons or ReasonSettings()
         self.similarity_scale = SimilarityScale(retrieval, self.reasons, limits.max_cached_catalogs)
         self.impressions = ImpressionWriter(retrieval, limits.impression_queue, limits.retriever_batch)
+
+    async def _on_serving_encoder(self, catalog: str, work: Callable[[], Awaitable[T]]) -> T:
+        """Runs ``work`` with the catalog's serving encoder in SERVING_ENCODER, so every vector it embeds,
+        searches and scores is that encoder's; once more with the new one when the catalog switched meanwhile."""
+        if self.encoders is None:
+            return await work()
+        for attempt in range(2):
+            token = SERVING_ENCODER.set(await self.encoders.current(catalog))
+            try:
+                return await work()
+            except EncoderChangedError as changed:
+                self.encoders.changed(catalog, changed.serving)
+                if attempt:
+                    raise
+                log.info("catalog switched encoders during a call; running it again", serving=changed.serving)
+            finally:
+                SERVING_ENCODER.reset(token)
+        raise AssertionError("unreachable")
 
     # ---- validation ----------------------------------------------------------------------------------
 
@@ -409,7 +432,9 @@ class Recommender:
         degraded: list[str] = []
         clock = StageClock()
         try:
-            result = await self._recommend(request, labels, self._tuning(arm), degraded, clock)
+            result = await self._on_serving_encoder(
+                request.catalog, lambda: self._recommend(request, labels, self._tuning(arm), degraded, clock)
+            )
         except BackendUnavailableError as error:
             if error.stage != "retriever":
                 raise
@@ -737,8 +762,12 @@ class Recommender:
         self._check_filter(item_filter)
         k = self._k(k)
         degraded: list[str] = []
-        cleaned, vector = await self._query_vector(query, degraded, optional=False)
-        found = await self.retrieval.search(catalog, vector, k, item_filter, [])
+
+        async def embed_and_search() -> tuple[str, list[StoredItem]]:
+            cleaned, vector = await self._query_vector(query, degraded, optional=False)
+            return cleaned, await self.retrieval.search(catalog, vector, k, item_filter, [])
+
+        cleaned, found = await self._on_serving_encoder(catalog, embed_and_search)
         reason = f"Matches {quote(cleaned)}"
         items = tuple(Recommendation(i.item_id, i.score, reason, i.title, i.categories) for i in found)
         return SearchResult(items, _stages(degraded))
@@ -773,20 +802,25 @@ class Recommender:
                 raise InvalidArgumentError(f"items[{index}] attributes use reserved names {sorted(clash)}: rename them")
         texts = await self.text.build_item_texts(records)
         self._check_item_texts(texts)
-        vectors = await self.embedding.embed([t.text for t in texts])
-        items = [
-            NewItem(
-                record.item_id,
-                vector,
-                {
-                    "title": record.title.strip(),
-                    "categories": list(record.categories),
-                    **record.attributes,
-                },
-            )
-            for record, vector in zip(records, vectors, strict=True)
-        ]
-        written = await self.retrieval.upsert_items(catalog, items)
+
+        async def embed_and_write() -> int:
+            vectors = await self.embedding.embed([t.text for t in texts])
+            items = [
+                NewItem(
+                    record.item_id,
+                    vector,
+                    {
+                        "title": record.title.strip(),
+                        "categories": list(record.categories),
+                        **record.attributes,
+                    },
+                    text.text,
+                )
+                for record, vector, text in zip(records, vectors, texts, strict=True)
+            ]
+            return await self.retrieval.upsert_items(catalog, items)
+
+        written = await self._on_serving_encoder(catalog, embed_and_write)
         return written, sum(t.truncated for t in texts)
 
     async def record_events(self, events: Sequence[EventRecord], catalog: str = DEFAULT_CATALOG) -> RecordedEvents:

@@ -13,8 +13,10 @@ from services.common.errors import InvalidArgumentError, NotFoundError, Unavaila
 from services.gateway.experiments import Arm, ArmSettings, Experiment, Experiments
 from services.gateway.fallbacks import matches
 from services.gateway.model import (
+    SERVING_ENCODER,
     Candidates,
     CatalogRecord,
+    EncoderChangedError,
     EventRecord,
     HistoryEvent,
     Impression,
@@ -444,3 +446,55 @@ def test_page_tokens_round_trip_and_reject_forgeries() -> None:
             decode_page_token(bad, "f1")
     with pytest.raises(InvalidArgumentError, match="page_token belongs to a different request"):
         decode_page_token(encode_page_token(page, "f1"), "f2")
+
+
+class SwitchingEncoders:
+    """The retriever's serving encoder, switched once from "" to "v2" after the first request started."""
+
+    def __init__(self) -> None:
+        self.serving = ""
+        self.told: list[str] = []
+
+    async def current(self, catalog: str) -> str | None:
+        return self.serving
+
+    def changed(self, catalog: str, serving: str) -> None:
+        self.told.append(serving)
+        self.serving = serving
+
+
+class RefusingRetrieval(FakeRetrieval):
+    """Refuses the first search stamped with an encoder the retriever no longer serves, as the real one does."""
+
+    def __init__(self, encoders: SwitchingEncoders) -> None:
+        super().__init__()
+        self.encoders = encoders
+        self.stamps: list[str | None] = []
+
+    async def search(
+        self, catalog: str, vector: np.ndarray, limit: int, item_filter: ItemFilter, exclude_ids: Sequence[str]
+    ) -> list[StoredItem]:
+        stamp = SERVING_ENCODER.get()
+        self.stamps.append(stamp)
+        if stamp != "v2":
+            raise EncoderChangedError("v2")  # switched while the request was under way
+        return await super().search(catalog, vector, limit, item_filter, exclude_ids)
+
+
+async def test_a_request_that_meets_an_encoder_switch_runs_again_on_the_new_encoder() -> None:
+    encoders = SwitchingEncoders()
+    retrieval = RefusingRetrieval(encoders)
+    recommender = Recommender(
+        FakeText(),
+        FakeEmbedding(),
+        retrieval,
+        FakeRanking(),
+        RecommenderLimits(max_k=10, candidate_pool=5),
+        Blend(),
+        {"view": 1.0},
+        encoders=encoders,
+    )
+    found = await recommender.search("glue", 2, ItemFilter())
+    assert [i.item_id for i in found.items] == ["c", "d"]
+    assert retrieval.stamps == ["", "v2"] and encoders.told == ["v2"]
+    assert SERVING_ENCODER.get() is None  # nothing leaks out of the request
