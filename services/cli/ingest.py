@@ -50,13 +50,18 @@ def event(interaction: Interaction) -> Event:
 
 
 def ingest(
-    client: RecsysClient, dataset: Dataset, item_batch: int = 128, event_batch: int = 500, deadline_s: float = 120
+    client: RecsysClient,
+    dataset: Dataset,
+    item_batch: int = 128,
+    event_batch: int = 500,
+    deadline_s: float = 120,
+    catalog: str = "",
 ) -> None:
     with tqdm(total=len(dataset.items), desc="catalog items", unit="item") as bar:
         for items in batches(dataset.items, item_batch):
-            client.upsert_items([catalog_item(i) for i in items], deadline=deadline_s)
+            client.upsert_items([catalog_item(i) for i in items], deadline=deadline_s, catalog=catalog)
             bar.update(len(items))
     with tqdm(total=len(dataset.interactions), desc="interactions", unit="event") as bar:
         for interactions in batches(dataset.interactions, event_batch):
-            client.record_events([event(i) for i in interactions], deadline=deadline_s)
+            client.record_events([event(i) for i in interactions], deadline=deadline_s, catalog=catalog)
             bar.update(len(interactions))

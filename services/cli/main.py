@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from recsys_client import RecsysClient, RecsysError
@@ -15,11 +16,12 @@ from services.cli.experiments import run_report
 from services.cli.ingest import ingest
 from services.cli.progress import heartbeat
 from services.cli.suite import GaveUp, RestartPolicy, Suite, Supervisor
-from services.cli.training import ENCODERS_DIR, catalog_argument, train_and_publish
+from services.cli.training import catalog_argument, train_and_publish
 from services.console.launch import CONSOLE_PORT_OFFSET, RunningConsole, start_console
 from services.datasets.loaders import Dataset, load_dataset
 from services.datasets.movielens import download_movielens_100k
 from services.embedding.encoder import resolve_device
+from services.embedding.versions import ENCODERS_DIR
 from services.ranker import distributed
 from services.ranker.checkpoints import METADATA_FILE, CheckpointMetadata, latest_checkpoint
 from services.ranker.encoder_tuning import TuningConfig
@@ -81,9 +83,10 @@ def command_train(args: argparse.Namespace) -> None:
         if encoder:
             encoders = args.state_dir / "checkpoints" / ENCODERS_DIR
             print(
-                f"the checkpoint was trained on encoder version {encoder}: serve it with that encoder's vectors, "
-                f"queries and catalog alike (EMBEDDING_ENCODER_DIR={encoders} EMBEDDING_ENCODER_VERSION={encoder}, "
-                "the catalog embedded again with it)",
+                f"the checkpoint was trained on encoder {encoder}'s vectors. A running suite keeps scoring with the "
+                f"newest model of the encoder its catalog serves; to move the catalog to this one, with the embedding "
+                f"service reading EMBEDDING_ENCODER_DIR={encoders} (`recsys up` sets it), run:\n"
+                f"  .venv/bin/recsys reindex --encoder {encoder}",
                 file=sys.stderr,
             )
 
@@ -225,6 +228,46 @@ def _train_first_model(args: argparse.Namespace, dataset: Dataset) -> None:
         )
 
 
+def command_reindex(args: argparse.Namespace) -> None:
+    import grpc
+
+    from services.cli.reindex import Reindexer, ReindexError, encoder_label
+    from services.common.encoders import encoder_from_token
+
+    version = encoder_from_token(args.drop if args.drop is not None else args.encoder)
+    addresses = {
+        "retriever": args.retriever,
+        "embedding": args.embedding,
+        "ranker": args.ranker,
+        "preprocessor": args.preprocessor,
+    }
+    channels = {name: grpc.insecure_channel(address) for name, address in addresses.items()}
+    try:
+        reindexer = Reindexer(channels, args.catalog, version, batch=args.batch, token=args.token)
+        if args.drop is not None:
+            state = reindexer.drop()
+            print(json.dumps({"catalog": args.catalog, "dropped": version, "serving": state.serving}, indent=2))
+            return
+        report = reindexer.run(switch=args.switch, switch_timeout_s=args.switch_timeout)
+    except ReindexError as error:
+        raise SystemExit(f"reindex stopped: {error}") from None
+    except grpc.RpcError as error:
+        raise SystemExit(f"reindex stopped: {error.code().name}: {error.details()}") from None
+    finally:
+        for channel in channels.values():
+            channel.close()
+    print(json.dumps(asdict(report), indent=2))
+    if report.switched:
+        previous = report.previous or "base"
+        print(
+            f"serving {encoder_label(version)}; {encoder_label(report.previous)} is kept for rollback "
+            f"(`recsys reindex --encoder {previous}`) until `recsys reindex --drop {previous}`",
+            file=sys.stderr,
+        )
+    else:
+        print(f"the staged copy of {encoder_label(version)} is filled; run again without --no-switch", file=sys.stderr)
+
+
 def command_console(args: argparse.Namespace) -> None:
     # Imported here: the console's web stack is an optional extra (pip install '.[console]').
     from services.console.__main__ import serve
@@ -276,8 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help=f"do not start the operator console (HTTP on the gateway port + {CONSOLE_PORT_OFFSET})",
     )
-    # The suite serves the base encoder's vectors until a reindex moves it to another (issue 18 part 3): a first
-    # model trained on adapted vectors would meet vectors of another encoder.
+    # A first run serves the base encoder, so it starts within minutes; `recsys train` then adapts the encoder
+    # and `recsys reindex` moves the running catalog to it.
     up.set_defaults(handler=command_up, max_train_seconds=UP_TRAIN_BUDGET_S, adapt_encoder=False)
 
     train = commands.add_parser("train", help="train the ranker and publish a versioned checkpoint")
@@ -351,6 +394,39 @@ def build_parser() -> argparse.ArgumentParser:
     )
     experiment_report.add_argument("--json", type=Path, default=None, help="write the per-arm rows here")
     experiment_report.set_defaults(handler=command_experiments_report)
+
+    reindex = commands.add_parser(
+        "reindex",
+        help="move a catalog to another encoder: embed its items again into a staged copy, then switch at once",
+        description="Embeds every item of a catalog again with another encoder into a staged copy while the old "
+        "one serves, catches up what was written meanwhile, then switches retriever, queries and ranker together "
+        "in one step. The old copy is kept for rollback (`--encoder OLD`) until `--drop OLD`. docs/operations.md "
+        "has the runbook.",
+    )
+    target = reindex.add_mutually_exclusive_group(required=True)
+    target.add_argument("--encoder", help="the encoder version to serve (`base` for the packaged model)")
+    target.add_argument("--drop", metavar="VERSION", help="delete the staged copy of this encoder instead")
+    reindex.add_argument("--catalog", type=catalog_argument, default="", help="the catalog (default: the default)")
+    reindex.add_argument("--retriever", default="127.0.0.1:50053", help="retriever address (default %(default)s)")
+    reindex.add_argument("--embedding", default="127.0.0.1:50052", help="embedding address (default %(default)s)")
+    reindex.add_argument("--ranker", default="127.0.0.1:50054", help="ranker address (default %(default)s)")
+    reindex.add_argument("--preprocessor", default="127.0.0.1:50051", help="preprocessor address (default %(default)s)")
+    reindex.add_argument(
+        "--token",
+        default=os.environ.get("RECSYS_AUTH_TOKEN", ""),
+        help="bearer token the services require, if any (default: $RECSYS_AUTH_TOKEN)",
+    )
+    reindex.add_argument("--batch", type=int, default=64, help="items embedded per call (default %(default)s)")
+    reindex.add_argument(
+        "--no-switch", dest="switch", action="store_false", help="fill the staged copy, do not switch yet"
+    )
+    reindex.add_argument(
+        "--switch-timeout",
+        type=float,
+        default=600.0,
+        help="seconds to wait for a running index build before switching (default %(default)s)",
+    )
+    reindex.set_defaults(handler=command_reindex)
 
     console = commands.add_parser(
         "console",

@@ -18,6 +18,8 @@ from typing import IO
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from services.embedding.versions import ENCODERS_DIR
+
 # Start order: the gateway last, since it waits for the others.
 SERVICES = ("preprocessor", "embedding", "retriever", "ranker", "gateway")
 PORT_OFFSETS = {"gateway": 0, "preprocessor": 1, "embedding": 2, "retriever": 3, "ranker": 4}
@@ -59,6 +61,8 @@ def suite_environment(base_port: int, state_dir: Path) -> dict[str, str]:
         env[f"GATEWAY_{backend.upper()}_ADDRESS"] = f"127.0.0.1:{ports[backend]}"
     env["RETRIEVER_DATA_DIR"] = str(state_dir / "qdrant")
     env["RANKER_CHECKPOINT_DIR"] = str(state_dir / "checkpoints")
+    # Where `recsys train` writes adapted encoders, so `recsys reindex --encoder VERSION` can embed with one.
+    env["EMBEDDING_ENCODER_DIR"] = str(state_dir / "checkpoints" / ENCODERS_DIR)
     env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_HUB_DISABLE_PROGRESS_BARS="1")
     env["TOKENIZERS_PARALLELISM"] = "false"
     # Two cores shared by five processes: one torch thread each keeps them from fighting (the embedding service

@@ -21,7 +21,7 @@ from services.datasets.loaders import CatalogItem, Dataset
 from services.embedding.app import base_model_id, base_model_path, encoder_at, load_encoder
 from services.embedding.config import EmbeddingSettings
 from services.embedding.encoder import TextEncoder
-from services.embedding.versions import BASE_VERSION, save_version
+from services.embedding.versions import BASE_VERSION, ENCODERS_DIR, save_version
 from services.preprocessor.app import build_preprocessor
 from services.preprocessor.cleaning import ItemFields
 from services.preprocessor.config import PreprocessorSettings
@@ -31,8 +31,6 @@ from services.ranker.encoder_tuning import TunedEncoder, TuningConfig, tune_enco
 from services.ranker.scoring import paired_gain
 from services.ranker.splits import Split, loo_split
 from services.ranker.training import TrainConfig, TrainResult, train_ranker
-
-ENCODERS_DIR = "encoders"  # under the checkpoint folder: the adapted encoders' versions
 
 
 def item_fields(item: CatalogItem) -> ItemFields:

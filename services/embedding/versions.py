@@ -23,6 +23,7 @@ from services.common.versions import publish, staging_folder, version_name
 METADATA_FILE = "metadata.json"
 WEIGHTS_FILE = "model.safetensors"
 BASE_VERSION = ""
+ENCODERS_DIR = "encoders"  # under a ranker checkpoint folder: the versions `recsys train` adapted
 # Files of the base model's folder that are not the transformers model itself but say how it is used.
 CARRIED_FILES = ("sentence_bert_config.json",)
 

@@ -11,12 +11,12 @@ import torch
 from transformers import AutoModel
 
 from services.cli import training as cli_training
-from services.cli.training import ENCODERS_DIR, item_texts, train_and_publish
+from services.cli.training import item_texts, train_and_publish
 from services.datasets.loaders import load_dataset
 from services.embedding.app import encoder_at, load_encoder
 from services.embedding.config import EmbeddingSettings
 from services.embedding.encoder import default_model_path
-from services.embedding.versions import METADATA_FILE, EncoderMetadata, list_versions
+from services.embedding.versions import ENCODERS_DIR, METADATA_FILE, EncoderMetadata, list_versions
 from services.ranker.checkpoints import METADATA_FILE as CHECKPOINT_METADATA
 from services.ranker.checkpoints import CheckpointMetadata
 from services.ranker.encoder_tuning import (
