@@ -211,6 +211,7 @@ class Reindexer:
             ],
             texts=texts,
             encoder_version=self._encoder,
+            staged=True,
         )
         self._call(self._retriever.UpsertItems, upsert)
         return len(missing)

@@ -61,11 +61,16 @@ async def _call(
         raise
 
 
-def _encoder_fields() -> dict[str, str]:
-    """The encoder_version field of a request that carries or asks for vectors: the request's serving encoder,
-    or nothing (unchecked) outside a tracked request."""
+Stamped = TypeVar("Stamped")
+
+
+def _stamped(request: Stamped) -> Stamped:
+    """``request`` (one that carries or asks for vectors) with its encoder_version set to the serving encoder of
+    the request under way; unset (unchecked) outside a tracked request."""
     serving = SERVING_ENCODER.get()
-    return {} if serving is None else {"encoder_version": serving}
+    if serving is not None:
+        request.encoder_version = serving  # type: ignore[attr-defined]
+    return request
 
 
 def _embedding_version() -> str:
@@ -217,7 +222,7 @@ class RetrieverClient:
             with_vectors=True,
             packed=True,
         )
-        request = retriever_pb2.SearchItemsRequest(queries=[query], catalog=catalog, **_encoder_fields())
+        request = _stamped(retriever_pb2.SearchItemsRequest(queries=[query], catalog=catalog))
         response = await _call("retriever", self._stub.SearchItems, request, self._timeout_s)
         return [_found(i) for i in response.results[0].items]
 
@@ -255,7 +260,7 @@ class RetrieverClient:
                     vector=values, limit=len(history_ids), only_ids=list(history_ids), with_vectors=True, packed=True
                 )
             )
-        request = retriever_pb2.SearchItemsRequest(queries=queries, catalog=catalog, **_encoder_fields())
+        request = _stamped(retriever_pb2.SearchItemsRequest(queries=queries, catalog=catalog))
         response = await _call("retriever", self._stub.SearchItems, request, self._timeout_s)
         nearest = [_found(i) for i in response.results[0].items]
         proposed: list[StoredItem] = []
@@ -302,21 +307,24 @@ class RetrieverClient:
         return [_stored(i, i.score) for i in response.items]
 
     async def get_items(self, catalog: str, item_ids: Sequence[str], skip_missing: bool) -> list[StoredItem]:
-        request = retriever_pb2.GetItemsRequest(
-            item_ids=list(item_ids), with_vectors=True, skip_missing=skip_missing, catalog=catalog, **_encoder_fields()
+        request = _stamped(
+            retriever_pb2.GetItemsRequest(
+                item_ids=list(item_ids), with_vectors=True, skip_missing=skip_missing, catalog=catalog
+            )
         )
         response = await _call("retriever", self._stub.GetItems, request, self._timeout_s)
         return [_stored(i) for i in response.items]
 
     async def upsert_items(self, catalog: str, items: Sequence[NewItem]) -> int:
-        request = retriever_pb2.UpsertItemsRequest(
-            items=[
-                retriever_pb2.Item(item_id=i.item_id, vector=i.vector.tolist(), payload=_struct(dict(i.payload)))
-                for i in items
-            ],
-            catalog=catalog,
-            texts=[i.text for i in items] if all(i.text for i in items) else [],
-            **_encoder_fields(),
+        request = _stamped(
+            retriever_pb2.UpsertItemsRequest(
+                items=[
+                    retriever_pb2.Item(item_id=i.item_id, vector=i.vector.tolist(), payload=_struct(dict(i.payload)))
+                    for i in items
+                ],
+                catalog=catalog,
+                texts=[i.text for i in items] if all(i.text for i in items) else [],
+            )
         )
         response = await _call("retriever", self._stub.UpsertItems, request, self._timeout_s)
         return int(response.upserted)
@@ -427,10 +435,7 @@ class RankerClient:
             if rows:
                 matrix.vectors_f32 = np.stack([v for _, v in rows]).astype("<f4", copy=False).tobytes()
 
-        request = ranker_pb2.ScoreCandidatesRequest(catalog=catalog, model_version=model_version)
-        serving = SERVING_ENCODER.get()
-        if serving is not None:
-            request.encoder_version = serving
+        request = _stamped(ranker_pb2.ScoreCandidatesRequest(catalog=catalog, model_version=model_version))
         task = request.tasks.add(user_id=user_id)
         fill(task.history_matrix, history)
         fill(task.candidate_matrix, candidates)
@@ -452,12 +457,10 @@ class RankerClient:
     async def suggest(
         self, catalog: str, model_version: str, history_ids: Sequence[str], limit: int
     ) -> list[tuple[str, float]]:
-        request = ranker_pb2.SuggestCandidatesRequest(
-            history_item_ids=list(history_ids),
-            limit=limit,
-            catalog=catalog,
-            model_version=model_version,
-            **_encoder_fields(),
+        request = _stamped(
+            ranker_pb2.SuggestCandidatesRequest(
+                history_item_ids=list(history_ids), limit=limit, catalog=catalog, model_version=model_version
+            )
         )
         try:
             response = await _call("ranker", self._stub.SuggestCandidates, request, self._timeout_s, OPTIONAL_SHARE)

@@ -52,6 +52,7 @@ from services.retriever.store import (
     as_vector,
     check_caught_up,
     check_encoder,
+    check_staged,
     encoder_label,
     in_requested_order,
     item_content,
@@ -61,6 +62,7 @@ from services.retriever.store import (
     payload_item_id,
     popularity_of,
     public_payload,
+    reads_staged,
     scored_item,
     unique,
     user_point_id,
@@ -295,15 +297,16 @@ class ClientVectorStore:
         """The served items' collection, as this replica last read the alias."""
         return self._current_copies().serving_collection
 
-    def _checked_copies(self, encoder_version: str | None, *, staged_ok: bool) -> tuple[_Copies, bool]:
-        """The copies and whether ``encoder_version``'s vectors belong to the staged one; read again from the
-        server before refusing (this replica may not have seen a switch yet)."""
-        copies = self._current_copies()
+    def _checked_copies(self, encoder_version: str | None, *, staged: bool = False) -> tuple[_Copies, bool]:
+        """The copies and whether ``encoder_version`` names the staged one (only where ``staged`` reads may go
+        there); read again from the server before refusing (this replica may not have seen a switch yet)."""
+        check = reads_staged if staged else check_encoder
         try:
-            return copies, check_encoder(self._state_of(copies), encoder_version, staged_ok=staged_ok)
+            copies = self._current_copies()
+            return copies, bool(check(self._state_of(copies), encoder_version))
         except EncoderMismatchError:
             copies = self._read_copies()
-            return copies, check_encoder(self._state_of(copies), encoder_version, staged_ok=staged_ok)
+            return copies, bool(check(self._state_of(copies), encoder_version))
 
     def _state_of(self, copies: _Copies, staged_items: int = 0) -> EncoderState:
         return EncoderState(copies.serving, copies.staged, staged_items)
@@ -318,7 +321,7 @@ class ClientVectorStore:
 
     def list_items(self, encoder_version: str | None, offset: str, limit: int) -> tuple[list[Item], str]:
         validate_limit(limit, max_limit=1000)
-        copies, staged = self._checked_copies(encoder_version, staged_ok=True)
+        copies, staged = self._checked_copies(encoder_version, staged=True)
         collection = copies.staged_collection if staged and copies.staged_collection else copies.serving_collection
         start: models.ExtendedPointId | None = None
         if offset:
@@ -471,17 +474,18 @@ class ClientVectorStore:
 
     # -- items ---------------------------------------------------------------------------------------------
 
-    def upsert_items(self, items: Sequence[Item], encoder_version: str | None = None) -> int:
+    def upsert_items(self, items: Sequence[Item], encoder_version: str | None = None, staged: bool = False) -> int:
         valid = validate_items(items, self._dimension, self._schema)
         if not valid:
             return 0
         ids = _item_pids(item.item_id for item in valid)
         # Read fresh: a write of one encoder's vectors must not land in the other's copy after a switch.
         copies = self._read_copies()
-        staged = check_encoder(self._state_of(copies), encoder_version, staged_ok=True)
-        if staged and copies.staged_collection is not None:
+        if staged:
+            check_staged(self._state_of(copies), encoder_version)
             written = self._upsert_staged(copies, valid)
         else:
+            check_encoder(self._state_of(copies), encoder_version)
             with self._engine():
                 existing = {
                     payload_item_id(r.payload): popularity_of(r.payload)
@@ -566,7 +570,7 @@ class ClientVectorStore:
         encoder_version: str | None = None,
     ) -> list[Item]:
         wanted = validate_ids(ids, "item id")
-        copies, _ = self._checked_copies(encoder_version, staged_ok=False)
+        copies, _ = self._checked_copies(encoder_version)
         with self._engine():
             records = self._client.retrieve(
                 copies.serving_collection,
@@ -608,7 +612,7 @@ class ClientVectorStore:
             )
             for q in queries
         ]
-        copies, _ = self._checked_copies(encoder_version, staged_ok=False)
+        copies, _ = self._checked_copies(encoder_version)
         with self._engine():
             responses = self._client.query_batch_points(copies.serving_collection, requests=requests)
         return [

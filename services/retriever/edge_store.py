@@ -99,6 +99,7 @@ from services.retriever.store import (
     as_vector,
     check_caught_up,
     check_encoder,
+    check_staged,
     encoder_label,
     float32_vector,
     in_requested_order,
@@ -109,6 +110,7 @@ from services.retriever.store import (
     payload_item_id,
     popularity_of,
     public_payload,
+    reads_staged,
     scored_item,
     unique,
     user_point_id,
@@ -472,16 +474,18 @@ class EdgeVectorStore:
 
     # -- items ---------------------------------------------------------------------------------------------
 
-    def upsert_items(self, items: Sequence[Item], encoder_version: str | None = None) -> int:
+    def upsert_items(self, items: Sequence[Item], encoder_version: str | None = None, staged: bool = False) -> int:
         valid = validate_items(items, self._dimension, self._schema)
         if not valid:
             return 0
         with self._write_lock:
             self._check_open()
-            to_staged = check_encoder(self._encoder_state(), encoder_version, staged_ok=True)
-            if to_staged and self._staged is not None:
+            if staged:
+                check_staged(self._encoder_state(), encoder_version)
+                assert self._staged is not None
                 written = self._upsert_staged(self._staged[2], valid)
             else:
+                check_encoder(self._encoder_state(), encoder_version)
                 ids = _item_pids(item.item_id for item in valid)
                 existing = {
                     payload_item_id(r.payload): popularity_of(r.payload) for r in self._items.retrieve(ids, True, False)
@@ -556,7 +560,7 @@ class EdgeVectorStore:
         wanted = validate_ids(ids, "item id")
         with self._rw.read():
             self._check_open()
-            check_encoder(self._encoder_state(), encoder_version, staged_ok=False)
+            check_encoder(self._encoder_state(), encoder_version)
             point_ids = _item_pids(unique(wanted))
             records = self._items.retrieve(point_ids, True, with_vectors)
         by_id = {
@@ -596,7 +600,7 @@ class EdgeVectorStore:
         ]
         with self._rw.read():
             self._check_open()
-            check_encoder(self._encoder_state(), encoder_version, staged_ok=False)
+            check_encoder(self._encoder_state(), encoder_version)
             switches = self._switches
             results = self._items.query_batch(QueryBatchRequest(requests))
         point_ids = list(dict.fromkeys(p.id for points in results for p in points))
@@ -815,7 +819,7 @@ class EdgeVectorStore:
         validate_limit(limit, max_limit=1000)
         with self._rw.read():
             self._check_open()
-            staged = check_encoder(self._encoder_state(), encoder_version, staged_ok=True)
+            staged = reads_staged(self._encoder_state(), encoder_version)
             shard = self._staged[2] if staged and self._staged is not None else self._items
             start = None if not offset else _point_id_from_token(offset)
             request = ScrollRequest(offset=start, limit=limit, with_payload=True, with_vector=False)

@@ -127,9 +127,11 @@ class Retrieval:
             )
         feedback.validate_impression(impression)
 
-    async def upsert_items(self, items: Sequence[Item], encoder_version: str | None = None) -> int:
+    async def upsert_items(
+        self, items: Sequence[Item], encoder_version: str | None = None, staged: bool = False
+    ) -> int:
         self._check_batch(len(items), "items")
-        written = await self._run(self.store.upsert_items, items, encoder_version)
+        written = await self._run(self.store.upsert_items, items, encoder_version, staged)
         self._quiet_since = time.monotonic()
         await self.check_index()
         return written

@@ -162,7 +162,8 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         items = _upserted_items(request)
         self._catalogs.default.check_upsert(items)  # a bad batch creates no catalog
         retrieval = await self._catalogs.for_write(request.catalog)
-        return pb.UpsertItemsResponse(upserted=await retrieval.upsert_items(items, _encoder(request)))
+        written = await retrieval.upsert_items(items, _encoder(request), request.staged)
+        return pb.UpsertItemsResponse(upserted=written)
 
     async def DeleteItems(
         self, request: pb.DeleteItemsRequest, context: grpc.aio.ServicerContext

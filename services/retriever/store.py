@@ -244,19 +244,35 @@ def encoder_label(version: str | None) -> str:
     return "the base encoder" if version == "" else f"encoder {version!r}"
 
 
-def check_encoder(state: EncoderState, version: str | None, *, staged_ok: bool) -> bool:
-    """Whether vectors of ``version`` belong to the staged copy (False: the serving one); None is unchecked
-    (callers from before encoder versions). EncoderMismatchError when neither copy holds that encoder's."""
-    if version is None or version == state.serving:
-        return False
-    if staged_ok and version == state.staged:
+def check_encoder(state: EncoderState, version: str | None) -> None:
+    """EncoderMismatchError unless vectors of ``version`` belong to the served copy (None: unchecked, callers
+    from before encoder versions)."""
+    if version is not None and version != state.serving:
+        staged = "" if state.staged is None else f" (staged: {encoder_label(state.staged)})"
+        raise EncoderMismatchError(
+            f"vectors of {encoder_label(version)} sent, but this catalog serves {encoder_label(state.serving)}"
+            f"{staged}: embed with the serving encoder and send again",
+            state.serving,
+        )
+
+
+def check_staged(state: EncoderState, version: str | None) -> None:
+    """FailedPreconditionError unless ``version`` names the staged copy (a reindex writing into it)."""
+    if state.staged is None or version != state.staged:
+        raise FailedPreconditionError(
+            f"no staged copy of {encoder_label(version)} in this catalog (it serves {encoder_label(state.serving)}"
+            + ("" if state.staged is None else f", {encoder_label(state.staged)} is staged")
+            + "): stage it with StageEncoder (`recsys reindex`) first"
+        )
+
+
+def reads_staged(state: EncoderState, version: str | None) -> bool:
+    """Whether a read naming ``version`` (None: the served copy) reads the staged copy; EncoderMismatchError
+    when neither copy is that encoder's."""
+    if version is not None and version != state.serving and version == state.staged:
         return True
-    held = encoder_label(state.serving) + ("" if state.staged is None else f" (staged: {encoder_label(state.staged)})")
-    raise EncoderMismatchError(
-        f"vectors of {encoder_label(version)} sent, but this catalog serves {held}: embed with the serving "
-        f"encoder and send again",
-        state.serving,
-    )
+    check_encoder(state, version)
+    return False
 
 
 def check_caught_up(version: str, served: int, staged: int, ahead: int) -> None:
@@ -295,9 +311,11 @@ class VectorStore(Protocol):
     @property
     def index_ready(self) -> bool: ...
 
-    def upsert_items(self, items: Sequence[Item], encoder_version: str | None = None) -> int:
-        """Writes the items into the copy of ``encoder_version``'s vectors (serving or staged; None: serving,
-        unchecked); EncoderMismatchError when neither copy is that encoder's."""
+    def upsert_items(self, items: Sequence[Item], encoder_version: str | None = None, staged: bool = False) -> int:
+        """Writes the items into the served copy, whose encoder ``encoder_version`` must be (None: unchecked;
+        EncoderMismatchError otherwise), or with ``staged`` into the staged copy, whose encoder it must be
+        (FailedPreconditionError otherwise); the staged copy takes only items the served one holds. Returns how
+        many were written."""
         ...
 
     def delete_items(self, ids: Sequence[str]) -> int:

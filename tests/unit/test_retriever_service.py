@@ -222,7 +222,7 @@ class _BuildingStore:
         self.starts += 1
         return not self.busy
 
-    def upsert_items(self, items: object, encoder_version: str | None = None) -> int:
+    def upsert_items(self, items: object, encoder_version: str | None = None, staged: bool = False) -> int:
         return 1
 
     def close(self) -> None:

@@ -955,10 +955,10 @@ def test_a_staged_copy_switches_at_once_and_rolls_back(factory: Factory) -> None
     assert refused.value.serving == ""
 
     again = _reembedded(items, seed=7)
-    store.upsert_items(again[:-1], encoder_version="v2")
+    store.upsert_items(again[:-1], encoder_version="v2", staged=True)
     with pytest.raises(FailedPreconditionError, match="holds 11 items, the served one 12"):
         store.switch_encoder("v2")
-    store.upsert_items(again[-1:], encoder_version="v2")
+    store.upsert_items(again[-1:], encoder_version="v2", staged=True)
     store.delete_items([items[5].item_id])  # reaches both copies
     store.append_user_events("w", [UserEvent(items[2].item_id, "purchase", 3.0)])  # popularity reaches both
     assert store.encoders().staged_items == 11
@@ -986,18 +986,20 @@ def test_a_staged_copy_switches_at_once_and_rolls_back(factory: Factory) -> None
     # A served write after the switch is ahead of the kept copy until the kept copy takes the same item; an item
     # the served copy does not hold never enters the kept copy alone. Then rolling back serves it again, whole.
     late = {"title": "late", ITEM_TEXT_FIELD: "late text"}
-    assert store.upsert_items([Item("ghost", items[0].vector, late)], encoder_version="") == 0
+    with pytest.raises(EncoderMismatchError):  # a caller that has not seen the switch is told, not written aside
+        store.upsert_items([Item("late", items[0].vector, late)], encoder_version="")
+    assert store.upsert_items([Item("ghost", items[0].vector, late)], encoder_version="", staged=True) == 0
     store.upsert_items([Item("late", again[0].vector, late)], encoder_version="v2")
     with pytest.raises(FailedPreconditionError, match="holds 11 items, the served one 12; 1 served items were"):
         store.switch_encoder("")
-    store.upsert_items([Item("late", items[0].vector, late)], encoder_version="")
+    store.upsert_items([Item("late", items[0].vector, late)], encoder_version="", staged=True)
     store.upsert_items([Item(items[1].item_id, again[1].vector, {"title": "renamed"})], encoder_version="v2")
     with pytest.raises(FailedPreconditionError, match="1 served items were written after the staged copy took"):
         store.switch_encoder("")
-    store.upsert_items([Item(items[1].item_id, items[1].vector, {"title": "stale"})], encoder_version="")
+    store.upsert_items([Item(items[1].item_id, items[1].vector, {"title": "stale"})], encoder_version="", staged=True)
     with pytest.raises(FailedPreconditionError, match="1 served items were written after"):
         store.switch_encoder("")  # the kept copy took another payload than the served one holds: still ahead
-    store.upsert_items([Item(items[1].item_id, items[1].vector, {"title": "renamed"})], encoder_version="")
+    store.upsert_items([Item(items[1].item_id, items[1].vector, {"title": "renamed"})], encoder_version="", staged=True)
     assert store.switch_encoder("") == EncoderState("", "v2", 12)
     assert [h.item_id for h in store.search([query], encoder_version="")[0]] == [h.item_id for h in served_before]
     assert store.drop_staged_encoder("v2") == EncoderState("")
@@ -1012,7 +1014,7 @@ def test_the_served_encoder_survives_a_restart(factory: Factory, backend: str) -
     items = make_catalogue(6)
     store.upsert_items(items)
     store.stage_encoder("v2")
-    store.upsert_items(_reembedded(items, seed=3), encoder_version="v2")
+    store.upsert_items(_reembedded(items, seed=3), encoder_version="v2", staged=True)
     store.switch_encoder("v2")
     store.close()
     reopened = factory()

@@ -148,16 +148,18 @@ class ScoredItem(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., payload: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., vector: _Optional[_Iterable[float]] = ..., payload_json: _Optional[bytes] = ..., vector_f32: _Optional[bytes] = ...) -> None: ...
 
 class UpsertItemsRequest(_message.Message):
-    __slots__ = ("items", "catalog", "encoder_version", "texts")
+    __slots__ = ("items", "catalog", "encoder_version", "texts", "staged")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     CATALOG_FIELD_NUMBER: _ClassVar[int]
     ENCODER_VERSION_FIELD_NUMBER: _ClassVar[int]
     TEXTS_FIELD_NUMBER: _ClassVar[int]
+    STAGED_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[Item]
     catalog: str
     encoder_version: str
     texts: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., catalog: _Optional[str] = ..., encoder_version: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ...) -> None: ...
+    staged: bool
+    def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., catalog: _Optional[str] = ..., encoder_version: _Optional[str] = ..., texts: _Optional[_Iterable[str]] = ..., staged: _Optional[bool] = ...) -> None: ...
 
 class UpsertItemsResponse(_message.Message):
     __slots__ = ("upserted",)
