@@ -11,18 +11,18 @@ import pytest
 
 from services.console.config import ConsoleSettings
 from tests.contract.test_manifests import (
-    BACKENDS,
+    CALL_GRAPH,
     DEPLOY,
     K8S_VERSION,
     OUTSIDE,
     PORTS,
-    QDRANT_PORTS,
     SERVICES,
     UID,
     Manifests,
     _allowed,
     _read_kustomization_files,
     _selects,
+    reachable,
     render,
     render_prod_with,
 )
@@ -101,23 +101,10 @@ def test_the_experiments_file_comes_from_an_optional_configmap(component: Manife
 
 def test_the_console_reaches_only_the_gateway_and_the_retriever(rendered: Manifests) -> None:
     policies = rendered.of_kind("NetworkPolicy")
-    apps = {svc: rendered.pod_labels(svc) for svc in (*SERVICES, "console")}
-    apps["qdrant"] = rendered.pod_labels("qdrant", "StatefulSet")
-    ports = {svc: [PORTS[svc]] for svc in SERVICES} | {"qdrant": list(QDRANT_PORTS.values())}
-    ports["console"] = [CONSOLE_PORT]
-
-    expected = {(OUTSIDE, "gateway", PORTS["gateway"]), (OUTSIDE, "console", CONSOLE_PORT)}
-    expected |= {("gateway", b, PORTS[b]) for b in BACKENDS}
+    console = rendered.pod_labels("console")
+    expected = CALL_GRAPH | {(OUTSIDE, "console", CONSOLE_PORT)}
     expected |= {("console", "gateway", PORTS["gateway"]), ("console", "retriever", PORTS["retriever"])}
-    expected |= {("retriever", "qdrant", QDRANT_PORTS["http"]), ("retriever", "qdrant", QDRANT_PORTS["grpc"])}
-    expected |= {("qdrant", "qdrant", p) for p in QDRANT_PORTS.values()}
-    allowed = set()
-    for src in [OUTSIDE, *apps]:
-        for dst, dst_ports in ports.items():
-            for port in dst_ports:
-                egress = src == OUTSIDE or _allowed(policies, "Egress", apps[src], dst, apps[dst], port)
-                if egress and _allowed(policies, "Ingress", apps[dst], src, apps.get(src), port):
-                    allowed.add((src, dst, port))
+    allowed = reachable(rendered, {"console": console}, {"console": [CONSOLE_PORT]})
     assert allowed == expected, f"extra: {sorted(allowed - expected)}; missing: {sorted(expected - allowed)}"
-    assert _allowed(policies, "Egress", apps["console"], OUTSIDE, None, 53, "UDP"), "DNS"
-    assert not _allowed(policies, "Egress", apps["console"], OUTSIDE, None, 443), "no egress to the world"
+    assert _allowed(policies, "Egress", console, OUTSIDE, None, 53, "UDP"), "DNS"
+    assert not _allowed(policies, "Egress", console, OUTSIDE, None, 443), "no egress to the world"

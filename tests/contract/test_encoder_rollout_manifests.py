@@ -21,11 +21,11 @@ from services.embedding.config import EmbeddingSettings
 from services.embedding.versions import ENCODERS_DIR
 from tests.contract.test_manifests import (
     BACKENDS,
+    CALL_GRAPH,
     DEPLOY,
     K8S_VERSION,
     OUTSIDE,
     PORTS,
-    QDRANT_PORTS,
     SERVICES,
     UID,
     Doc,
@@ -34,6 +34,7 @@ from tests.contract.test_manifests import (
     _load_yaml_docs,
     _read_kustomization_files,
     _selects,
+    reachable,
     render,
     render_prod_with,
 )
@@ -269,23 +270,9 @@ def _job_labels(manifests: Manifests) -> dict[str, str]:
 def test_the_reindex_pods_reach_exactly_the_four_backends(request: pytest.FixtureRequest, source: str) -> None:
     rendered: Manifests = request.getfixturevalue(source)
     policies = rendered.of_kind("NetworkPolicy")
-    apps = {svc: rendered.pod_labels(svc) for svc in SERVICES}
-    apps["qdrant"] = rendered.pod_labels("qdrant", "StatefulSet")
-    apps["reindex"] = _job_labels(rendered)
-    ports = {svc: [PORTS[svc]] for svc in SERVICES} | {"qdrant": list(QDRANT_PORTS.values())}
-
-    expected = {(OUTSIDE, "gateway", PORTS["gateway"])}
-    expected |= {("gateway", b, PORTS[b]) for b in BACKENDS}
-    expected |= {("reindex", b, PORTS[b]) for b in BACKENDS}
-    expected |= {("retriever", "qdrant", QDRANT_PORTS["http"]), ("retriever", "qdrant", QDRANT_PORTS["grpc"])}
-    expected |= {("qdrant", "qdrant", p) for p in QDRANT_PORTS.values()}
-    allowed = set()
-    for src in [OUTSIDE, *apps]:
-        for dst, dst_ports in ports.items():
-            for port in dst_ports:
-                egress = src == OUTSIDE or _allowed(policies, "Egress", apps[src], dst, apps[dst], port)
-                if egress and _allowed(policies, "Ingress", apps[dst], src, apps.get(src), port):
-                    allowed.add((src, dst, port))
+    apps = {svc: rendered.pod_labels(svc) for svc in SERVICES} | {"reindex": _job_labels(rendered)}
+    expected = CALL_GRAPH | {("reindex", b, PORTS[b]) for b in BACKENDS}
+    allowed = reachable(rendered, {"reindex": apps["reindex"]}, {})
     assert allowed == expected, f"extra: {sorted(allowed - expected)}; missing: {sorted(expected - allowed)}"
     assert _allowed(policies, "Egress", apps["reindex"], OUTSIDE, None, 53, "UDP"), "DNS"
     assert not _allowed(policies, "Egress", apps["reindex"], OUTSIDE, None, 443), "no egress to the world"

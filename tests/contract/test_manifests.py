@@ -545,29 +545,44 @@ def _allowed(
     return not isolated
 
 
+# The calls the suite makes with the network policies on; components add theirs to it.
+CALL_GRAPH = (
+    {(OUTSIDE, "gateway", PORTS["gateway"])}
+    | {("gateway", b, PORTS[b]) for b in BACKENDS}
+    | {("retriever", "qdrant", QDRANT_PORTS["http"]), ("retriever", "qdrant", QDRANT_PORTS["grpc"])}
+    | {("qdrant", "qdrant", p) for p in QDRANT_PORTS.values()}
+)
+
+
+def reachable(
+    manifests: Manifests, extra_apps: dict[str, dict[str, str]], extra_ports: dict[str, list[int]]
+) -> set[tuple[str, str, int]]:
+    """Every (source, destination, port) the rendered NetworkPolicies let through, between the five services,
+    Qdrant, the outside and ``extra_apps`` (pod labels by name), over each one's ports (``extra_ports`` for the
+    extra apps that listen)."""
+    policies = manifests.of_kind("NetworkPolicy")
+    apps = {svc: manifests.pod_labels(svc) for svc in SERVICES}
+    apps["qdrant"] = manifests.pod_labels("qdrant", "StatefulSet")
+    apps |= extra_apps
+    ports = {svc: [PORTS[svc]] for svc in SERVICES} | {"qdrant": list(QDRANT_PORTS.values())} | extra_ports
+    allowed = set()
+    for src in [OUTSIDE, *apps]:
+        for dst, dst_ports in ports.items():
+            for port in dst_ports:
+                egress = src == OUTSIDE or _allowed(policies, "Egress", apps[src], dst, apps[dst], port)
+                if egress and _allowed(policies, "Ingress", apps[dst], src, apps.get(src), port):
+                    allowed.add((src, dst, port))
+    return allowed
+
+
 def test_network_policies_allow_exactly_the_call_graph() -> None:
     manifests = Manifests("prod", render("prod"))
     policies = manifests.of_kind("NetworkPolicy")
     assert policies, "prod includes components/network-policies"
     apps = {svc: manifests.pod_labels(svc) for svc in SERVICES}
     apps["qdrant"] = manifests.pod_labels("qdrant", "StatefulSet")
-    ports = {svc: [PORTS[svc]] for svc in SERVICES} | {"qdrant": list(QDRANT_PORTS.values())}
-
-    expected = {(OUTSIDE, "gateway", PORTS["gateway"])}
-    expected |= {("gateway", b, PORTS[b]) for b in BACKENDS}
-    expected |= {("retriever", "qdrant", QDRANT_PORTS["http"]), ("retriever", "qdrant", QDRANT_PORTS["grpc"])}
-    expected |= {("qdrant", "qdrant", p) for p in QDRANT_PORTS.values()}
-
-    allowed = set()
-    for src in [OUTSIDE, *apps]:
-        for dst, dst_ports in ports.items():
-            for port in dst_ports:
-                src_labels = apps.get(src)
-                egress = src == OUTSIDE or _allowed(policies, "Egress", apps[src], dst, apps[dst], port)
-                ingress = _allowed(policies, "Ingress", apps[dst], src, src_labels, port)
-                if egress and ingress:
-                    allowed.add((src, dst, port))
-    assert allowed == expected, f"extra: {sorted(allowed - expected)}; missing: {sorted(expected - allowed)}"
+    allowed = reachable(manifests, {}, {})
+    assert allowed == CALL_GRAPH, f"extra: {sorted(allowed - CALL_GRAPH)}; missing: {sorted(CALL_GRAPH - allowed)}"
 
     for app, labels in apps.items():
         assert _allowed(policies, "Egress", labels, OUTSIDE, None, 53, "UDP"), f"{app}: DNS egress"
