@@ -46,6 +46,10 @@ class MicroBatcher(Generic[T, R]):
     whose caller's deadline (the current call's, from the request context) ends before the work ahead of it
     can be done at the measured rate; and requests whose caller gave up or whose deadline passed while
     they waited are dropped before they reach the model, so a saturated service spends no time on them.
+
+    With `chunk_items`, a batch runs as executor tasks of at most that many items, one after the other: work
+    that another batcher hands the same one-thread executor meanwhile runs between two chunks instead of after
+    the whole batch.
     """
 
     def __init__(
@@ -58,8 +62,10 @@ class MicroBatcher(Generic[T, R]):
         on_batch: Callable[[BatchStats], None] | None = None,
         cost: Callable[[T], int] | None = None,
         max_batch_cost: int | None = None,
+        chunk_items: int | None = None,
     ) -> None:
         self._run_batch = run_batch
+        self._chunk_items = chunk_items
         self._cost = cost
         self._max_batch_cost = max_batch_cost if cost is not None else None
         self._on_batch = on_batch
@@ -118,6 +124,16 @@ class MicroBatcher(Generic[T, R]):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
 
+    async def _run(self, items: list[T]) -> list[R]:
+        loop = asyncio.get_running_loop()
+        chunk = self._chunk_items
+        if chunk is None or len(items) <= chunk:
+            return await loop.run_in_executor(self._executor, self._run_batch, items)
+        results: list[R] = []
+        for start in range(0, len(items), chunk):
+            results.extend(await loop.run_in_executor(self._executor, self._run_batch, items[start : start + chunk]))
+        return results
+
     async def _gather(self) -> list[_Pending[T, R]]:
         first = self._carried or await self._queue.get()
         self._carried = None
@@ -175,7 +191,7 @@ class MicroBatcher(Generic[T, R]):
             started = loop.time()
             self._running_items = len(items)
             try:
-                results = await loop.run_in_executor(self._executor, self._run_batch, items)
+                results = await self._run(items)
             except Exception as error:
                 for pending in batch:
                     if not pending.future.done():

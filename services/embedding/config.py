@@ -78,7 +78,9 @@ class EmbeddingSettings(ServiceSettings):
         "request runs at once).",
     )
     max_queued_texts: int = Field(
-        4096, ge=1, description="Waiting texts (per encoder held) beyond this: RESOURCE_EXHAUSTED."
+        4096,
+        ge=1,
+        description="Waiting texts (per encoder held, queries and bulk requests each) beyond this: RESOURCE_EXHAUSTED.",
     )
     max_texts_per_request: int = Field(1024, ge=1, description="Most texts in one EmbedTexts call.")
     max_text_chars: int = Field(65_536, ge=1, description="Longest text accepted, in characters.")

@@ -6,7 +6,11 @@ token budget; the encoder's own thread sorts each batch by length and runs it in
 sub-batches.
 
 During a rollout it holds two encoders (the current one and a version asked for by name, loaded once, on a thread
-of its own, on first use); both feed the one model thread, so they never compete for the cores."""
+of its own, on first use); both feed the one model thread, so they never compete for the cores.
+
+Each encoder has two lanes to that thread. Requests of a few texts (queries) join the interactive lane, whose
+batches run whole; larger ones (ingestion, a reindex) join the bulk lane, whose batches run a few texts at a time,
+so a query waits for at most that much bulk work, not for a whole bulk batch."""
 
 from __future__ import annotations
 
@@ -24,6 +28,12 @@ from services.embedding.versions import BASE_VERSION
 
 # The name that asks for the base model whatever the current encoder is ("" asks for the current one).
 BASE_NAME = "base"
+# Requests of at most this many texts take the interactive lane (a query is one text; the gateway's item batches
+# are far larger).
+INTERACTIVE_TEXTS = 8
+# A bulk batch runs on the model thread this many texts at a time: what a query may wait behind (bench/reindex.py:
+# 32 texts, one CPU forward pass, left queries waiting ~150-350 ms on two cores while a reindex ran).
+BULK_CHUNK_TEXTS = 8
 
 
 class Encoder(Protocol):
@@ -79,7 +89,11 @@ class Embedded:
 @dataclass(frozen=True)
 class _Loaded:
     encoder: Encoder
-    batcher: MicroBatcher[Prepared, EncodedText]
+    interactive: MicroBatcher[Prepared, EncodedText]
+    bulk: MicroBatcher[Prepared, EncodedText]
+
+    def lane(self, texts: int) -> MicroBatcher[Prepared, EncodedText]:
+        return self.interactive if texts <= INTERACTIVE_TEXTS else self.bulk
 
 
 class Embedder:
@@ -124,17 +138,20 @@ class Embedder:
                 return encoder.encode_tokens([i for i in items if isinstance(i, TokenizedText)])
             return encoder.encode([i for i in items if isinstance(i, str)])
 
-        batcher: MicroBatcher[Prepared, EncodedText] = MicroBatcher(
-            run,
-            self._executor,
-            self.max_batch_size,
-            self._max_batch_wait_s,
-            self._max_queued_texts,
-            self._on_batch,
-            cost=_cost,
-            max_batch_cost=self.max_batch_tokens or None,
-        )
-        return _Loaded(encoder, batcher)
+        def lane(chunk_items: int | None) -> MicroBatcher[Prepared, EncodedText]:
+            return MicroBatcher(
+                run,
+                self._executor,
+                self.max_batch_size,
+                self._max_batch_wait_s,
+                self._max_queued_texts,
+                self._on_batch,
+                cost=_cost,
+                max_batch_cost=self.max_batch_tokens or None,
+                chunk_items=chunk_items,
+            )
+
+        return _Loaded(encoder, interactive=lane(None), bulk=lane(BULK_CHUNK_TEXTS))
 
     @property
     def encoder(self) -> Encoder:
@@ -211,8 +228,9 @@ class Embedder:
         version (NotFoundError when there is none by that name)."""
         self.validate(texts)
         name, loaded = await self._resolve(version)
-        loaded.batcher.admit(len(texts))  # refuse overload before spending the tokenisation
-        items = await loaded.batcher.submit(await self._prepare(loaded.encoder, texts))
+        lane = loaded.lane(len(texts))
+        lane.admit(len(texts))  # refuse overload before spending the tokenisation
+        items = await lane.submit(await self._prepare(loaded.encoder, texts))
         return Embedded(name, loaded.encoder.model_id, items)
 
     async def warm_up(self) -> None:
@@ -220,7 +238,8 @@ class Embedder:
 
     async def close(self) -> None:
         for loaded in self._loaded.values():
-            await loaded.batcher.close()
+            await loaded.interactive.close()
+            await loaded.bulk.close()
         self._executor.shutdown(wait=True)
         if self._tokenizer_pool is not None:
             self._tokenizer_pool.shutdown(wait=True)

@@ -67,6 +67,26 @@ async def test_micro_batcher_joins_concurrent_requests() -> None:
     await batcher.close()
 
 
+async def test_a_chunked_batch_lets_another_lane_run_between_its_chunks() -> None:
+    ran: list[str] = []
+
+    def run(items: list[str]) -> list[str]:
+        ran.append(",".join(items))
+        time.sleep(0.05)
+        return items
+
+    model = ThreadPoolExecutor(1)  # one thread for both lanes, as the embedding service's model thread
+    bulk: MicroBatcher[str, str] = MicroBatcher(run, model, 64, 0.0, 100, chunk_items=2)
+    interactive: MicroBatcher[str, str] = MicroBatcher(run, model, 64, 0.0, 100)
+    bulk_done = asyncio.ensure_future(bulk.submit([f"b{n}" for n in range(6)]))
+    await asyncio.sleep(0.02)  # the first chunk is running
+    assert await interactive.submit(["query"]) == ["query"]
+    assert await bulk_done == [f"b{n}" for n in range(6)]
+    assert ran == ["b0,b1", "query", "b2,b3", "b4,b5"]
+    await bulk.close()
+    await interactive.close()
+
+
 async def test_micro_batcher_waits_for_company_only_after_a_shared_batch() -> None:
     """A lone caller's request runs at once however long max_wait is; once requests have shared a batch, the
     next batch waits for more, and requests already queued always join."""
