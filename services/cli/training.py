@@ -119,7 +119,8 @@ def train_and_publish(
 
     With ``tuning`` the encoder is adapted to the training interactions too and a second ranker trained on its
     vectors; the adapted one is published (its encoder written to ``checkpoint_dir/encoders/<version>``, named in
-    the checkpoint) only when its whole-model validation NDCG@10 beats the frozen one's beyond noise."""
+    the checkpoint, and returned) beside the frozen one only when its whole-model validation NDCG@10 beats the
+    frozen one's beyond noise."""
     root = catalog_root(checkpoint_dir, catalog)
     leader = distributed.is_leader()
     if leader:
@@ -134,17 +135,20 @@ def train_and_publish(
     step = "training the ranker (epochs, then the item graph and fusion weights chosen on validation)"
     with heartbeat(step) if leader else nullcontext():
         result = train_ranker(dataset, (ids, vectors), config, progress=leader)
-    encoder_version = BASE_VERSION
     if tuning is not None and distributed.rank_and_size()[1] > 1:
         # Every process would adapt its own copy; the vectors the ranker trains on must be one.
         print("adapting the encoder is skipped under torchrun: run `recsys train` in one process", file=sys.stderr)
     elif tuning is not None:
-        result, encoder_version = _adapted_if_it_pays(dataset, result, checkpoint_dir, config, tuning)
+        adapted, encoder_version = _adapted_if_it_pays(dataset, result, checkpoint_dir, config, tuning)
         if encoder_version:
-            model_id = f"{base_model_id(EmbeddingSettings())}@{encoder_version}"
-    path = (
-        save_checkpoint(root, result, embedding_model_id=model_id, encoder_version=encoder_version) if leader else None
-    )
+            # Both: the catalog serves the base encoder's vectors until a reindex moves it, and its model stays
+            # current meanwhile; the adapted one (published last, the newest) scores once the catalog has moved.
+            save_checkpoint(root, result, embedding_model_id=model_id, encoder_version=BASE_VERSION)
+            adapted_id = f"{base_model_id(EmbeddingSettings())}@{encoder_version}"
+            return save_checkpoint(
+                root, adapted, embedding_model_id=adapted_id, encoder_version=encoder_version
+            ), adapted
+    path = save_checkpoint(root, result, embedding_model_id=model_id, encoder_version=BASE_VERSION) if leader else None
     return path, result
 
 

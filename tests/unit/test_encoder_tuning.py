@@ -18,7 +18,7 @@ from services.embedding.config import EmbeddingSettings
 from services.embedding.encoder import default_model_path
 from services.embedding.versions import ENCODERS_DIR, METADATA_FILE, EncoderMetadata, list_versions
 from services.ranker.checkpoints import METADATA_FILE as CHECKPOINT_METADATA
-from services.ranker.checkpoints import CheckpointMetadata
+from services.ranker.checkpoints import CheckpointMetadata, list_checkpoints
 from services.ranker.encoder_tuning import (
     CachedItems,
     TunedEncoder,
@@ -111,6 +111,12 @@ def test_train_publishes_an_adapted_encoder_only_where_it_pays(
     metadata = CheckpointMetadata.from_file(path / CHECKPOINT_METADATA)
     (version,) = list_versions(checkpoints / ENCODERS_DIR)
     assert metadata.encoder_version == version
+    # The frozen one is published beside it, for the catalog that still serves the base encoder; the adapted
+    # one is the newest.
+    published = [
+        CheckpointMetadata.from_file(p / CHECKPOINT_METADATA).encoder_version for p in list_checkpoints(checkpoints)
+    ]
+    assert published == [version, "", ""]
     assert metadata.embedding_model_id == f"sentence-transformers/all-MiniLM-L6-v2@{version}"
     encoder = EncoderMetadata.from_file(checkpoints / ENCODERS_DIR / version / METADATA_FILE)
     assert encoder.base_model == "sentence-transformers/all-MiniLM-L6-v2"
