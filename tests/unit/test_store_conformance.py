@@ -17,7 +17,7 @@ import pytest
 from qdrant_client import QdrantClient, models
 
 from services.common.errors import FailedPreconditionError, InvalidArgumentError
-from services.retriever import feedback
+from services.retriever import client_store, feedback
 from services.retriever.client_store import ClientVectorStore
 from services.retriever.edge_store import EdgeVectorStore
 from services.retriever.store import (
@@ -1039,3 +1039,40 @@ def test_list_items_pages_through_a_copy_with_its_texts(store: VectorStore) -> N
     assert ITEM_TEXT_FIELD not in hit.payload and ITEM_TEXT_FIELD not in store.get_items(["i0"])[0].payload
     with pytest.raises(EncoderMismatchError):
         store.list_items("v9", "", 3)
+
+
+def test_a_replica_that_has_not_seen_a_switch_answers_from_one_copy_and_learns_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Two replicas over one Qdrant (local mode): A switches; B's view of the alias is up to ENCODER_STATE_TTL_S old,
+    # here held old for the whole test, so that what B does before it reads the alias again is what is checked.
+    monkeypatch.setattr(client_store, "ENCODER_STATE_TTL_S", 3600.0)
+    a = ClientVectorStore.local(":memory:", dimension=DIM)
+    b = ClientVectorStore(a.client, dimension=DIM)
+    try:
+        items = make_catalogue(8)
+        a.upsert_items(items)
+        query = SearchQuery(vector=items[2].vector or (), limit=2, with_vectors=True)
+        assert b.search([query], encoder_version="")[0][0].item_id == items[2].item_id  # B has read the alias
+        a.stage_encoder("v2")
+        again = _reembedded(items, seed=5)
+        a.upsert_items(again, encoder_version="v2", staged=True)
+        a.switch_encoder("v2")
+        # Still on its old view, B answers a request stamped with the old encoder from the old copy, whole:
+        # the vectors it returns are all the old encoder's.
+        old = {i.item_id: unit(i.vector) for i in items}
+        for hit in b.search([query], encoder_version="")[0]:
+            np.testing.assert_allclose(hit.vector, old[hit.item_id], atol=1e-5)
+        # A request stamped with the new encoder makes B read the alias again instead of refusing it.
+        new = {i.item_id: unit(i.vector) for i in again}
+        for hit in b.search([query], encoder_version="v2")[0]:
+            np.testing.assert_allclose(hit.vector, new[hit.item_id], atol=1e-5)
+        with pytest.raises(EncoderMismatchError) as refused:
+            b.search([query], encoder_version="")
+        assert refused.value.serving == "v2"
+        # Writes always read the alias: an upsert of the old encoder's vectors is refused at once.
+        with pytest.raises(EncoderMismatchError):
+            b.upsert_items(items[:1], encoder_version="")
+    finally:
+        b.close()
+        a.close()
