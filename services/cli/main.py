@@ -231,8 +231,8 @@ def _train_first_model(args: argparse.Namespace, dataset: Dataset) -> None:
 def command_reindex(args: argparse.Namespace) -> None:
     import grpc
 
-    from services.cli.reindex import Reindexer, ReindexError, encoder_label
-    from services.common.encoders import encoder_from_token
+    from services.cli.reindex import Reindexer, ReindexError
+    from services.common.encoders import encoder_from_token, encoder_label
 
     version = encoder_from_token(args.drop if args.drop is not None else args.encoder)
     addresses = {

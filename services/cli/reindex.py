@@ -21,7 +21,6 @@ from typing import Any
 
 import grpc
 import numpy as np
-from google.protobuf import struct_pb2
 from tqdm import tqdm
 
 from recsys.embedding.v1 import embedding_pb2, embedding_pb2_grpc
@@ -29,19 +28,15 @@ from recsys.preprocessor.v1 import preprocessor_pb2, preprocessor_pb2_grpc
 from recsys.ranker.v1 import ranker_pb2, ranker_pb2_grpc
 from recsys.retriever.v1 import retriever_pb2, retriever_pb2_grpc
 from services.common.attributes import format_attribute_value
-from services.common.encoders import encoder_token
-from services.common.structs import struct_to_dict
-from services.retriever.store import POPULARITY_FIELD, STAGED_BEHIND_FIELD
+from services.common.encoders import encoder_label, encoder_token
+from services.common.structs import dict_to_struct, struct_to_dict
+from services.retriever.store import STAGED_BEHIND_FIELD, item_content
 
 PAGE_SIZE = 1000
 # Rounds of compare-and-catch-up before giving up on a catalog that keeps changing faster than it is embedded.
 MAX_ROUNDS = 10
 # Payload fields the preprocessor reads when an item was stored without its text (written before texts were kept).
 TEXT_FIELDS = ("title", "description", "categories", "brand")
-
-
-def encoder_label(version: str) -> str:
-    return "the base encoder" if not version else f"encoder {version}"
 
 
 class ReindexError(RuntimeError):
@@ -78,15 +73,7 @@ class ReindexReport:
 def _stored(item: retriever_pb2.Item, text: str) -> tuple[StoredCopy, bool]:
     """The item's copy and whether the served copy marks it as written after the staged one took it."""
     payload = struct_to_dict(item.payload)
-    payload.pop(POPULARITY_FIELD, None)
-    ahead = bool(payload.pop(STAGED_BEHIND_FIELD, False))
-    return StoredCopy(payload, text), ahead
-
-
-def _struct(payload: Mapping[str, Any]) -> struct_pb2.Struct:
-    struct = struct_pb2.Struct()
-    struct.update(dict(payload))
-    return struct
+    return StoredCopy(item_content(payload), text), bool(payload.get(STAGED_BEHIND_FIELD))
 
 
 class Reindexer:
@@ -206,7 +193,7 @@ class Reindexer:
         upsert = retriever_pb2.UpsertItemsRequest(
             catalog=self._catalog,
             items=[
-                retriever_pb2.Item(item_id=item_id, vector=vector.tolist(), payload=_struct(copy.payload))
+                retriever_pb2.Item(item_id=item_id, vector=vector.tolist(), payload=dict_to_struct(copy.payload))
                 for (item_id, copy), vector in zip(items, vectors, strict=True)
             ],
             texts=texts,

@@ -15,3 +15,8 @@ def encoder_token(version: str) -> str:
 
 def encoder_from_token(token: str) -> str:
     return "" if token == BASE_TOKEN else token
+
+
+def encoder_label(version: str) -> str:
+    """An encoder version as messages name it."""
+    return "the base encoder" if not version else f"encoder {version}"

@@ -4,6 +4,7 @@ and gives the same result."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from google.protobuf import struct_pb2
@@ -22,3 +23,9 @@ def value_to_python(value: struct_pb2.Value) -> Any:
 
 def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
     return {key: value_to_python(value) for key, value in struct.fields.items()}
+
+
+def dict_to_struct(payload: Mapping[str, Any]) -> struct_pb2.Struct:
+    struct = struct_pb2.Struct()
+    struct.update(dict(payload))
+    return struct

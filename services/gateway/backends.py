@@ -18,7 +18,7 @@ from recsys.retriever.v1 import retriever_pb2, retriever_pb2_grpc
 from services.common.attributes import format_attribute_value
 from services.common.clients import call_timeout, request_metadata
 from services.common.encoders import SERVING_ENCODER_KEY, encoder_from_token, encoder_token
-from services.common.structs import struct_to_dict
+from services.common.structs import dict_to_struct, struct_to_dict
 from services.gateway.model import (
     SERVING_ENCODER,
     BackendUnavailableError,
@@ -85,12 +85,6 @@ def _vector(values: Sequence[float]) -> np.ndarray | None:
 
 def _payload(struct: struct_pb2.Struct) -> dict[str, Any]:
     return struct_to_dict(struct)
-
-
-def _struct(payload: dict[str, Any]) -> struct_pb2.Struct:
-    struct = struct_pb2.Struct()
-    struct.update(payload)
-    return struct
 
 
 def _retriever_filter(item_filter: ItemFilter) -> retriever_pb2.Filter:
@@ -319,7 +313,7 @@ class RetrieverClient:
         request = _stamped(
             retriever_pb2.UpsertItemsRequest(
                 items=[
-                    retriever_pb2.Item(item_id=i.item_id, vector=i.vector.tolist(), payload=_struct(dict(i.payload)))
+                    retriever_pb2.Item(item_id=i.item_id, vector=i.vector.tolist(), payload=dict_to_struct(i.payload))
                     for i in items
                 ],
                 catalog=catalog,

@@ -76,8 +76,9 @@ log = structlog.get_logger(__name__)
 # takes milliseconds after its answer).
 SHOWN_PAGE_WAITS_S = (0.0, 0.02, 0.05, 0.1)
 
-# Payload keys the gateway owns; catalog attributes may not overwrite them.
-RESERVED_KEYS = frozenset({"item_id", "title", "categories", "popularity", "description"})
+# Payload keys the gateway or the retriever owns (the retriever keeps an item's embedded text and whether its
+# staged copy is behind); catalog attributes may not overwrite them.
+RESERVED_KEYS = frozenset({"item_id", "title", "categories", "popularity", "description", "item_text", "staged_behind"})
 
 
 @dataclass(frozen=True)
@@ -289,18 +290,20 @@ class Recommender:
         searches and scores is that encoder's; once more with the new one when the catalog switched meanwhile."""
         if self.encoders is None:
             return await work()
-        for attempt in range(2):
-            token = SERVING_ENCODER.set(await self.encoders.current(catalog))
+
+        async def on(serving: str | None) -> T:
+            token = SERVING_ENCODER.set(serving)
             try:
                 return await work()
-            except EncoderChangedError as changed:
-                self.encoders.changed(catalog, changed.serving)
-                if attempt:
-                    raise
-                log.info("catalog switched encoders during a call; running it again", serving=changed.serving)
             finally:
                 SERVING_ENCODER.reset(token)
-        raise AssertionError("unreachable")
+
+        try:
+            return await on(await self.encoders.current(catalog))
+        except EncoderChangedError as changed:
+            self.encoders.changed(catalog, changed.serving)
+            log.info("catalog switched encoders during a call; running it again", serving=changed.serving)
+            return await on(changed.serving)
 
     # ---- validation ----------------------------------------------------------------------------------
 

@@ -22,6 +22,7 @@ import numpy as np
 import structlog
 
 from services.common.catalogs import DEFAULT_CATALOG, check_catalog
+from services.common.encoders import encoder_label
 from services.common.errors import FailedPreconditionError, InvalidArgumentError, NotFoundError, ServiceError
 from services.ranker.checkpoints import (
     METADATA_FILE,
@@ -62,10 +63,6 @@ ModelKey = tuple[str, str]  # (catalog, version)
 
 def _catalog_label(catalog: str) -> str:
     return "the default catalog" if catalog == DEFAULT_CATALOG else f"catalog {catalog}"
-
-
-def _encoder_label(version: str) -> str:
-    return "the base encoder" if not version else f"encoder {version}"
 
 
 def _no_model(catalog: str) -> FailedPreconditionError:
@@ -207,7 +204,7 @@ class RankingService:
         if version:
             raise FailedPreconditionError(
                 f"ranker model {version} of {_catalog_label(catalog)} was trained on "
-                f"{_encoder_label(loaded.metadata.encoder_version)}'s vectors, not {_encoder_label(encoder)}'s: "
+                f"{encoder_label(loaded.metadata.encoder_version)}'s vectors, not {encoder_label(encoder)}'s: "
                 "pin a model trained on the encoder the catalog serves"
             )
         chosen = self._by_encoder.get((catalog, encoder))
@@ -223,7 +220,7 @@ class RankingService:
         found = next((m for m in described if m.encoder_version == encoder), None)
         if found is None:
             raise FailedPreconditionError(
-                f"no ranker model of {_catalog_label(catalog)} was trained on {_encoder_label(encoder)}'s vectors: "
+                f"no ranker model of {_catalog_label(catalog)} was trained on {encoder_label(encoder)}'s vectors: "
                 "train one (`recsys train`) before switching the catalog to that encoder"
             )
         return found

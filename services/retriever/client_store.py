@@ -55,15 +55,16 @@ from services.retriever.store import (
     check_staged,
     encoder_label,
     in_requested_order,
-    item_content,
     item_payload,
     item_point_id,
+    listed_item,
     not_found,
     payload_item_id,
     popularity_of,
     public_payload,
     reads_staged,
     scored_item,
+    staged_writes,
     unique,
     user_point_id,
     validate_filter,
@@ -335,11 +336,7 @@ class ClientVectorStore:
             records, next_offset = self._client.scroll(
                 collection, limit=limit, offset=start, with_payload=True, with_vectors=False, consistency=CONSISTENT
             )
-        items = [
-            Item(payload_item_id(r.payload), None, {k: v for k, v in (r.payload or {}).items() if k != ITEM_ID_FIELD})
-            for r in records
-        ]
-        return items, "" if next_offset is None else str(next_offset)
+        return [listed_item(r.payload) for r in records], "" if next_offset is None else str(next_offset)
 
     def stage_encoder(self, version: str) -> EncoderState:
         copies = self._read_copies()
@@ -511,10 +508,9 @@ class ClientVectorStore:
         return len(written)
 
     def _upsert_staged(self, copies: _Copies, items: Sequence[Item]) -> list[str]:
-        """Writes into the staged copy the items the served copy holds (one deleted meanwhile is not brought
-        back), each with the served popularity; an item whose payload and text equal the served one's is no
-        longer ahead of its staged copy. Across replicas the read and the clearing are two requests: a served
-        write between them stays ahead only until the reindex's next round finds it by content."""
+        """`staged_writes` into the staged copy; returns the ids written. Across replicas the read and the
+        clearing are two requests: a served write between them stays ahead only until the reindex's next round
+        finds it by content."""
         assert copies.staged_collection is not None
         with self._engine():
             served = {
@@ -523,17 +519,10 @@ class ClientVectorStore:
                     copies.serving_collection, ids=_item_pids(i.item_id for i in items), with_payload=True
                 )
             }
-        kept = [item for item in items if item.item_id in served]
-        payloads = [item_payload(item, popularity_of(served[item.item_id])) for item in kept]
+        kept, payloads, caught_up = staged_writes(items, served)
         points = [
             models.PointStruct(id=item_point_id(i.item_id), vector=list(i.vector or ()), payload=p)
             for i, p in zip(kept, payloads, strict=True)
-        ]
-        caught_up = [
-            item.item_id
-            for item, payload in zip(kept, payloads, strict=True)
-            if served[item.item_id].get(STAGED_BEHIND_FIELD)
-            and item_content(payload) == item_content(served[item.item_id])
         ]
         with self._engine():
             if points:

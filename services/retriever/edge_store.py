@@ -103,15 +103,16 @@ from services.retriever.store import (
     encoder_label,
     float32_vector,
     in_requested_order,
-    item_content,
     item_payload,
     item_point_id,
+    listed_item,
     not_found,
     payload_item_id,
     popularity_of,
     public_payload,
     reads_staged,
     scored_item,
+    staged_writes,
     unique,
     user_point_id,
     validate_filter,
@@ -209,10 +210,7 @@ def to_edge_filter(
                     range=RangeFloat(gte=None if gte is None else float(gte), lte=None if lte is None else float(lte)),
                 )
             )
-        for name, flag in filter.flags.items():
-            # qdrant-edge 0.9.0 turns a Python bool into the integer 0/1 here, which matches no bool value;
-            # numpy's bool reaches the engine as a bool.
-            must.append(FieldCondition(key=name, match=MatchValue(cast(bool, np.bool_(flag)))))
+        must.extend(_flag_is(name, flag) for name, flag in filter.flags.items())
     must_not: list[Any] = [HasIdCondition(set(exclude))] if exclude else []
     if not must and not must_not:
         return None
@@ -508,26 +506,17 @@ class EdgeVectorStore:
         return len(written)
 
     def _upsert_staged(self, staged: EdgeShard, items: Sequence[Item]) -> list[str]:
-        """Writes into the staged copy the items the served copy holds (one deleted meanwhile is not brought
-        back), each with the served popularity; an item whose payload and text equal the served one's is no
-        longer ahead of its staged copy. Under the write lock."""
+        """`staged_writes` into the staged copy, under the write lock; returns the ids written."""
         served = {
             payload_item_id(r.payload): dict(r.payload or {})
             for r in self._items.retrieve(_item_pids(i.item_id for i in items), True, False)
         }
-        kept = [item for item in items if item.item_id in served]
-        payloads = [item_payload(item, popularity_of(served[item.item_id])) for item in kept]
+        kept, payloads, caught_up = staged_writes(items, served)
         staged.update(
             UpdateOperation.upsert_points(
                 [Point(item_point_id(i.item_id), list(i.vector or ()), p) for i, p in zip(kept, payloads, strict=True)]
             )
         )
-        caught_up = [
-            item.item_id
-            for item, payload in zip(kept, payloads, strict=True)
-            if served[item.item_id].get(STAGED_BEHIND_FIELD)
-            and item_content(payload) == item_content(served[item.item_id])
-        ]
         if caught_up:
             only = EdgeFilter(must=[HasIdCondition(set(_item_pids(caught_up)))])
             self._items.update(UpdateOperation.set_payload_by_filter(only, {STAGED_BEHIND_FIELD: False}))
@@ -824,11 +813,7 @@ class EdgeVectorStore:
             start = None if not offset else _point_id_from_token(offset)
             request = ScrollRequest(offset=start, limit=limit, with_payload=True, with_vector=False)
             records, next_offset = shard.scroll(request)
-        items = [
-            Item(payload_item_id(r.payload), None, {k: v for k, v in (r.payload or {}).items() if k != ITEM_ID_FIELD})
-            for r in records
-        ]
-        return items, "" if next_offset is None else str(next_offset)
+        return [listed_item(r.payload) for r in records], "" if next_offset is None else str(next_offset)
 
     def stage_encoder(self, version: str) -> EncoderState:
         with self._write_lock:
@@ -864,7 +849,9 @@ class EdgeVectorStore:
                 )
             serving_count = self._items.count(CountRequest(exact=True))
             staged_count = staged[2].count(CountRequest(exact=True))
-            ahead = self._items.count(CountRequest(exact=True, filter=_flag(STAGED_BEHIND_FIELD)))
+            ahead = self._items.count(
+                CountRequest(exact=True, filter=EdgeFilter(must=[_flag_is(STAGED_BEHIND_FIELD, True)]))
+            )
             check_caught_up(version, serving_count, staged_count, ahead)
             staged[2].flush()
             previous = (self._serving_encoder, self._items_dir, self._items)
@@ -986,9 +973,10 @@ def _point_id_from_token(token: str) -> Any:
         raise InvalidArgumentError(f"offset {token!r} is not one this store returned: start again from ''") from error
 
 
-def _flag(field: str) -> EdgeFilter:
-    # numpy's bool: qdrant-edge 0.9.0 turns a Python bool into the integer 1, which matches no bool (to_edge_filter).
-    return EdgeFilter(must=[FieldCondition(key=field, match=MatchValue(cast(bool, np.bool_(True))))])
+def _flag_is(field: str, value: bool) -> FieldCondition:
+    # qdrant-edge 0.9.0 turns a Python bool into the integer 0/1 here, which matches no bool value; numpy's bool
+    # reaches the engine as a bool.
+    return FieldCondition(key=field, match=MatchValue(cast(bool, np.bool_(value))))
 
 
 def _match(field: str, value: str) -> EdgeFilter:

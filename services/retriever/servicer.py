@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import grpc
@@ -12,10 +12,11 @@ from google.protobuf import struct_pb2
 from recsys.retriever.v1 import retriever_pb2 as pb
 from recsys.retriever.v1 import retriever_pb2_grpc
 from services.common.errors import InvalidArgumentError
-from services.common.structs import struct_to_dict
+from services.common.structs import dict_to_struct, struct_to_dict
 from services.retriever.catalogs import CatalogRegistry
 from services.retriever.store import (
     ITEM_TEXT_FIELD,
+    STAGED_BEHIND_FIELD,
     EncoderState,
     Filter,
     Impression,
@@ -25,12 +26,6 @@ from services.retriever.store import (
     UserEvent,
     UserProfile,
 )
-
-
-def _struct(payload: Mapping[str, Any]) -> struct_pb2.Struct:
-    struct = struct_pb2.Struct()
-    struct.update(dict(payload))
-    return struct
 
 
 def _payload(struct: struct_pb2.Struct) -> dict[str, Any]:
@@ -55,7 +50,7 @@ def to_filter(message: pb.Filter) -> Filter:
 
 def _scored(item: ScoredItem) -> pb.ScoredItem:
     vector = item.vector.tolist() if item.vector is not None else ()
-    return pb.ScoredItem(item_id=item.item_id, score=item.score, payload=_struct(item.payload), vector=vector)
+    return pb.ScoredItem(item_id=item.item_id, score=item.score, payload=dict_to_struct(item.payload), vector=vector)
 
 
 _COMPACT_JSON = json.JSONEncoder(separators=(",", ":"))
@@ -120,6 +115,11 @@ def _upserted_items(request: pb.UpsertItemsRequest) -> list[Item]:
             raise InvalidArgumentError(
                 f"items[{index}].payload uses the reserved name {ITEM_TEXT_FIELD!r}: send the text in texts"
             )
+        if STAGED_BEHIND_FIELD in payload:
+            raise InvalidArgumentError(
+                f"items[{index}].payload uses the reserved name {STAGED_BEHIND_FIELD!r}, which the store keeps: "
+                "rename it"
+            )
         if texts:
             payload[ITEM_TEXT_FIELD] = texts[index]
         items.append(Item(message.item_id, _vector(message.vector), payload))
@@ -177,7 +177,7 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
             list(request.item_ids), request.with_vectors, request.skip_missing, _encoder(request)
         )
         return pb.GetItemsResponse(
-            items=[pb.Item(item_id=i.item_id, vector=i.vector or (), payload=_struct(i.payload)) for i in items]
+            items=[pb.Item(item_id=i.item_id, vector=i.vector or (), payload=dict_to_struct(i.payload)) for i in items]
         )
 
     async def SearchItems(
@@ -274,7 +274,8 @@ class RetrieverServicer(retriever_pb2_grpc.RetrieverServiceServicer):
         return pb.ListItemsResponse(
             items=[
                 pb.Item(
-                    item_id=i.item_id, payload=_struct({k: v for k, v in i.payload.items() if k != ITEM_TEXT_FIELD})
+                    item_id=i.item_id,
+                    payload=dict_to_struct({k: v for k, v in i.payload.items() if k != ITEM_TEXT_FIELD}),
                 )
                 for i in items
             ],

@@ -633,6 +633,28 @@ def public_payload(payload: Mapping[str, Any] | None) -> dict[str, Any]:
     return public
 
 
+def listed_item(payload: Mapping[str, Any] | None) -> Item:
+    """An item as `list_items` gives it: its stored payload (text and marks included) less the id, no vector."""
+    stored = dict(payload or {})
+    return Item(payload_item_id(stored), None, {k: v for k, v in stored.items() if k != ITEM_ID_FIELD})
+
+
+def staged_writes(
+    items: Sequence[Item], served: Mapping[str, Mapping[str, Any]]
+) -> tuple[list[Item], list[dict[str, Any]], list[str]]:
+    """A write into the staged copy, given the served copy's payloads of the items: the items it holds (one
+    deleted meanwhile is not brought back), their payloads with the served popularity, and the ids the served copy
+    marks ahead whose payload and text the write now matches (their mark is cleared)."""
+    kept = [item for item in items if item.item_id in served]
+    payloads = [item_payload(item, popularity_of(served[item.item_id])) for item in kept]
+    caught_up = [
+        item.item_id
+        for item, payload in zip(kept, payloads, strict=True)
+        if served[item.item_id].get(STAGED_BEHIND_FIELD) and item_content(payload) == item_content(served[item.item_id])
+    ]
+    return kept, payloads, caught_up
+
+
 def item_content(payload: Mapping[str, Any] | None) -> dict[str, Any]:
     """What an item's copies must agree on: its payload and text, without what the store keeps per copy."""
     return {

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import grpc
 import numpy as np
@@ -69,17 +70,29 @@ async def test_micro_batcher_joins_concurrent_requests() -> None:
 
 async def test_a_chunked_batch_lets_another_lane_run_between_its_chunks() -> None:
     ran: list[str] = []
+    first_chunk_running, query_queued = threading.Event(), threading.Event()
 
     def run(items: list[str]) -> list[str]:
         ran.append(",".join(items))
-        time.sleep(0.05)
+        if items[0] == "b0":
+            first_chunk_running.set()
+            query_queued.wait(5)  # holds the model thread until the query waits behind this chunk
         return items
 
-    model = ThreadPoolExecutor(1)  # one thread for both lanes, as the embedding service's model thread
+    class ModelThread(ThreadPoolExecutor):
+        """One thread for both lanes, as the embedding service's; says when the query's batch is queued on it."""
+
+        def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+            future = super().submit(fn, *args, **kwargs)
+            if args and args[0] == ["query"]:
+                query_queued.set()
+            return future
+
+    model = ModelThread(1)
     bulk: MicroBatcher[str, str] = MicroBatcher(run, model, 64, 0.0, 100, chunk_items=2)
     interactive: MicroBatcher[str, str] = MicroBatcher(run, model, 64, 0.0, 100)
     bulk_done = asyncio.ensure_future(bulk.submit([f"b{n}" for n in range(6)]))
-    await asyncio.sleep(0.02)  # the first chunk is running
+    await asyncio.to_thread(first_chunk_running.wait, 5)
     assert await interactive.submit(["query"]) == ["query"]
     assert await bulk_done == [f"b{n}" for n in range(6)]
     assert ran == ["b0,b1", "query", "b2,b3", "b4,b5"]

@@ -159,6 +159,14 @@ async def test_get_items_skip_missing_and_info(stub: retriever_pb2_grpc.Retrieve
         ),
         (
             "UpsertItems",
+            pb.UpsertItemsRequest(
+                items=[pb.Item(item_id="x", vector=_vector(1), payload=_payload(staged_behind=True))]
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "reserved name 'staged_behind'",
+        ),
+        (
+            "UpsertItems",
             pb.UpsertItemsRequest(items=[pb.Item(item_id="x", vector=_vector(1))], encoder_version="v9"),
             grpc.StatusCode.FAILED_PRECONDITION,
             "this catalog serves the base encoder",
