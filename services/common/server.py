@@ -12,6 +12,7 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 import structlog
+import uvloop
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
@@ -303,7 +304,8 @@ async def serve(settings: ServiceSettings, app: ServiceApp) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop_requested.set)
     await running.start()
-    log.info("listening", address=f"{settings.host}:{running.port}", service=app.service_name)
+    event_loop = type(loop).__module__.partition(".")[0]  # "uvloop" or "asyncio"
+    log.info("listening", address=f"{settings.host}:{running.port}", service=app.service_name, event_loop=event_loop)
     warm_up = asyncio.create_task(running.warm_up())
     await stop_requested.wait()
     if not warm_up.done():
@@ -325,7 +327,10 @@ def run_service(name: str, settings_factory: Callable[[], S], build_app: Callabl
 
     tracing = configure_tracing(name, settings)
     try:
-        asyncio.run(main())
+        if settings.event_loop == "uvloop":
+            uvloop.run(main())
+        else:
+            asyncio.run(main())
     finally:
         if tracing is not None:
             tracing.shutdown()  # flushes the spans still buffered

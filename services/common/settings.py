@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,6 +26,9 @@ class ServiceSettings(BaseSettings):
     )
     max_connection_age_s: float = Field(
         300.0, gt=0, description="Clients reconnect after this long, so they reach new replicas."
+    )
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        "uvloop", description="The process's event loop: uvloop (libuv, fewer CPU cycles per call) or asyncio's own."
     )
     log_level: str = Field("info", description="debug, info, warning or error.")
     log_json: bool = Field(True, description="JSON log lines (false: human-readable).")

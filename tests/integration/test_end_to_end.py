@@ -35,6 +35,13 @@ def test_the_run_command_printed_a_sample_recommendation(suite: RunningSuite) ->
     assert "Sample recommendation for user" in text and "recommended:" in text
 
 
+def test_every_service_runs_on_uvloop(suite: RunningSuite) -> None:
+    for service in ("preprocessor", "embedding", "retriever", "ranker", "gateway"):
+        log = (suite.state_dir / "logs" / f"{service}.log").read_text(errors="replace")
+        listening = [line for line in log.splitlines() if '"listening"' in line]
+        assert listening and all('"event_loop": "uvloop"' in line for line in listening), listening
+
+
 def test_a_sanding_user_gets_abrasives_and_never_seen_items(
     suite: RunningSuite, gateway: gateway_pb2_grpc.GatewayServiceStub
 ) -> None:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from google.protobuf import json_format, struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from pydantic import ValidationError
 
 from recsys.embedding.v1 import embedding_pb2, embedding_pb2_grpc
 from recsys.retriever.v1 import retriever_pb2
@@ -292,3 +293,12 @@ async def test_a_backend_call_carries_the_callers_request_id() -> None:
     finally:
         await server.stop(0)
     assert seen == ["caller-id-7", ""]
+
+
+def test_the_event_loop_is_uvloop_unless_set_and_anything_else_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert ServiceSettings().event_loop == "uvloop"
+    monkeypatch.setenv("EVENT_LOOP", "asyncio")
+    assert ServiceSettings().event_loop == "asyncio"
+    monkeypatch.setenv("EVENT_LOOP", "trio")
+    with pytest.raises(ValidationError, match="uvloop"):
+        ServiceSettings()
