@@ -5,7 +5,8 @@ cornac, implicit), an ID-only sequential model (our transformer with the text pa
 style), text-only, a naive blend of the best collaborative model with text-only, and ours (the served ranker:
 transformer + item graph (EASE with text neighbours) + text prior). Every tunable choice (ItemKNN's k, EASE's
 lambda, the blend's weight, our fusion weights) is picked on validation NDCG@10 under the same masking as the row it
-is reported in. With cold start, the whole set of models is fitted again on the split without the held-out items.
+is reported in. With cold start, the whole set of models is fitted again on the split without the held-out items;
+ours' blend and encoder are then chosen on validation items held out too (:func:`held_out_validation`).
 
 With an encoder adapter (the ablation of issue 18), the encoder is fine-tuned on the split's training data (again
 on the cold-start split, whose held-out items it must never have trained on) and three more rows are reported:
@@ -28,9 +29,10 @@ from tqdm.auto import tqdm
 
 from services.evaluation.baselines import KNN_NEIGHBOURS, BlendScorer, item_knn, popularity
 from services.evaluation.library import LIBRARY_MODELS
-from services.evaluation.splits import cold_start
+from services.evaluation.splits import HeldOutValidation, cold_start, held_out_validation
 from services.ranker.graph import EASE_LAMBDAS, ease, fit_graph_weights, gram
 from services.ranker.metrics import KS
+from services.ranker.model import RankerScorer
 from services.ranker.scoring import (
     ItemItemScorer,
     Scorer,
@@ -42,9 +44,10 @@ from services.ranker.scoring import (
     unit_rows,
     unseen_items,
 )
-from services.ranker.splits import Split
+from services.ranker.splits import Case, Split
 from services.ranker.training import (
     CatalogScorer,
+    FusionChoice,
     TrainConfig,
     fit_ranker,
     fit_sequence_model,
@@ -154,6 +157,9 @@ def _run_split(
     models = MODELS if adapter is not None else [m for m in MODELS if m not in ADAPTED_ROWS]
     bar = tqdm(total=len(models), desc=f"models ({protocol})", unit="model", disable=not progress)
     unknown = unseen_items(split.train, split.n_items)
+    held_out = held_out_validation(split, seed) if split.cold_items else None
+    if held_out is not None and not held_out.cases:  # too small a catalog: the blend is chosen on warm targets
+        held_out = None
     chosen: dict[tuple[str, bool], Scorer] = {}
     val_ndcg: dict[tuple[str, bool], float] = {}
 
@@ -217,7 +223,8 @@ def _run_split(
     adapted: np.ndarray | None = None
     if adapter is not None:
         started = time.perf_counter()
-        adapted, tuning = adapter(split)
+        # On a cold-start split, adapted without the held-out validation items too: they must be new to it.
+        adapted, tuning = adapter(held_out.split if held_out is not None else split)
         result.choices[f"{protocol}/text-only-adapted/tuning"] = tuning
         text_adapted = TextScorer(unit_rows(torch.from_numpy(adapted)))
         report("text-only-adapted", lambda mask: text_adapted, started)
@@ -234,7 +241,7 @@ def _run_split(
     report("blend", lambda mask: blends[mask], started)
 
     started = time.perf_counter()
-    frozen = _ours(split, text, masks, lambdas, train_config, progress)
+    frozen = _ours(split, text, masks, lambdas, train_config, progress, held_out)
     if adapted is None:
         _record_ours("ours", frozen, result, protocol)
         report("ours", frozen.scorers.__getitem__, started)
@@ -243,7 +250,7 @@ def _run_split(
     _record_ours("ours-frozen", frozen, result, protocol)
     report("ours-frozen", frozen.scorers.__getitem__, started)
     started = time.perf_counter()
-    with_adapted = _ours(split, adapted, masks, lambdas, train_config, progress)
+    with_adapted = _ours(split, adapted, masks, lambdas, train_config, progress, held_out)
     _record_ours("ours-adapted", with_adapted, result, protocol)
     report("ours-adapted", with_adapted.scorers.__getitem__, started)
     # The served model: the adapted encoder only where its whole-model gain on validation is beyond noise.
@@ -280,12 +287,53 @@ def _ours(
     lambdas: dict[bool, float],
     train_config: TrainConfig,
     progress: bool,
+    held_out: HeldOutValidation | None = None,
 ) -> _Ours:
+    """Ours fitted on ``split``, per masking. With ``held_out`` (a cold-start split), the blend is chosen on a fit
+    without the held-out validation items, on their cases, and served on the fit of ``split``."""
+    fitted = _fit_ours(split, text, masks, lambdas, train_config, progress)
+    if held_out is None:
+        val = sample_cases(split.val, train_config.eval_users, train_config.seed)
+        val_ndcg = {
+            mask: fitted.val_ndcg_per_user if mask else per_user(fitted.scorers[mask], val, False, (10,))["ndcg@10"]
+            for mask in masks
+        }
+        return _Ours(fitted.scorers, val_ndcg, fitted.choices)
+    tuned = _fit_ours(held_out.split, text, masks, lambdas, train_config, progress, held_out.cases)
+    cases = sample_cases(held_out.cases, train_config.eval_users, train_config.seed)
+    scorers: dict[bool, Scorer] = {}
+    choices = dict(fitted.choices)
+    for mask in masks:
+        fusion = tuned.fusions[mask]
+        scorers[mask] = CatalogScorer(replace_fusion(fitted.rankers[mask], fusion.fusion), split.item_ids, text)
+        choices[_mask_name(mask)] = {**fusion.to_dict(), "chosen_on": "held-out validation items"}
+    val_ndcg = {mask: per_user(tuned.scorers[mask], cases, mask, (10,))["ndcg@10"] for mask in masks}
+    return _Ours(scorers, val_ndcg, choices)
+
+
+@dataclass(frozen=True)
+class _Fitted:
+    rankers: dict[bool, RankerScorer]  # per masking, with the masking's graph
+    fusions: dict[bool, FusionChoice]
+    scorers: dict[bool, Scorer]
+    choices: dict[str, Any]
+    val_ndcg_per_user: np.ndarray  # masked, on the fit's own validation
+
+
+def _fit_ours(
+    split: Split,
+    text: np.ndarray,
+    masks: Sequence[bool],
+    lambdas: dict[bool, float],
+    train_config: TrainConfig,
+    progress: bool,
+    new_item_cases: Sequence[Case] = (),
+) -> _Fitted:
     ours = fit_ranker(split, text, train_config, progress=progress, ease_lambda=lambdas[True])
     scorer = ours.scorer(train_config.device)
-    val = sample_cases(split.val, train_config.eval_users, train_config.seed)
+    rankers: dict[bool, RankerScorer] = {}
+    fusions: dict[bool, FusionChoice] = {}
     scorers: dict[bool, Scorer] = {}
-    val_ndcg: dict[bool, np.ndarray] = {}
     choices: dict[str, Any] = {"epochs": {"epochs": ours.epochs, "best_epoch": ours.best_epoch}}
     for mask in masks:
         ranker, fusion, graph_choice = scorer, ours.fusion_choice, ours.graph_choice
@@ -303,16 +351,23 @@ def _ours(
             ranker = replace_fusion(
                 scorer, ours.fusion, served_graph(weights, split, ours.item_ids, train_config, text)
             )
+        if new_item_cases or not mask:
             fusion = tune_fusion(
-                ranker, split, text, mask=False, max_users=train_config.tune_users, seed=train_config.seed
+                ranker,
+                split,
+                text,
+                mask=mask,
+                max_users=train_config.tune_users,
+                seed=train_config.seed,
+                new_item_cases=new_item_cases,
             )
         assert fusion is not None
         if graph_choice is not None:
             choices[f"graph/{_mask_name(mask)}"] = graph_choice.to_dict()
         choices[_mask_name(mask)] = fusion.to_dict()
+        rankers[mask], fusions[mask] = ranker, fusion
         scorers[mask] = CatalogScorer(replace_fusion(ranker, fusion.fusion), split.item_ids, text)
-        val_ndcg[mask] = ours.val_ndcg_per_user if mask else per_user(scorers[mask], val, False, (10,))["ndcg@10"]
-    return _Ours(scorers, val_ndcg, choices)
+    return _Fitted(rankers, fusions, scorers, choices, ours.val_ndcg_per_user)
 
 
 def _record_ours(model: str, ours: _Ours, result: RunResult, protocol: str) -> None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from services.datasets.loaders import Dataset, Interaction
@@ -149,3 +149,28 @@ def cold_start(split: Split, seed: int, share: float = 0.1) -> Split:
         Case(c.user_id, c.history, hit) for c in split.test if (hit := tuple(i for i in c.targets if i in cold))
     )
     return Split(f"{split.protocol}-cold", split.item_ids, train, val, test, cold)
+
+
+@dataclass(frozen=True)
+class HeldOutValidation:
+    """Validation on items new to the model, for a cold-start split: ``split`` is ``cold`` with another share of
+    its items held out of training too, and ``cases`` are the validation users whose target is one of those,
+    scored on them. Ours is fitted on ``split`` to choose its blend and encoder on ``cases``, then fitted again on
+    ``cold``, with those items back in training, and served with that choice."""
+
+    split: Split
+    cases: tuple[Case, ...]
+
+
+def held_out_validation(cold: Split, seed: int, share: float = 0.1) -> HeldOutValidation:
+    rng = random.Random(seed + 1)  # another draw than the test's items
+    count = round(share * cold.n_items)
+    items = frozenset(rng.sample([i for i in range(cold.n_items) if i not in cold.cold_items], count))
+    held = cold.cold_items | items
+    train = tuple(t for t in (tuple(i for i in seq if i not in held) for seq in cold.train) if t)
+    val = tuple(Case(c.user_id, c.history, w) for c in cold.val if (w := tuple(i for i in c.targets if i not in held)))
+    split = Split(cold.protocol, cold.item_ids, train, val, cold.test, held)
+    cases = tuple(
+        Case(c.user_id, c.history, hit) for c in cold.val if (hit := tuple(i for i in c.targets if i in items))
+    )
+    return HeldOutValidation(split, cases)

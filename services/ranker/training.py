@@ -31,7 +31,7 @@ from services.ranker.graph import GraphChoice, fit_graph_weights, item_graph
 from services.ranker.metrics import per_user_metrics, target_ranks
 from services.ranker.model import Fusion, ItemGraph, ModelConfig, RankerModel, RankerScorer
 from services.ranker.scoring import Gain, TextScorer, evaluate, paired_gain, per_user, unit_rows
-from services.ranker.splits import Split, loo_split
+from services.ranker.splits import Case, Split, loo_split
 
 T = TypeVar("T")
 ItemVectors = Mapping[str, np.ndarray] | tuple[Sequence[str], np.ndarray]
@@ -277,7 +277,14 @@ class FusionChoice:
 
 
 def tune_fusion(
-    scorer: RankerScorer, split: Split, text: np.ndarray, *, mask: bool, max_users: int, seed: int
+    scorer: RankerScorer,
+    split: Split,
+    text: np.ndarray,
+    *,
+    mask: bool,
+    max_users: int,
+    seed: int,
+    new_item_cases: Sequence[Case] = (),
 ) -> FusionChoice:
     """Fusion weights chosen on validation NDCG@10, never worse there than the best single term, and no more terms
     than validation can tell apart from noise.
@@ -286,17 +293,22 @@ def tune_fusion(
     term's spread on validation) from the best term alone. A term left at weight 0 is dropped; then, while more
     than one term is left, the model without its least useful term (re-tuned) is served instead when the gain
     over it is within noise (its paired-bootstrap 5th percentile over the tuning users is not above 0): a gain
-    validation cannot tell from chance does not carry to test."""
+    validation cannot tell from chance does not carry to test.
+
+    ``new_item_cases``, when given, replace ``split.val``: validation cases whose targets are items held out of the
+    model's training (new to it), tuned with every item ranked."""
     # Every term's scores of every sampled user over the whole catalog are held at once: the sample shrinks as
     # the catalog grows, so they stay within FUSION_SCORES_BYTES.
     held = 1 + len(GRAPH_DECAYS) + len(TEXT_DECAYS)
-    cases = sample_cases(split.val, min(max_users, max(1, FUSION_SCORES_BYTES // (4 * held * split.n_items))), seed)
+    budget = min(max_users, max(1, FUSION_SCORES_BYTES // (4 * held * split.n_items)))
+    cases = sample_cases(new_item_cases or split.val, budget, seed)
     chunks = [cases[start : start + 512] for start in range(0, len(cases), 512)]
-    # Tuned as at training time, over the items the model knows. Items new to it (the cold-start protocol's
-    # held-out items) are never validation targets, and since they take the graph score of their nearest known
-    # item, ranking them here only taught the weights to keep new items down (ml-100k cold: graph weight 41 -> 2.7).
+    # On warm validation, tuned as at training time, over the items the model knows: items new to it are never
+    # its targets, and since they take the graph score of their nearest known item, ranking them there only taught
+    # the weights to keep new items down (ml-100k cold: graph weight 41 -> 2.7).
     known = set(scorer.item_ids)
-    unknown = torch.tensor([i for i, item_id in enumerate(split.item_ids) if item_id not in known], dtype=torch.long)
+    new_items = [] if new_item_cases else [i for i, item_id in enumerate(split.item_ids) if item_id not in known]
+    unknown = torch.tensor(new_items, dtype=torch.long)
 
     def component(fusion: Fusion) -> list[Tensor]:
         single = CatalogScorer(replace_fusion(scorer, fusion), split.item_ids, text)

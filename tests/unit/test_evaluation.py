@@ -15,7 +15,7 @@ from services.datasets.loaders import CatalogItem, Dataset, Interaction
 from services.evaluation.baselines import item_knn
 from services.evaluation.report import plot, table, write_json
 from services.evaluation.runner import MODELS, run_evaluation
-from services.evaluation.splits import cold_start, filter_dataset, ratio_split
+from services.evaluation.splits import cold_start, filter_dataset, held_out_validation, ratio_split
 from services.ranker.graph import ease, gram
 from services.ranker.metrics import MetricSums, per_user_metrics, target_ranks
 from services.ranker.scoring import ItemItemScorer, evaluate
@@ -105,6 +105,17 @@ def test_cold_start_holds_items_out_of_training() -> None:
     assert not any(set(seq) & split.cold_items for seq in split.train)
     assert split.test and all(set(c.targets) <= split.cold_items for c in split.test)
     assert not any(set(c.targets) & split.cold_items for c in split.val)
+
+
+def test_held_out_validation_items_are_new_to_the_tuning_fit_and_never_the_tests() -> None:
+    cold = cold_start(loo_split(_dataset()), seed=0)
+    held_out = held_out_validation(cold, seed=0)
+    items = held_out.split.cold_items - cold.cold_items
+    assert len(items) == len(cold.cold_items) and held_out.split.cold_items > cold.cold_items
+    assert not any(set(seq) & held_out.split.cold_items for seq in held_out.split.train)
+    assert held_out.cases and all(set(c.targets) <= items for c in held_out.cases)
+    assert not any(set(c.targets) & held_out.split.cold_items for c in held_out.split.val)
+    assert held_out.split.test == cold.test  # the test is the cold split's, untouched
 
 
 def test_filter_dataset_keeps_a_k_core_of_good_ratings() -> None:

@@ -6,8 +6,19 @@ import numpy as np
 import pytest
 
 from services.datasets.loaders import CatalogItem, Dataset, Interaction
-from services.ranker.scoring import paired_gain
-from services.ranker.training import FUSION_TERMS, TrainConfig, train_ranker
+from services.evaluation.splits import cold_start, held_out_validation
+from services.ranker.model import Fusion
+from services.ranker.scoring import evaluate, paired_gain
+from services.ranker.splits import loo_split
+from services.ranker.training import (
+    FUSION_TERMS,
+    CatalogScorer,
+    TrainConfig,
+    fit_ranker,
+    replace_fusion,
+    train_ranker,
+    tune_fusion,
+)
 
 
 def _walks(n_users: int = 60, n_items: int = 40, length: int = 10, seed: int = 0) -> Dataset:
@@ -53,3 +64,26 @@ def test_a_term_that_does_not_pay_on_validation_gets_no_weight() -> None:
         assert (weight > 0) == (term in choice.terms)
     assert len(result.val_ndcg_per_user) == len(dataset.user_ids)
     assert result.metrics["val_ndcg@10"] == pytest.approx(float(result.val_ndcg_per_user.mean()))
+
+
+def test_a_blend_chosen_on_held_out_items_reaches_items_the_model_never_trained_on() -> None:
+    # Text that reads alike along the walk: the next item is the last one's neighbour in text.
+    dataset = _walks(n_users=120)
+    angles = np.arange(len(dataset.items))[:, None] * np.array([0.05, 0.11, 0.23])[None, :]
+    text = np.concatenate([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
+    cold = cold_start(loo_split(dataset), seed=0)
+    held_out = held_out_validation(cold, seed=0)
+    config = TrainConfig(dim=16, layers=1, heads=1, max_len=10, max_epochs=2, batch_size=64, seed=0, tune_users=200)
+    without = fit_ranker(held_out.split, text, config, progress=False)
+    choice = tune_fusion(
+        without.scorer("cpu"), held_out.split, text, mask=True, max_users=200, seed=0, new_item_cases=held_out.cases
+    )
+    served = fit_ranker(cold, text, config, progress=False)  # the held-out items back in training
+
+    def test_ndcg(fusion: Fusion) -> float:
+        scorer = CatalogScorer(replace_fusion(served.scorer("cpu"), fusion), cold.item_ids, text)
+        return evaluate(scorer, cold.test, mask=True, ks=(10,))["ndcg@10"]
+
+    # Chosen on warm targets, the fusion leans on the item graph, which knows nothing of a new item.
+    assert choice.fusion.text > 0
+    assert test_ndcg(choice.fusion) > 0.9 > test_ndcg(served.fusion)
