@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -141,13 +141,9 @@ def cold_start(split: Split, seed: int, share: float = 0.1) -> Split:
     """
     rng = random.Random(seed)
     cold = frozenset(rng.sample(range(split.n_items), round(share * split.n_items)))
-    train = tuple(t for t in (tuple(i for i in seq if i not in cold) for seq in split.train) if t)
-    val = tuple(
-        Case(c.user_id, c.history, warm) for c in split.val if (warm := tuple(i for i in c.targets if i not in cold))
-    )
-    test = tuple(
-        Case(c.user_id, c.history, hit) for c in split.test if (hit := tuple(i for i in c.targets if i in cold))
-    )
+    train = _train_without(split.train, cold)
+    val = _cases_on(split.val, lambda i: i not in cold)
+    test = _cases_on(split.test, cold.__contains__)
     return Split(f"{split.protocol}-cold", split.item_ids, train, val, test, cold)
 
 
@@ -167,10 +163,23 @@ def held_out_validation(cold: Split, seed: int, share: float = 0.1) -> HeldOutVa
     count = round(share * cold.n_items)
     items = frozenset(rng.sample([i for i in range(cold.n_items) if i not in cold.cold_items], count))
     held = cold.cold_items | items
-    train = tuple(t for t in (tuple(i for i in seq if i not in held) for seq in cold.train) if t)
-    val = tuple(Case(c.user_id, c.history, w) for c in cold.val if (w := tuple(i for i in c.targets if i not in held)))
-    split = Split(cold.protocol, cold.item_ids, train, val, cold.test, held)
-    cases = tuple(
-        Case(c.user_id, c.history, hit) for c in cold.val if (hit := tuple(i for i in c.targets if i in items))
+    split = Split(
+        cold.protocol,
+        cold.item_ids,
+        _train_without(cold.train, held),
+        _cases_on(cold.val, lambda i: i not in held),
+        cold.test,
+        held,
     )
+    cases = _cases_on(cold.val, items.__contains__)
     return HeldOutValidation(split, cases)
+
+
+def _train_without(train: Sequence[Sequence[int]], items: frozenset[int]) -> tuple[tuple[int, ...], ...]:
+    """The training sequences with ``items`` taken out (a sequence left empty is dropped)."""
+    return tuple(t for t in (tuple(i for i in seq if i not in items) for seq in train) if t)
+
+
+def _cases_on(cases: Sequence[Case], keep: Callable[[int], bool]) -> tuple[Case, ...]:
+    """Each case with only the targets ``keep`` accepts; a case left with none is dropped."""
+    return tuple(Case(c.user_id, c.history, hit) for c in cases if (hit := tuple(i for i in c.targets if keep(i))))
