@@ -89,7 +89,10 @@ def save_checkpoint(
                 "item_ids": list(result.item_ids),
                 "state_dict": result.state_dict,
                 "graph": result.graph.to_tensors() if result.graph is not None else None,
-                "fusion": result.fusion.to_dict(),
+                # Novelty beside the fusion, not in it: a ranker from before the term reads the fusion it knows
+                # (its Fusion takes no other keys) and scores as before, so a rollback can load this version.
+                "fusion": {k: v for k, v in result.fusion.to_dict().items() if k != "novelty"},
+                "novelty": result.fusion.novelty,
             },
             tmp / MODEL_FILE,
         )
@@ -151,6 +154,6 @@ def load_scorer(path: Path, device: str = "cpu") -> tuple[RankerScorer, Checkpoi
         model = RankerModel(ModelConfig.from_dict(data["model_config"]))
     model.load_state_dict(data["state_dict"], assign=True)  # the loaded tensors become the weights: no copy
     graph = ItemGraph.from_tensors(data["graph"]) if data.get("graph") is not None else None
-    fusion = Fusion.from_dict(data["fusion"]) if "fusion" in data else Fusion()
+    fusion = Fusion.from_dict({**data["fusion"], "novelty": data.get("novelty", 0.0)}) if "fusion" in data else Fusion()
     scorer = RankerScorer(model=model, item_ids=tuple(data["item_ids"]), device=device, graph=graph, fusion=fusion)
     return scorer, metadata

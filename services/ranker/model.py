@@ -110,17 +110,20 @@ class RankerModel(nn.Module):
 
 @dataclass(frozen=True)
 class Fusion:
-    """Weights of the served score: sequence · <u, r(i)> + graph · graph(u, i) + text · cos(text(i), t(u)).
+    """Weights of the served score: sequence · <u, r(i)> + graph · graph(u, i) + text · cos(text(i), t(u))
+    - novelty · [i in the history].
 
     The graph term sums the item graph's rows of the history, the j-th most recent item weighted by
     ``graph_decay ** j``; t(u) sums the history's unit text vectors weighted by ``text_decay ** j`` (1.0: plain
-    sum; small: mostly the last item)."""
+    sum; small: mostly the last item). ``novelty`` is what an item the user already has loses: how rarely users
+    come back to an item, for rankings that keep seen items (where they are excluded it changes nothing)."""
 
     sequence: float = 1.0
     graph: float = 0.0
     text: float = 0.0
     text_decay: float = 1.0
     graph_decay: float = 1.0
+    novelty: float = 0.0
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -424,7 +427,8 @@ class RankerScorer:
                 for key, row in zip(user_keys, w, strict=True):
                     own[key] = own.get(key, 0.0) + row
                 text_own.append(own)
-        return _Users(sequence, graph, text_users, text_pooled, text_own)
+        seen = [set(user_keys) for user_keys in keys] if fusion.novelty else []
+        return _Users(sequence, graph, text_users, text_pooled, text_own, seen)
 
     def _combine(
         self,
@@ -447,6 +451,10 @@ class RankerScorer:
             unit = self._tensor(_unit(vectors).astype(np.float32))
             scores = scores + fusion.text * (users.text[rows] @ unit.T)
             scores = self._without_own_text(scores, users, rows, unit, candidate_keys)
+        if users.seen:
+            position = {key: n for n, key in enumerate(candidate_keys)}
+            for row, seen in enumerate(users.seen[rows]):
+                scores[row, [position[key] for key in seen if key in position]] -= fusion.novelty
         return scores
 
     def _graph_columns(self, index: np.ndarray, vectors: np.ndarray, keys: Sequence[Hashable]) -> np.ndarray:
@@ -510,3 +518,4 @@ class _Users:
     text: Tensor | None  # (B, text_dim) unit pooled history text
     text_pooled: Tensor | None = None  # (B, text_dim) the same before normalising
     text_own: list[dict[Hashable, np.ndarray]] = field(default_factory=list)  # per user: key -> its weighted share
+    seen: list[set[Hashable]] = field(default_factory=list)  # per user: the history's keys, when novelty is fused

@@ -16,7 +16,7 @@ import math
 import random
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -39,7 +39,7 @@ ItemVectors = Mapping[str, np.ndarray] | tuple[Sequence[str], np.ndarray]
 # Fusion weights are tried in units of each component's spread on validation, so one grid fits every data set.
 FUSION_GRID = (0.0, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
 TEXT_DECAYS = (1.0, 0.5, 0.25, 0.1)
-FUSION_TERMS = ("sequence", "graph", "text")
+FUSION_TERMS = ("sequence", "graph", "text", "novelty")
 GRAPH_DECAYS = (1.0, 0.7, 0.4)
 FUSION_SCORES_BYTES = 2 * 1024**3
 
@@ -189,6 +189,15 @@ def fit_ranker(
     graph = served_graph(graph_weights, split, sequence.item_ids, config, text)
     base = sequence.scorer(config.device, graph=graph)
     fusion_choice = tune_fusion(base, split, text, mask=True, max_users=config.tune_users, seed=config.seed)
+    novelty, novelty_gain = tune_novelty(
+        replace_fusion(base, fusion_choice.fusion), split, text, max_users=config.tune_users, seed=config.seed
+    )
+    fusion_choice = replace(
+        fusion_choice,
+        fusion=replace(fusion_choice.fusion, novelty=novelty),
+        terms=tuple(t for t in FUSION_TERMS if t in fusion_choice.terms or (t == "novelty" and novelty)),
+        novelty_gain=novelty_gain,
+    )
     scorer = replace_fusion(base, fusion_choice.fusion)
 
     metrics: dict[str, float] = {}
@@ -265,14 +274,17 @@ class FusionChoice:
     val_ndcg: float  # the served fusion, validation NDCG@10 on the tuning users
     val_ndcg_all_terms: float  # every term, tuned together
     dropped: dict[str, Gain] = field(default_factory=dict)
+    novelty_gain: Gain | None = None  # the served novelty's gain on unmasked validation (see tune_novelty)
 
     def to_dict(self) -> dict[str, Any]:
+        novelty = {} if self.novelty_gain is None else {"novelty_gain": self.novelty_gain.to_dict()}
         return {
             **self.fusion.to_dict(),
             "terms": list(self.terms),
             "val_ndcg": self.val_ndcg,
             "val_ndcg_all_terms": self.val_ndcg_all_terms,
             "dropped": {term: gain.to_dict() for term, gain in self.dropped.items()},
+            **novelty,
         }
 
 
@@ -293,37 +305,35 @@ def tune_fusion(
     term's spread on validation) from the best term alone. A term left at weight 0 is dropped; then, while more
     than one term is left, the model without its least useful term (re-tuned) is served instead when the gain
     over it is within noise (its paired-bootstrap 5th percentile over the tuning users is not above 0): a gain
-    validation cannot tell from chance does not carry to test.
+    validation cannot tell from chance does not carry to test. Unmasked, where seen items stay in the ranking, a
+    fourth term (novelty: a penalty on the history's items) learns how rarely users come back to an item.
 
     ``new_item_cases``, when given, replace ``split.val``: validation cases whose targets are items held out of the
     model's training (new to it), tuned with every item ranked."""
     # Every term's scores of every sampled user over the whole catalog are held at once: the sample shrinks as
     # the catalog grows, so they stay within FUSION_SCORES_BYTES.
-    held = 1 + len(GRAPH_DECAYS) + len(TEXT_DECAYS)
+    held = 1 + len(GRAPH_DECAYS) + len(TEXT_DECAYS) + (0 if mask else 1)
     budget = min(max_users, max(1, FUSION_SCORES_BYTES // (4 * held * split.n_items)))
     cases = sample_cases(new_item_cases or split.val, budget, seed)
     chunks = [cases[start : start + 512] for start in range(0, len(cases), 512)]
     # On warm validation, tuned as at training time, over the items the model knows: items new to it are never
     # its targets, and since they take the graph score of their nearest known item, ranking them there only taught
     # the weights to keep new items down (ml-100k cold: graph weight 41 -> 2.7).
-    known = set(scorer.item_ids)
-    new_items = [] if new_item_cases else [i for i, item_id in enumerate(split.item_ids) if item_id not in known]
-    unknown = torch.tensor(new_items, dtype=torch.long)
+    unknown = torch.tensor([] if new_item_cases else _new_items(scorer, split), dtype=torch.long)
 
     def component(fusion: Fusion) -> list[Tensor]:
         single = CatalogScorer(replace_fusion(scorer, fusion), split.item_ids, text)
         return [single([c.history for c in chunk]) for chunk in chunks]
 
     def users_ndcg(parts: Sequence[tuple[float, list[Tensor]]]) -> np.ndarray:
-        values = []
-        for n, chunk in enumerate(chunks):
-            scores = sum((w * p[n] for w, p in parts if w), torch.zeros_like(parts[0][1][n]))
-            if len(unknown):
-                scores[:, unknown] = -math.inf
-            histories = [c.history for c in chunk] if mask else None
-            ranks, n_targets = target_ranks(scores, [c.targets for c in chunk], histories)
-            values.append(per_user_metrics(ranks, n_targets, (10,))["ndcg@10"].double().numpy())
-        return np.concatenate(values)
+        return np.concatenate(
+            [
+                _ndcg_at_10(
+                    sum((w * p[n] for w, p in parts if w), torch.zeros_like(parts[0][1][n])), chunk, mask, unknown
+                )
+                for n, chunk in enumerate(chunks)
+            ]
+        )
 
     def spread(parts: list[Tensor]) -> float:
         return float(torch.cat([p.flatten() for p in parts]).std()) or 1.0
@@ -337,6 +347,9 @@ def tune_fusion(
     texts = {d: component(Fusion(sequence=0.0, text=1.0, text_decay=d)) for d in TEXT_DECAYS}
     text_decay = max(TEXT_DECAYS, key=lambda d: float(users_ndcg([(1.0, texts[d])]).mean()))
     parts["text"] = texts[text_decay]
+    if not mask:
+        # Masked, seen items are out of every ranking and the term would change nothing.
+        parts["novelty"] = component(Fusion(sequence=0.0, novelty=1.0))
     scale = {name: 1.0 / spread(part) for name, part in parts.items()}
     memo: dict[tuple[tuple[str, float], ...], np.ndarray] = {}
 
@@ -380,9 +393,66 @@ def tune_fusion(
         text=weights.get("text", 0.0) * scale["text"],
         text_decay=text_decay,
         graph_decay=graph_decay,
+        novelty=weights.get("novelty", 0.0) * scale.get("novelty", 0.0),
     )
     terms = tuple(t for t in FUSION_TERMS if t in weights)
     return FusionChoice(fusion, terms, score(weights), all_terms, dropped)
+
+
+def tune_novelty(
+    scorer: RankerScorer, split: Split, text: np.ndarray, *, max_users: int, seed: int
+) -> tuple[float, Gain]:
+    """The served fusion's novelty (what an item the user already has loses), chosen on unmasked validation NDCG@10
+    with the scorer's other weights kept, and 0 unless its gain is beyond noise. Where seen items are excluded
+    (Recommend's default, the masked rows) it changes nothing; where a caller keeps them (``exclude_seen`` false)
+    it ranks them by how often users come back to an item."""
+    budget = min(max_users, max(1, FUSION_SCORES_BYTES // (4 * 2 * split.n_items)))
+    cases = sample_cases(split.val, budget, seed)
+    chunks = [cases[start : start + 512] for start in range(0, len(cases), 512)]
+    unknown = torch.tensor(_new_items(scorer, split), dtype=torch.long)
+    served = [CatalogScorer(scorer, split.item_ids, text)([c.history for c in chunk]) for chunk in chunks]
+    seen = []
+    for chunk, scores in zip(chunks, served, strict=True):
+        part = torch.zeros_like(scores)
+        for row, case in enumerate(chunk):
+            part[row, list(case.history)] = -1.0
+        seen.append(part)
+
+    def spread(parts: list[Tensor]) -> float:
+        return float(torch.cat([p.flatten() for p in parts]).std()) or 1.0
+
+    unit = spread(served) / spread(seen)  # a weight of 1 moves seen items by the served score's spread
+
+    def values(novelty: float) -> np.ndarray:
+        return np.concatenate(
+            [
+                _ndcg_at_10(s + novelty * p, chunk, False, unknown)
+                for s, p, chunk in zip(served, seen, chunks, strict=True)
+            ]
+        )
+
+    without = values(0.0)
+    tried = {w * unit: values(w * unit) for w in FUSION_GRID if w}
+    best = max(tried, key=lambda novelty: float(tried[novelty].mean()))
+    gain = paired_gain(tried[best], without, seed)
+    return (best if gain.beyond_noise else 0.0), gain
+
+
+def _new_items(scorer: RankerScorer, split: Split) -> list[int]:
+    """Positions of the split's items the scorer was not trained on."""
+    known = set(scorer.item_ids)
+    return [i for i, item_id in enumerate(split.item_ids) if item_id not in known]
+
+
+def _ndcg_at_10(scores: Tensor, chunk: Sequence[Case], mask: bool, unknown: Tensor) -> np.ndarray:
+    """Per-user NDCG@10 of ``chunk``'s targets under (B, n) catalog scores, ``unknown`` items never ranked;
+    ``scores`` is changed in place."""
+    if len(unknown):
+        scores[:, unknown] = -math.inf
+    histories = [c.history for c in chunk] if mask else None
+    ranks, n_targets = target_ranks(scores, [c.targets for c in chunk], histories)
+    out: np.ndarray = per_user_metrics(ranks, n_targets, (10,))["ndcg@10"].double().numpy()
+    return out
 
 
 def fit_sequence_model(

@@ -60,8 +60,7 @@ def test_a_term_that_does_not_pay_on_validation_gets_no_weight() -> None:
     assert all(not gain.beyond_noise for gain in choice.dropped.values())
     assert choice.val_ndcg >= choice.val_ndcg_all_terms - max((g.high for g in choice.dropped.values()), default=0.0)
     for term in FUSION_TERMS:
-        weight = {"sequence": result.fusion.sequence, "graph": result.fusion.graph, "text": result.fusion.text}[term]
-        assert (weight > 0) == (term in choice.terms)
+        assert (getattr(result.fusion, term) > 0) == (term in choice.terms)
     assert len(result.val_ndcg_per_user) == len(dataset.user_ids)
     assert result.metrics["val_ndcg@10"] == pytest.approx(float(result.val_ndcg_per_user.mean()))
 
@@ -87,3 +86,37 @@ def test_a_blend_chosen_on_held_out_items_reaches_items_the_model_never_trained_
     # Chosen on warm targets, the fusion leans on the item graph, which knows nothing of a new item.
     assert choice.fusion.text > 0
     assert test_ndcg(choice.fusion) > 0.9 > test_ndcg(served.fusion)
+
+
+def test_unmasked_the_fusion_learns_that_users_rarely_come_back_to_an_item() -> None:
+    # Users never return to an item on a walk, and the item graph links each item to the one before it as
+    # strongly as to the one after: unmasked, the history crowds the top until novelty pushes it down.
+    dataset = _walks()
+    ids = [item.item_id for item in dataset.items]
+    text = np.random.default_rng(1).normal(size=(len(ids), 16)).astype(np.float32)
+    config = TrainConfig(dim=16, layers=1, heads=1, max_len=10, max_epochs=2, batch_size=64, seed=0, tune_users=200)
+    split = loo_split(dataset)
+    fitted = fit_ranker(split, text, config, progress=False)
+    scorer = fitted.scorer("cpu")
+    unmasked = tune_fusion(scorer, split, text, mask=False, max_users=200, seed=0)
+    masked = tune_fusion(scorer, split, text, mask=True, max_users=200, seed=0)
+    assert "novelty" in unmasked.terms and unmasked.fusion.novelty > 0
+    assert "novelty" not in masked.terms and masked.fusion.novelty == 0.0
+    # The served fusion keeps its masked weights and learns novelty on unmasked validation, for callers that
+    # keep seen items; where they are excluded it scores as before.
+    served = fitted.fusion_choice
+    assert served is not None and served.novelty_gain is not None and served.novelty_gain.beyond_noise
+    assert fitted.fusion.novelty > 0 and "novelty" in served.terms
+    before = replace_fusion(scorer, Fusion(**{**fitted.fusion.to_dict(), "novelty": 0.0}))
+    masked_ndcg = [
+        evaluate(CatalogScorer(s, split.item_ids, text), split.test, True)["ndcg@10"] for s in (scorer, before)
+    ]
+    assert masked_ndcg[0] == masked_ndcg[1]
+
+    def test_ndcg(fusion: Fusion) -> float:
+        return evaluate(CatalogScorer(replace_fusion(scorer, fusion), split.item_ids, text), split.test, False)[
+            "ndcg@10"
+        ]
+
+    without = Fusion(**{**unmasked.fusion.to_dict(), "novelty": 0.0})
+    assert test_ndcg(unmasked.fusion) > test_ndcg(without)

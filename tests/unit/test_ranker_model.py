@@ -181,6 +181,17 @@ def test_checkpoint_round_trip(tmp_path: Path, result: TrainResult, vectors: tup
     assert scorer.fusion == result.fusion and (scorer.graph is None) == (result.graph is None)
 
 
+def test_a_checkpoint_keeps_novelty_where_a_ranker_from_before_the_term_reads_around_it(
+    tmp_path: Path, result: TrainResult
+) -> None:
+    with_novelty = dataclasses.replace(result, fusion=dataclasses.replace(result.fusion, novelty=2.5))
+    path = save_checkpoint(tmp_path, with_novelty, embedding_model_id="all-MiniLM-L6-v2")
+    scorer, _ = load_scorer(path)
+    assert scorer.fusion == with_novelty.fusion and scorer.fusion.novelty == 2.5
+    data = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
+    assert set(data["fusion"]) == {"sequence", "graph", "text", "text_decay", "graph_decay"}  # what older ones take
+
+
 def test_checkpoints_of_earlier_formats_still_load(
     tmp_path: Path, result: TrainResult, vectors: tuple[list[str], np.ndarray]
 ) -> None:
@@ -330,6 +341,28 @@ def test_a_history_item_takes_its_text_term_from_the_rest_of_the_history() -> No
     offline = scorer.score_catalog([[0, 1]], ["i1", "i2", "i3"], text)[0].numpy()
     np.testing.assert_allclose(offline[[0, 2]], expected, atol=1e-6)
     np.testing.assert_allclose(offline[1], 0.6, atol=1e-6)  # i2 against i1 alone
+
+
+def test_novelty_takes_its_weight_off_the_history_items_and_nothing_else() -> None:
+    """The graph of _graph_scorer with novelty 0.75: i1 (in the history) scores 1.0 - 0.75 where i3 (outside it)
+    keeps its graph score; the same through score_many and score_catalog, and a fusion without the term (every
+    older checkpoint) scores as before."""
+    plain = _graph_scorer(decay=1.0)
+    scorer = RankerScorer(
+        model=plain.model,
+        item_ids=plain.item_ids,
+        graph=plain.graph,
+        fusion=Fusion(sequence=0.0, graph=1.0, novelty=0.75),
+    )
+    vectors = np.zeros((3, 384), dtype=np.float32)
+    # History i2: i1 = 3.0, i4 = 1.0; history i1, i2 adds i1 -> i3 (2.0) and i1 -> i4 (0.5).
+    served = scorer.score(["i1", "i2"], vectors[:2], ["i1", "i3", "i4"], vectors)
+    np.testing.assert_allclose(served, [3.0 - 0.75, 2.0, 1.5], atol=1e-6)
+    np.testing.assert_allclose(plain.score(["i1", "i2"], vectors[:2], ["i1", "i3", "i4"], vectors), [3.0, 2.0, 1.5])
+    offline = scorer.score_catalog([[0, 1]], list(plain.item_ids), np.zeros((5, 384), dtype=np.float32))[0].numpy()
+    np.testing.assert_allclose(offline[:4], [3.0 - 0.75, 0.0 - 0.75, 2.0, 1.5], atol=1e-6)
+    older = {"sequence": 1.0, "graph": 0.0, "text": 0.0, "text_decay": 1.0, "graph_decay": 1.0}
+    assert Fusion.from_dict(older).novelty == 0.0
 
 
 def test_text_neighbours_keep_the_nearest_items_symmetric_and_non_negative() -> None:
