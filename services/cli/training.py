@@ -10,9 +10,11 @@ import sys
 import tempfile
 from collections.abc import Sequence
 from contextlib import nullcontext
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
 from services.cli.progress import heartbeat
@@ -27,10 +29,10 @@ from services.preprocessor.cleaning import ItemFields
 from services.preprocessor.config import PreprocessorSettings
 from services.ranker import distributed
 from services.ranker.checkpoints import catalog_root, save_checkpoint
-from services.ranker.encoder_tuning import TunedEncoder, TuningConfig, tune_encoder
+from services.ranker.encoder_tuning import TunedEncoder, TuningConfig, train_head, tune_encoder
 from services.ranker.scoring import paired_gain
 from services.ranker.splits import Split, loo_split
-from services.ranker.training import TrainConfig, TrainResult, train_ranker
+from services.ranker.training import TrainConfig, TrainResult, sample_cases, train_ranker
 
 
 def item_fields(item: CatalogItem) -> ItemFields:
@@ -85,15 +87,23 @@ def embed_items(items: Sequence[CatalogItem], cache_dir: Path) -> tuple[np.ndarr
 def adapt_encoder(
     split: Split, texts: Sequence[str], config: TuningConfig, progress: bool = True
 ) -> tuple[TunedEncoder, np.ndarray]:
-    """The base model fine-tuned on ``split``'s training pairs (:func:`tune_encoder`), and the catalog's vectors as
-    the embedding service serves them from it (the full token limit, its device and dtype, the packed forward)."""
+    """The base model fine-tuned on ``split``'s training pairs (:func:`tune_encoder`), then its linear head trained
+    on the catalog's vectors as the embedding service serves them from it (the full token limit, its device and
+    dtype, the packed forward; :func:`train_head`), and those vectors through the head."""
     settings = EmbeddingSettings()
     tuned = tune_encoder(split, texts, base_model_path(settings), config, progress)
     with tempfile.TemporaryDirectory() as folder:
         tuned.save(Path(folder))
         encoder = encoder_at(settings, Path(folder), model_id="adapted")
-        vectors = encode_texts(encoder, texts, "embedding items (adapted encoder)")
-    return tuned, vectors
+        pooled = torch.from_numpy(encode_texts(encoder, texts, "embedding items (adapted encoder)"))
+    with heartbeat("training the encoder's linear head"):
+        val = sample_cases(split.val, config.eval_users, config.seed)
+        head, history = train_head(pooled, split, val, config)
+    tuned = replace(tuned, head=head, head_val_ndcg=history)
+    # What the service serves from the saved folder: the pooled vector through the head, normalised (normalising
+    # before the head changes nothing, as the head is linear).
+    vectors = pooled if head is None else torch.nn.functional.normalize(pooled @ head.T, dim=-1)
+    return tuned, vectors.numpy()
 
 
 def catalog_argument(value: str) -> str:
@@ -182,5 +192,6 @@ def _adapted_if_it_pays(
         dataset_hash=dataset.content_hash(),
         metrics=metrics,
         tuning=tuned.summary(),
+        head=tuned.head,
     )
     return adapted, version

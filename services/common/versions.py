@@ -9,7 +9,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -27,19 +27,22 @@ def staging_folder(root: Path) -> Iterator[Path]:
         raise
 
 
-def version_name(created: datetime, content: Path, description: dict[str, Any]) -> str:
-    """``<UTC time to the second>-<first 8 hex digits of the sha256 of content and description>``: sorts by time,
-    differs by content. ``description`` is the version's metadata (less its name), whose creation time to the
+def version_name(created: datetime, contents: Sequence[Path], description: dict[str, Any]) -> str:
+    """``<UTC time to the second>-<first 8 hex digits of the sha256 of the contents and description>``: sorts by
+    time, differs by content. ``description`` is the version's metadata (less its name), whose creation time to the
     microsecond keeps two runs in one second that trained the same weights apart."""
-    with content.open("rb") as f:
-        digest = hashlib.file_digest(f, "sha256")
+    digest = hashlib.sha256()
+    for content in contents:
+        with content.open("rb") as f:
+            digest.update(hashlib.file_digest(f, "sha256").digest())
     digest.update(json.dumps(description, sort_keys=True).encode())
     return f"{created:%Y%m%dT%H%M%SZ}-{digest.hexdigest()[:8]}"
 
 
 def publish(staged: Path, final: Path) -> None:
-    """Syncs every file of ``staged`` and renames it to ``final``; FileExistsError when that version exists."""
-    for file in staged.iterdir():
+    """Syncs every file of ``staged`` (its subfolders too) and renames it to ``final``; FileExistsError when that
+    version exists."""
+    for file in staged.rglob("*"):
         if file.is_file():
             with file.open("rb") as f:
                 os.fsync(f.fileno())

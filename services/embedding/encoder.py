@@ -20,6 +20,7 @@ from tokenizers import Tokenizer
 from transformers import AutoModel, AutoTokenizer
 
 from services.embedding import unpadded
+from services.embedding.versions import read_head
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -127,7 +128,10 @@ class TextEncoder:
         model_limit = int(self.model.config.max_position_embeddings)
         trained_limit = _sentence_transformers_max_tokens(model_path) or model_limit
         self.max_tokens = min(max_tokens or trained_limit, model_limit)
-        self.dimension = int(self.model.config.hidden_size)
+        # An adapted encoder's linear head (a sentence-transformers Dense module), applied to the pooled vector.
+        head = read_head(model_path)
+        self._head = None if head is None else head.to(self.device)
+        self.dimension = int(self.model.config.hidden_size if head is None else head.shape[0])
         self._autocast = self.dtype == "bfloat16" and not on_cuda
         self._pin = on_cuda
         # On CUDA the length-sorted batches are large and pad little; packing is measured on the CPU only.
@@ -201,6 +205,8 @@ class TextEncoder:
                     pooled = self._unpadded.mean_pooled(input_ids, mask)
                 else:
                     pooled = self._mean_pooled(input_ids, self._on_device(torch.from_numpy(mask.astype(np.int64))))
+            if self._head is not None:
+                pooled = pooled.float() @ self._head.T
             vectors: np.ndarray = torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy()
         return vectors
 

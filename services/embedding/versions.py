@@ -18,6 +18,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
 from services.common.versions import publish, staging_folder, version_name
 
 METADATA_FILE = "metadata.json"
@@ -26,6 +29,13 @@ BASE_VERSION = ""
 ENCODERS_DIR = "encoders"  # under a ranker checkpoint folder: the versions `recsys train` adapted
 # Files of the base model's folder that are not the transformers model itself but say how it is used.
 CARRIED_FILES = ("sentence_bert_config.json",)
+# An adapted encoder's linear head, in sentence-transformers' layout: modules.json lists Transformer, Pooling,
+# Dense (the head) and Normalize.
+MODULES_FILE = "modules.json"
+POOLING_DIR = "1_Pooling"
+HEAD_DIR = "2_Dense"
+DENSE = "sentence_transformers.models.Dense"
+IDENTITY = "torch.nn.modules.linear.Identity"
 
 
 @dataclass(frozen=True)
@@ -59,14 +69,55 @@ def list_versions(encoder_dir: Path | None) -> list[str]:
     return sorted(complete, reverse=True)  # the name starts with its UTC timestamp
 
 
-def write_model_folder(folder: Path, model: Any, tokenizer: Any, base_path: Path) -> None:
+def write_model_folder(folder: Path, model: Any, tokenizer: Any, base_path: Path, head: Tensor | None = None) -> None:
     """A transformers ``model`` and its ``tokenizer`` as a model folder, with the sentence-transformers settings
-    of ``base_path``, the folder it started from (the token limit)."""
+    of ``base_path``, the folder it started from (the token limit). ``head``, an (out, hidden) linear map the
+    pooled vector goes through before it is normalised, is written as sentence-transformers writes a Dense
+    module, so sentence-transformers reads the folder as the embedding service does."""
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     for name in CARRIED_FILES:
         if (base_path / name).is_file():
             shutil.copyfile(base_path / name, folder / name)
+    if head is None:
+        return
+    shutil.copytree(base_path / POOLING_DIR, folder / POOLING_DIR)
+    (folder / HEAD_DIR).mkdir()
+    out_features, in_features = head.shape
+    dense = {"in_features": in_features, "out_features": out_features, "bias": False, "activation_function": IDENTITY}
+    (folder / HEAD_DIR / "config.json").write_text(json.dumps(dense, indent=2), encoding="utf-8")
+    save_file({"linear.weight": head.detach().float().contiguous()}, folder / HEAD_DIR / WEIGHTS_FILE)
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": POOLING_DIR, "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": HEAD_DIR, "type": DENSE},
+        {"idx": 3, "name": "3", "path": "3_Normalize", "type": "sentence_transformers.models.Normalize"},
+    ]
+    (folder / MODULES_FILE).write_text(json.dumps(modules, indent=2), encoding="utf-8")
+
+
+def read_head(folder: Path) -> Tensor | None:
+    """The (out, hidden) linear map of the folder's sentence-transformers Dense module, or None when it has none.
+    Refuses a Dense module other than a plain linear map, which the embedding service would not compute alike."""
+    modules_file = Path(folder) / MODULES_FILE
+    if not modules_file.is_file():
+        return None
+    dense = [m for m in json.loads(modules_file.read_text(encoding="utf-8")) if m.get("type") == DENSE]
+    if not dense:
+        return None
+    if len(dense) > 1:
+        raise ValueError(f"{modules_file}: {len(dense)} Dense modules; the embedding service computes at most one")
+    path = Path(folder) / dense[0]["path"]
+    config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    if config.get("activation_function", IDENTITY) != IDENTITY:
+        raise ValueError(
+            f"{path}: activation {config['activation_function']}; the embedding service computes a linear head only"
+        )
+    weights = load_file(path / WEIGHTS_FILE)
+    head = weights["linear.weight"].float()
+    if "linear.bias" in weights:
+        raise ValueError(f"{path}: the head has a bias; the embedding service computes a linear map without one")
+    return head
 
 
 def save_version(
@@ -80,6 +131,7 @@ def save_version(
     dataset_hash: str,
     metrics: dict[str, float],
     tuning: dict[str, Any],
+    head: Tensor | None = None,
     now: datetime | None = None,
 ) -> str:
     """Write a transformers ``model`` and its ``tokenizer`` (:func:`write_model_folder`) as a new version under
@@ -87,7 +139,7 @@ def save_version(
     encoder_dir = Path(encoder_dir)
     created = (now or datetime.now(UTC)).astimezone(UTC)
     with staging_folder(encoder_dir) as tmp:
-        write_model_folder(tmp, model, tokenizer, base_path)
+        write_model_folder(tmp, model, tokenizer, base_path, head)
         unnamed = EncoderMetadata(
             version="",
             created_at=created.isoformat(timespec="microseconds"),
@@ -97,7 +149,8 @@ def save_version(
             metrics=metrics,
             tuning=tuning,
         )
-        version = version_name(created, tmp / WEIGHTS_FILE, asdict(unnamed))
+        contents = [tmp / WEIGHTS_FILE, *([tmp / HEAD_DIR / WEIGHTS_FILE] if head is not None else [])]
+        version = version_name(created, contents, asdict(unnamed))
         metadata = replace(unnamed, version=version)
         (tmp / METADATA_FILE).write_text(json.dumps(asdict(metadata), indent=2, sort_keys=True), encoding="utf-8")
         publish(tmp, version_path(encoder_dir, version))

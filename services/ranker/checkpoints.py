@@ -112,7 +112,7 @@ def save_checkpoint(
             train_seconds=round(result.seconds, 3),
             encoder_version=encoder_version,
         )
-        version = version_name(created, tmp / MODEL_FILE, asdict(unnamed))
+        version = version_name(created, [tmp / MODEL_FILE], asdict(unnamed))
         metadata = replace(unnamed, version=version)
         (tmp / METADATA_FILE).write_text(json.dumps(asdict(metadata), indent=2, sort_keys=True), encoding="utf-8")
         final = root / version

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import AutoModel
+from transformers import AutoModel, AutoTokenizer
 
 from services.cli import training as cli_training
 from services.cli.training import item_texts, train_and_publish
@@ -16,7 +16,14 @@ from services.datasets.loaders import load_dataset
 from services.embedding.app import encoder_at, load_encoder
 from services.embedding.config import EmbeddingSettings
 from services.embedding.encoder import default_model_path
-from services.embedding.versions import ENCODERS_DIR, METADATA_FILE, EncoderMetadata, list_versions
+from services.embedding.versions import (
+    ENCODERS_DIR,
+    METADATA_FILE,
+    EncoderMetadata,
+    list_versions,
+    read_head,
+    write_model_folder,
+)
 from services.ranker.checkpoints import METADATA_FILE as CHECKPOINT_METADATA
 from services.ranker.checkpoints import CheckpointMetadata, list_checkpoints
 from services.ranker.encoder_tuning import (
@@ -24,11 +31,13 @@ from services.ranker.encoder_tuning import (
     TunedEncoder,
     TuningConfig,
     contrastive_loss,
+    history_examples,
+    train_head,
     training_pairs,
     tune_encoder,
 )
 from services.ranker.scoring import Gain
-from services.ranker.splits import Split, loo_split
+from services.ranker.splits import Case, Split, loo_split
 from services.ranker.training import TrainConfig
 from tests.conftest import SCIENTIFIC
 
@@ -125,3 +134,51 @@ def test_train_publishes_an_adapted_encoder_only_where_it_pays(
     # The embedding service loads it by name.
     served = load_encoder(EmbeddingSettings(encoder_dir=checkpoints / ENCODERS_DIR, encoder_version=version))
     assert served.model_id == metadata.embedding_model_id
+
+
+def test_history_examples_are_each_item_after_the_most_recent_ones_before_it() -> None:
+    examples = history_examples([(0, 1, 2, 1), (3,), (4, 5, 6)], history=2)
+    # (0, 1, 2) then 1 again: an item the user had is no example.
+    assert examples == [((0,), 1), ((0, 1), 2), ((4,), 5), ((4, 5), 6)]
+
+
+def test_the_head_learns_what_follows_a_history_and_is_kept_only_where_it_pays() -> None:
+    # Items in pairs (2k, 2k + 1): users take one, then the other. Random vectors say nothing of that; a head
+    # trained on the pairs does, by validation.
+    rng = np.random.default_rng(0)
+    n = 40
+    vectors = torch.nn.functional.normalize(torch.from_numpy(rng.normal(size=(n, 16)).astype(np.float32)), dim=-1)
+    firsts = rng.integers(0, n // 2, size=400) * 2
+    train = [(int(a), int(a) + 1) for a in firsts]
+    val = [Case(f"v{a}", (int(a),), (int(a) + 1,)) for a in range(0, n, 2)]
+    split = Split("loo", tuple(f"i{i}" for i in range(n)), tuple(train), tuple(val), tuple(val))
+    config = TuningConfig(head_epochs=30, head_lr=3e-2, head_batch_size=64)
+    head, history = train_head(vectors, split, val, config)
+    assert head is not None and max(history[1:]) > history[0] + 0.2
+    assert history[int(np.argmax(history))] == max(history)
+    # Nothing to learn (every item follows itself only, which is no example): the vectors stay as they are.
+    still = Split("loo", split.item_ids, tuple((i,) for i in range(n)), tuple(val), tuple(val))
+    assert train_head(vectors, still, val, TuningConfig(head_epochs=2))[0] is None
+
+
+def test_a_folder_with_a_head_is_served_through_it(tmp_path: Path) -> None:
+    """write_model_folder's head is a sentence-transformers Dense module the embedding service applies to the
+    pooled vector: the vectors are the base model's through the head, normalised."""
+    base = default_model_path()
+    model = AutoModel.from_pretrained(base, local_files_only=True)
+    tokenizer = AutoTokenizer.from_pretrained(base, local_files_only=True)
+    head = torch.linalg.qr(torch.from_numpy(np.random.default_rng(0).normal(size=(384, 384)).astype(np.float32)))[0]
+    head = head * torch.linspace(0.5, 2.0, 384)[:, None]  # not a rotation: cosines change
+    write_model_folder(tmp_path / "head", model, tokenizer, base, head)
+    assert torch.equal(read_head(tmp_path / "head"), head) and read_head(base) is None
+    texts = ["a microscope slide box", "nitrile gloves, size M", "a 500 ml borosilicate beaker"]
+    plain = np.stack([e.vector for e in encoder_at(EmbeddingSettings(), base, model_id="base").encode(texts)])
+    served = encoder_at(EmbeddingSettings(), tmp_path / "head", model_id="adapted")
+    through = np.stack([e.vector for e in served.encode(texts)])
+    expected = torch.nn.functional.normalize(torch.from_numpy(plain) @ head.T, dim=-1).numpy()
+    np.testing.assert_allclose(through, expected, atol=2e-3)
+    assert served.dimension == 384
+    config = tmp_path / "head" / "2_Dense" / "config.json"
+    config.write_text(config.read_text().replace("Identity", "Tanh"))
+    with pytest.raises(ValueError, match="linear head only"):
+        read_head(tmp_path / "head")
