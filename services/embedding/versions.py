@@ -1,8 +1,9 @@
 """Encoder versions: text encoders adapted to a catalog, each a model folder the embedding service can load.
 
 Layout: ``<encoder_dir>/<version>/`` holds the transformers files (config.json, model.safetensors, the tokenizer's
-files, sentence-transformers' sentence_bert_config.json with the token limit) and ``metadata.json`` (the base model,
-the data it was adapted on, its validation metrics, when). `recsys train` writes them under
+files, sentence-transformers' sentence_bert_config.json with the token limit), the linear head where it has one
+(sentence-transformers' modules.json, 1_Pooling/ and 2_Dense/) and ``metadata.json`` (the base model, the data it
+was adapted on, its validation metrics, when). `recsys train` writes them under
 ``<checkpoint_dir>/encoders/``, beside the ranker checkpoints trained on them, whose metadata names the version. A
 version is ``<UTC timestamp>-<8 hex of the sha256 of the weights and metadata>``, written in a hidden temporary
 folder and renamed into place, so a reader never sees a half-written one. The empty version is the base model

@@ -154,16 +154,23 @@ def history_examples(train: Sequence[Sequence[int]], history: int) -> list[tuple
 
 
 def head_loss(
-    vectors: Tensor, head: Tensor, batch: Sequence[tuple[tuple[int, ...], int]], temperature: float
+    vectors: Tensor,
+    head: Tensor,
+    batch: Sequence[tuple[tuple[int, ...], int]],
+    temperature: float,
+    untrained: Tensor,
 ) -> Tensor:
-    """Cross-entropy of each example's next item over the whole catalog, scored as the text alone scores: the
-    cosine of each item's vector (through ``head``) to the unit mean of the history's; the history's own items
-    are no candidates."""
+    """Cross-entropy of each example's next item over the catalog's trained items, scored as the text alone
+    scores: the cosine of each item's vector (through ``head``) to the unit mean of the history's; the history's
+    own items are no candidates, and neither are the ``untrained`` ones (a boolean mask of the items no training
+    history holds: as negatives only, the head would learn to bury every item without interactions, new ones
+    included)."""
     items = F.normalize(vectors @ head.T, dim=-1)
     rows = torch.tensor([r for r, (before, _) in enumerate(batch) for _ in before])
     columns = torch.tensor([i for before, _ in batch for i in before])
     users = F.normalize(torch.zeros(len(batch), items.shape[1]).index_add(0, rows, items[columns]), dim=-1)
-    logits = (users @ items.T / temperature).index_put((rows, columns), torch.tensor(-math.inf))
+    logits = (users @ items.T / temperature).masked_fill(untrained, -math.inf)
+    logits = logits.index_put((rows, columns), torch.tensor(-math.inf))
     return F.cross_entropy(logits, torch.tensor([target for _, target in batch]))
 
 
@@ -178,6 +185,8 @@ def train_head(
     is fixed: the vectors are computed once and only the map is trained."""
     generator = torch.Generator().manual_seed(config.seed)
     examples = history_examples(split.train, config.head_history)
+    untrained = torch.ones(len(vectors), dtype=torch.bool)
+    untrained[torch.tensor(sorted({i for seq in split.train for i in seq}), dtype=torch.long)] = False
     head = nn.Parameter(torch.eye(vectors.shape[1]))
     optimizer = torch.optim.AdamW([head], lr=config.head_lr, weight_decay=0.0)
 
@@ -194,6 +203,7 @@ def train_head(
                 head,
                 [examples[i] for i in order[start : start + config.head_batch_size]],
                 config.head_temperature,
+                untrained,
             )
             optimizer.zero_grad(set_to_none=True)
             torch.autograd.backward(loss)
