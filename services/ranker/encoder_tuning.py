@@ -181,8 +181,8 @@ def train_head(
     epoch with the best validation NDCG@10 of the text alone, or None when none beats the vectors without it.
 
     The text score is a cosine to the history's mean, so the head learns that objective: the mean of the
-    history's vectors points at the next item among every item of the catalog. It is cheap because the catalog
-    is fixed: the vectors are computed once and only the map is trained."""
+    history's vectors points at the next item among every item some training history holds. It is cheap because
+    the catalog is fixed: the vectors are computed once and only the map is trained."""
     generator = torch.Generator().manual_seed(config.seed)
     examples = history_examples(split.train, config.head_history)
     untrained = torch.ones(len(vectors), dtype=torch.bool)

@@ -447,12 +447,13 @@ class RankerScorer:
         if users.graph is not None and self.graph is not None:
             columns = self._tensor(self._graph_columns(candidates, vectors, candidate_keys))
             scores = scores + fusion.graph * users.graph[rows][:, columns]
+        # Where each candidate's key is: the terms that treat history items apart look them up.
+        position = {key: n for n, key in enumerate(candidate_keys)} if users.text_own or users.seen else {}
         if users.text is not None and users.text_pooled is not None:
             unit = self._tensor(_unit(vectors).astype(np.float32))
             scores = scores + fusion.text * (users.text[rows] @ unit.T)
-            scores = self._without_own_text(scores, users, rows, unit, candidate_keys)
+            scores = self._without_own_text(scores, users, rows, unit, position)
         if users.seen:
-            position = {key: n for n, key in enumerate(candidate_keys)}
             for row, seen in enumerate(users.seen[rows]):
                 scores[row, [position[key] for key in seen if key in position]] -= fusion.novelty
         return scores
@@ -482,7 +483,7 @@ class RankerScorer:
         return out
 
     def _without_own_text(
-        self, scores: Tensor, users: _Users, rows: slice, unit: Tensor, candidate_keys: Sequence[Hashable]
+        self, scores: Tensor, users: _Users, rows: slice, unit: Tensor, position: Mapping[Hashable, int]
     ) -> Tensor:
         """A history item's text term from the rest of the history: no item votes for itself, as in the item
         graph, whose EASE weights have a zero diagonal. Without it the text term ranks the history itself first,
@@ -491,7 +492,6 @@ class RankerScorer:
         owns = users.text_own[rows]
         if not any(owns):
             return scores
-        position = {key: n for n, key in enumerate(candidate_keys)}
         for row, own in enumerate(owns):
             hits = [(position[key], vector) for key, vector in own.items() if key in position]
             if not hits:

@@ -195,7 +195,7 @@ def fit_ranker(
     fusion_choice = replace(
         fusion_choice,
         fusion=replace(fusion_choice.fusion, novelty=novelty),
-        terms=tuple(t for t in FUSION_TERMS if t in fusion_choice.terms or (t == "novelty" and novelty)),
+        terms=fusion_choice.terms + (("novelty",) if novelty else ()),  # novelty is last in FUSION_TERMS
         novelty_gain=novelty_gain,
     )
     scorer = replace_fusion(base, fusion_choice.fusion)
@@ -310,12 +310,9 @@ def tune_fusion(
 
     ``new_item_cases``, when given, replace ``split.val``: validation cases whose targets are items held out of the
     model's training (new to it), tuned with every item ranked."""
-    # Every term's scores of every sampled user over the whole catalog are held at once: the sample shrinks as
-    # the catalog grows, so they stay within FUSION_SCORES_BYTES.
+    # Every term's scores (each decay's too) of every sampled user over the whole catalog are held at once.
     held = 1 + len(GRAPH_DECAYS) + len(TEXT_DECAYS) + (0 if mask else 1)
-    budget = min(max_users, max(1, FUSION_SCORES_BYTES // (4 * held * split.n_items)))
-    cases = sample_cases(new_item_cases or split.val, budget, seed)
-    chunks = [cases[start : start + 512] for start in range(0, len(cases), 512)]
+    chunks = _tuning_chunks(new_item_cases or split.val, held, split.n_items, max_users, seed)
     # On warm validation, tuned as at training time, over the items the model knows: items new to it are never
     # its targets, and since they take the graph score of their nearest known item, ranking them there only taught
     # the weights to keep new items down (ml-100k cold: graph weight 41 -> 2.7).
@@ -335,9 +332,6 @@ def tune_fusion(
             ]
         )
 
-    def spread(parts: list[Tensor]) -> float:
-        return float(torch.cat([p.flatten() for p in parts]).std()) or 1.0
-
     parts = {"sequence": component(Fusion(sequence=1.0))}
     graph_decay = 1.0
     if scorer.graph is not None:
@@ -350,7 +344,7 @@ def tune_fusion(
     if not mask:
         # Masked, seen items are out of every ranking and the term would change nothing.
         parts["novelty"] = component(Fusion(sequence=0.0, novelty=1.0))
-    scale = {name: 1.0 / spread(part) for name, part in parts.items()}
+    scale = {name: 1.0 / _spread(part) for name, part in parts.items()}
     memo: dict[tuple[tuple[str, float], ...], np.ndarray] = {}
 
     def user_values(weights: Mapping[str, float]) -> np.ndarray:
@@ -406,9 +400,7 @@ def tune_novelty(
     with the scorer's other weights kept, and 0 unless its gain is beyond noise. Where seen items are excluded
     (Recommend's default, the masked rows) it changes nothing; where a caller keeps them (``exclude_seen`` false)
     it ranks them by how often users come back to an item."""
-    budget = min(max_users, max(1, FUSION_SCORES_BYTES // (4 * 2 * split.n_items)))
-    cases = sample_cases(split.val, budget, seed)
-    chunks = [cases[start : start + 512] for start in range(0, len(cases), 512)]
+    chunks = _tuning_chunks(split.val, 2, split.n_items, max_users, seed)
     unknown = torch.tensor(_new_items(scorer, split), dtype=torch.long)
     served = [CatalogScorer(scorer, split.item_ids, text)([c.history for c in chunk]) for chunk in chunks]
     seen = []
@@ -418,10 +410,7 @@ def tune_novelty(
             part[row, list(case.history)] = -1.0
         seen.append(part)
 
-    def spread(parts: list[Tensor]) -> float:
-        return float(torch.cat([p.flatten() for p in parts]).std()) or 1.0
-
-    unit = spread(served) / spread(seen)  # a weight of 1 moves seen items by the served score's spread
+    unit = _spread(served) / _spread(seen)  # a weight of 1 moves seen items by the served score's spread
 
     def values(novelty: float) -> np.ndarray:
         return np.concatenate(
@@ -436,6 +425,18 @@ def tune_novelty(
     best = max(tried, key=lambda novelty: float(tried[novelty].mean()))
     gain = paired_gain(tried[best], without, seed)
     return (best if gain.beyond_noise else 0.0), gain
+
+
+def _tuning_chunks(cases: Sequence[Case], held: int, n_items: int, max_users: int, seed: int) -> list[Sequence[Case]]:
+    """A seeded sample of ``cases`` in chunks of 512. ``held`` catalog-wide score sets of every sampled user are
+    held at once, so the sample shrinks as the catalog grows and they stay within FUSION_SCORES_BYTES."""
+    sample = sample_cases(cases, min(max_users, max(1, FUSION_SCORES_BYTES // (4 * held * n_items))), seed)
+    return [sample[start : start + 512] for start in range(0, len(sample), 512)]
+
+
+def _spread(parts: list[Tensor]) -> float:
+    """The standard deviation of a term's scores over the tuning users: the unit its weights are tried in."""
+    return float(torch.cat([p.flatten() for p in parts]).std()) or 1.0
 
 
 def _new_items(scorer: RankerScorer, split: Split) -> list[int]:
